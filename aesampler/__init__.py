@@ -1,0 +1,78 @@
+"""aesampler: better samples from generative autoencoders.
+
+Implements Markov-chain sampling from Creswell, Arulkumaran & Bharath, "Improving sampling from
+generative autoencoders with Markov chains": iterate decode -> corrupt -> encode, whose
+stationary distribution is the encoder's learned latent distribution rather than the prior.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .chain import BATCHNORM_MODES, Chain, ChainResult, ChainStep, StepTensors, default_record, sampling_mode
+from .corruptions import GaussianCorruption, IdentityCorruption
+from .errors import (
+    AesamplerError,
+    ChainInputError,
+    ComponentError,
+    PluginError,
+    PluginLoadWarning,
+    UnknownComponentError,
+)
+from .hookspecs import hookimpl
+from .interfaces import (
+    Corruption,
+    Decoder,
+    DeterministicEncoder,
+    Encoder,
+    GaussianEncoder,
+    ModuleDecoder,
+    Posterior,
+    Transition,
+    TransitionOutput,
+)
+from .interpolate import lerp, slerp
+from .plugins import get_registry, load_registry
+from .registry import Component, Registry
+from .transitions import DecodeCorruptEncode
+
+try:
+    __version__ = version("aesampler")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "BATCHNORM_MODES",
+    "AesamplerError",
+    "Chain",
+    "ChainInputError",
+    "ChainResult",
+    "ChainStep",
+    "Component",
+    "ComponentError",
+    "Corruption",
+    "DecodeCorruptEncode",
+    "Decoder",
+    "DeterministicEncoder",
+    "Encoder",
+    "GaussianCorruption",
+    "GaussianEncoder",
+    "IdentityCorruption",
+    "ModuleDecoder",
+    "PluginError",
+    "PluginLoadWarning",
+    "Posterior",
+    "Registry",
+    "StepTensors",
+    "Transition",
+    "TransitionOutput",
+    "UnknownComponentError",
+    "__version__",
+    "default_record",
+    "get_registry",
+    "hookimpl",
+    "lerp",
+    "load_registry",
+    "sampling_mode",
+    "slerp",
+]

@@ -1,0 +1,42 @@
+"""One family of errors.
+
+Every error a user can cause derives from :class:`AesamplerError`. Its message names the thing
+that is wrong, where it is (an argument, a key path, a plugin's distribution) and, where there is a
+short list, what would have been accepted. The CLI prints the message and exits with status 2;
+``--traceback`` shows the stack for debugging.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AesamplerError(Exception):
+    """Base class of every error aesampler raises on purpose."""
+
+
+class ChainInputError(AesamplerError, ValueError):
+    """A tensor or argument given to the chain runner is not what it expects."""
+
+
+class ComponentError(AesamplerError):
+    """A registered component was asked for by a wrong name, or built with wrong parameters."""
+
+
+class UnknownComponentError(ComponentError, LookupError):
+    """No component of that kind is registered under that name."""
+
+
+class PluginError(AesamplerError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class PluginLoadWarning(UserWarning):
+    """Emitted once per plugin that failed to load; the other plugins still load."""
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` when ``word`` is close to one of ``options``, else ``""``."""
+    matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean {matches[0]!r}?" if matches else ""

@@ -1,0 +1,57 @@
+"""Hook specifications: how a plugin adds components to aesampler.
+
+A plugin is a module (or object) listed under the ``aesampler`` entry-point group of its
+distribution. It implements one or more of the hooks below, each marked with
+:data:`aesampler.hookimpl`. Every hook receives a ``register`` callback; the host owns the names,
+so duplicates, provenance and error messages are handled in one place.
+
+``register(name, factory, description=None)``:
+
+* ``name`` -- a short identifier, unique within its kind, matching ``[a-z][a-z0-9_]*``
+  (recipes refer to components by it).
+* ``factory`` -- a class or function called with keyword parameters to build the component.
+  Its signature is the component's parameter list: recipes and the Python API check parameters
+  against it before calling.
+* ``description`` -- one line for ``aesampler plugins``; defaults to the first line of the
+  factory's docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+PROJECT = "aesampler"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., None]
+
+
+@hookspec
+def register_corruptions(register: Register) -> None:
+    """Register corruption processes C(x̃|x).
+
+    The factory returns an :class:`aesampler.Corruption`: called as ``corruption(x,
+    generator=g)``, it returns a new tensor of x's shape, never modifies ``x``, and draws all
+    its noise from ``g``.
+    """
+
+
+@hookspec
+def register_transitions(register: Register) -> None:
+    """Register transition operators z_t -> z_{t+1}.
+
+    The factory is called as ``factory(encoder=..., decoder=..., corruption=..., **params)`` and
+    returns an :class:`aesampler.Transition`, an ``nn.Module`` whose ``forward(z, *,
+    generator=None)`` returns a :class:`aesampler.TransitionOutput`, drawing all noise from
+    ``generator``.
+    """
+
+
+#: Component kind -> the hook through which plugins register components of that kind.
+KIND_HOOKS: dict[str, str] = {
+    "corruption": "register_corruptions",
+    "transition": "register_transitions",
+}
