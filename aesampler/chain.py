@@ -284,6 +284,13 @@ class Chain:
         device, dtype = _module_device_dtype(self._roots)
         z0, n, latent_shape, device, dtype = self._check_start(z0, n, device, dtype)
         chunk_size = n if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+        bounds = _chunk_bounds(n, chunk_size)
+        if batchnorm == "batch" and min(b - a for a, b in bounds) < 2 and self._has_batchnorm():
+            raise ChainInputError(
+                "batchnorm='batch' normalises over the chains of a chunk, and a chunk here holds "
+                f"1 chain (n={n}, chunk_size={chunk_size}): run at least 2 chains per chunk, or "
+                "use batchnorm='running'"
+            )
         out_device = device if out_device is None else torch.device(out_device)
 
         if seed is not None:
@@ -302,7 +309,7 @@ class Chain:
         x_out: dict[int, Tensor] = {}
         record_set = set(record_steps)
         with sampling_mode(self._roots, batchnorm), torch.inference_mode():
-            for chunk, (start, stop) in enumerate(_chunk_bounds(n, chunk_size)):
+            for chunk, (start, stop) in enumerate(bounds):
                 if z0 is None:
                     z = torch.randn(
                         (stop - start, *latent_shape), generator=generator, device=device, dtype=dtype
@@ -325,6 +332,9 @@ class Chain:
         return ChainResult(
             z=StepTensors("z", z_out), x=StepTensors("x", x_out), steps=record_steps
         )
+
+    def _has_batchnorm(self) -> bool:
+        return any(isinstance(m, _BatchNorm) for m in _unique_modules(self._roots))
 
     @staticmethod
     def _check_record(

@@ -1,18 +1,22 @@
 """Interpolation between batches of latents.
 
 The paper (§1, Figure 2) interpolates spherically between encodings (White, 2016, "Sampling
-generative networks") and then applies chain steps to the interpolated latents. ``slerp`` is
-White's formula
+generative networks") and then applies chain steps to the interpolated latents. ``slerp`` moves
+the direction along the great circle from a to b at constant angular speed and the norm linearly
+from ‖a‖ to ‖b‖:
 
-    slerp(a, b; t) = sin((1 - t) Ω) / sin Ω · a + sin(t Ω) / sin Ω · b,   Ω = ∠(a, b),
+    slerp(a, b; t) = ((1 - t) ‖a‖ + t ‖b‖) · (sin((1 - t) Ω) â + sin(t Ω) b̂) / sin Ω,
 
-computed per pair in float64, with fallbacks where it is undefined:
+with â = a / ‖a‖, b̂ = b / ‖b‖ and Ω = ∠(a, b). For endpoints of equal norm (the usual case for
+high-dimensional Gaussian latents) this is exactly White's formula; for unequal norms White's
+formula neither keeps the angle linear in t nor the norm between ‖a‖ and ‖b‖, and this does.
+It is computed per pair in float64, with fallbacks where the great circle is not defined:
 
-* parallel endpoints (Ω ≈ 0) or a zero endpoint: linear interpolation, which is then exact;
+* parallel endpoints (Ω ≈ 0) or a zero endpoint: linear interpolation, which then follows the
+  same path;
 * antiparallel endpoints (Ω ≈ π): every great half-circle joins them, so the path turns through
-  a fixed perpendicular direction (the coordinate axis least aligned with a, orthogonalised)
-  while the norm moves linearly from ‖a‖ to ‖b‖. For one-dimensional latents no perpendicular
-  exists and the path is linear.
+  a fixed perpendicular direction (the coordinate axis least aligned with a, orthogonalised).
+  For one-dimensional latents no perpendicular exists and the path is linear.
 
 Endpoints are returned exactly: t = 0 gives a and t = 1 gives b, bit for bit.
 """
@@ -103,10 +107,11 @@ def slerp(a: Tensor, b: Tensor, t: float | Sequence[float] | Tensor) -> Tensor:
     omega = 2 * torch.atan2((ua - ub).norm(dim=1, keepdim=True), (ua + ub).norm(dim=1, keepdim=True))
     tw = w[None, :]  # (1, T)
 
+    radius = ((1 - tw) * na + tw * nb)[..., None]  # (B, T, 1): the norm moves linearly
     sin_omega = torch.sin(omega).clamp_min(tiny)  # the clamp only matters where masked out below
     w0 = torch.sin((1 - tw) * omega) / sin_omega  # (B, T)
     w1 = torch.sin(tw * omega) / sin_omega
-    out = w0[..., None] * fa[:, None] + w1[..., None] * fb[:, None]  # (B, T, F)
+    out = radius * (w0[..., None] * ua[:, None] + w1[..., None] * ub[:, None])  # (B, T, F)
 
     linear = (1 - tw)[..., None] * fa[:, None] + tw[..., None] * fb[:, None]
     zero = (na == 0) | (nb == 0)
@@ -119,7 +124,6 @@ def slerp(a: Tensor, b: Tensor, t: float | Sequence[float] | Tensor) -> Tensor:
         perp = perp - (perp * ua).sum(dim=1, keepdim=True) * ua
         perp = perp / perp.norm(dim=1, keepdim=True)
         angle = math.pi * tw[..., None]  # (1, T, 1)
-        radius = ((1 - tw) * na + tw * nb)[..., None]  # (B, T, 1)
         half_circle = radius * (torch.cos(angle) * ua[:, None] + torch.sin(angle) * perp[:, None])
         out = torch.where(antiparallel[..., None], half_circle, out)
     elif fa.shape[1] == 1:
