@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .chain import BATCHNORM_MODES, Chain, ChainResult, ChainStep, StepTensors, default_record, sampling_mode
+from .chain import (
+    BATCHNORM_MODES,
+    Chain,
+    ChainResult,
+    ChainStep,
+    StepTensors,
+    default_record,
+    sampling_mode,
+)
 from .corruptions import GaussianCorruption, IdentityCorruption
 from .errors import (
     AesamplerError,

@@ -147,7 +147,9 @@ def sampling_mode(roots: Iterable[nn.Module], batchnorm: BatchNormMode) -> Itera
                     buffer.copy_(saved)
 
 
-def _module_device_dtype(roots: Iterable[nn.Module]) -> tuple[torch.device | None, torch.dtype | None]:
+def _module_device_dtype(
+    roots: Iterable[nn.Module],
+) -> tuple[torch.device | None, torch.dtype | None]:
     device = dtype = None
     for root in roots:
         for tensor in [*root.parameters(), *root.buffers()]:
@@ -190,7 +192,8 @@ class Chain:
         corruption: C(x̃|x) for denoising models (Eq. 2); None for the identity (Eq. 1).
 
     Example:
-        >>> chain = Chain(DeterministicEncoder(enc_net), ModuleDecoder(dec_net), GaussianCorruption(0.5))
+        >>> encoder, decoder = DeterministicEncoder(enc_net), ModuleDecoder(dec_net)
+        >>> chain = Chain(encoder, decoder, GaussianCorruption(0.5))
         >>> result = chain.run(torch.randn(64, 200), steps=10, seed=0)
         >>> result.x[5].shape  # samples after 5 transitions
     """
@@ -210,7 +213,8 @@ class Chain:
         decoder = _as_decoder(decoder)
         if corruption is not None and not isinstance(corruption, Corruption):
             raise ChainInputError(
-                f"corruption must be an aesampler.Corruption or None, got {type(corruption).__name__}"
+                "corruption must be an aesampler.Corruption or None, "
+                f"got {type(corruption).__name__}"
             )
         self._init(DecodeCorruptEncode(encoder, decoder, corruption), decoder)
 
@@ -230,7 +234,8 @@ class Chain:
         self.decoder = decoder
 
     def __repr__(self) -> str:
-        return f"Chain(transition={type(self.transition).__name__}, decoder={type(self.decoder).__name__})"
+        transition, decoder = type(self.transition).__name__, type(self.decoder).__name__
+        return f"Chain(transition={transition}, decoder={decoder})"
 
     @property
     def _roots(self) -> list[nn.Module]:
@@ -312,7 +317,10 @@ class Chain:
             for chunk, (start, stop) in enumerate(bounds):
                 if z0 is None:
                     z = torch.randn(
-                        (stop - start, *latent_shape), generator=generator, device=device, dtype=dtype
+                        (stop - start, *latent_shape),
+                        generator=generator,
+                        device=device,
+                        dtype=dtype,
                     )
                 else:
                     z = z0[start:stop]
@@ -329,17 +337,13 @@ class Chain:
                     if out is not None:
                         _check_next(out.z, z, t)
                         z = out.z
-        return ChainResult(
-            z=StepTensors("z", z_out), x=StepTensors("x", x_out), steps=record_steps
-        )
+        return ChainResult(z=StepTensors("z", z_out), x=StepTensors("x", x_out), steps=record_steps)
 
     def _has_batchnorm(self) -> bool:
         return any(isinstance(m, _BatchNorm) for m in _unique_modules(self._roots))
 
     @staticmethod
-    def _check_record(
-        record: Iterable[int] | Literal["all"] | None, steps: int
-    ) -> tuple[int, ...]:
+    def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> tuple[int, ...]:
         if record is None:
             return default_record(steps)
         if isinstance(record, str):
@@ -353,7 +357,9 @@ class Chain:
                 f"record must be 'all' or a list of steps, got {record!r}"
             ) from None
         bad = [
-            v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= steps
+            v
+            for v in values
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= steps
         ]
         if bad or not values:
             raise ChainInputError(
@@ -379,7 +385,13 @@ class Chain:
                     "cannot draw z0 from the prior: the decoder has no latent_shape; pass z0, or "
                     "build the decoder as ModuleDecoder(net, latent_shape=...)"
                 )
-            return None, n, tuple(latent_shape), device or torch.device("cpu"), dtype or torch.float32
+            return (
+                None,
+                n,
+                tuple(latent_shape),
+                device or torch.device("cpu"),
+                dtype or torch.float32,
+            )
         if not isinstance(z0, Tensor):
             raise ChainInputError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
         if z0.dim() < 2 or z0.shape[0] == 0:
@@ -420,7 +432,13 @@ def _as_decoder(decoder: Decoder | nn.Module) -> Decoder:
 
 
 def _store(
-    out: dict[int, Tensor], t: int, value: Tensor, start: int, stop: int, n: int, device: torch.device
+    out: dict[int, Tensor],
+    t: int,
+    value: Tensor,
+    start: int,
+    stop: int,
+    n: int,
+    device: torch.device,
 ) -> None:
     if t not in out:
         # Allocated outside inference mode so the caller may modify what it gets back.

@@ -98,8 +98,9 @@ class Transition(nn.Module, abc.ABC):
     """
 
     @abc.abstractmethod
-    def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> TransitionOutput:
-        ...
+    def forward(
+        self, z: Tensor, *, generator: torch.Generator | None = None
+    ) -> TransitionOutput: ...
 
 
 # ----------------------------------------------------------------------------------------------

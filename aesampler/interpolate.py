@@ -56,9 +56,7 @@ def _prepare(
     return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), weights, scalar
 
 
-def _finish(
-    out: Tensor, a: Tensor, b: Tensor, weights: Tensor, scalar: bool
-) -> Tensor:
+def _finish(out: Tensor, a: Tensor, b: Tensor, weights: Tensor, scalar: bool) -> Tensor:
     """(B, T, F) float64 -> (B, T, *latent) or (B, *latent) in a's dtype, endpoints exact."""
     out = out.to(a.dtype)
     flat_a = a.reshape(a.shape[0], 1, -1)
@@ -104,7 +102,9 @@ def slerp(a: Tensor, b: Tensor, t: float | Sequence[float] | Tensor) -> Tensor:
     ua = fa / na.clamp_min(tiny)
     ub = fb / nb.clamp_min(tiny)
     # Ω from the chord lengths: accurate at every angle, unlike acos of a dot product.
-    omega = 2 * torch.atan2((ua - ub).norm(dim=1, keepdim=True), (ua + ub).norm(dim=1, keepdim=True))
+    omega = 2 * torch.atan2(
+        (ua - ub).norm(dim=1, keepdim=True), (ua + ub).norm(dim=1, keepdim=True)
+    )
     tw = w[None, :]  # (1, T)
 
     radius = ((1 - tw) * na + tw * nb)[..., None]  # (B, T, 1): the norm moves linearly

@@ -37,7 +37,11 @@ def _entry_points() -> list[metadata.EntryPoint]:
         unique.setdefault((_distribution_name(ep), ep.name, ep.value), ep)
     return sorted(
         unique.values(),
-        key=lambda ep: (_distribution_name(ep) != OWN_DISTRIBUTION, _distribution_name(ep), ep.name),
+        key=lambda ep: (
+            _distribution_name(ep) != OWN_DISTRIBUTION,
+            _distribution_name(ep),
+            ep.name,
+        ),
     )
 
 
@@ -76,7 +80,11 @@ def load_registry(
         try:
             plugin = ep.load()
         except Exception as error:  # a broken plugin must not take the others down
-            fail(ep.name, distribution, f"import of {ep.value!r} failed: {type(error).__name__}: {error}")
+            fail(
+                ep.name,
+                distribution,
+                f"import of {ep.value!r} failed: {type(error).__name__}: {error}",
+            )
             continue
         candidates.append((ep.name, distribution, plugin))
     candidates += [(name, "<direct>", plugin) for name, plugin in extra_plugins]
@@ -99,7 +107,8 @@ def load_registry(
                 fail(
                     impl.plugin_name,
                     distributions.pop(impl.plugin_name, "unknown"),
-                    f"implements unknown hook {hook_name!r}; hooks: {', '.join(hookspecs.KIND_HOOKS.values())}",
+                    f"implements unknown hook {hook_name!r}; "
+                    f"hooks: {', '.join(hookspecs.KIND_HOOKS.values())}",
                 )
     pm.check_pending()
 
@@ -109,7 +118,11 @@ def load_registry(
             if plugin_name not in distributions:
                 continue  # unregistered after an earlier failure
             register = functools.partial(
-                _register, registry, kind, distribution=distributions[plugin_name], plugin=plugin_name
+                _register,
+                registry,
+                kind,
+                distribution=distributions[plugin_name],
+                plugin=plugin_name,
             )
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
@@ -134,7 +147,9 @@ def _register(
     distribution: str,
     plugin: str,
 ) -> None:
-    registry.add(kind, name, factory, distribution=distribution, plugin=plugin, description=description)
+    registry.add(
+        kind, name, factory, distribution=distribution, plugin=plugin, description=description
+    )
 
 
 @functools.lru_cache(maxsize=1)

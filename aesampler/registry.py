@@ -121,7 +121,8 @@ class Registry:
         if name in components:
             return components[name]
         offered = ", ".join(
-            f"{c.name} ({c.distribution})" for c in sorted(components.values(), key=lambda c: c.name)
+            f"{c.name} ({c.distribution})"
+            for c in sorted(components.values(), key=lambda c: c.name)
         )
         message = (
             f"unknown {kind} {name!r}.{did_you_mean(str(name), components)} "
@@ -153,7 +154,9 @@ class Registry:
             ) from None
 
 
-def check_params(component: Component, params: Mapping[str, Any], *, provided: tuple[str, ...] = ()) -> None:
+def check_params(
+    component: Component, params: Mapping[str, Any], *, provided: tuple[str, ...] = ()
+) -> None:
     """Raise ComponentError if ``params`` do not fit the factory's signature.
 
     ``provided`` names parameters the host passes itself (a transition's encoder, decoder and

@@ -93,7 +93,9 @@ def test_step_m_is_m_transitions_from_z0(stochastic, sigma):
 
 def test_returned_samples_are_not_corrupted(parts):
     encoder, decoder = parts
-    result = Chain(encoder, decoder, GaussianCorruption(3.0)).run(n=8, steps=4, record="all", seed=0)
+    result = Chain(encoder, decoder, GaussianCorruption(3.0)).run(
+        n=8, steps=4, record="all", seed=0
+    )
     for t in result.steps:
         x = result.x[t]
         assert x.min() >= 0 and x.max() <= 1  # sigmoid outputs; sigma = 3 noise would leave [0, 1]
@@ -235,7 +237,10 @@ def test_unrecorded_step_names_the_recorded_ones(parts):
         ({"z0": torch.randn(4)}, r"z0 must have shape \(N, \*latent_shape\)"),
         ({"z0": torch.zeros(4, 4, dtype=torch.int64)}, "floating-point"),
         ({"z0": torch.randn(4, 4, dtype=torch.float64)}, "dtype torch.float64 but the models"),
-        ({"z0": torch.randn(4, 4, device="meta")}, "z0 is on meta but the encoder and decoder are on cpu"),
+        (
+            {"z0": torch.randn(4, 4, device="meta")},
+            "z0 is on meta but the encoder and decoder are on cpu",
+        ),
         ({"z0": [[0.0] * 4]}, "z0 must be a torch.Tensor"),
         ({"z0": torch.randn(4, 4), "n": 5}, "n=5 disagrees with z0"),
         ({}, "pass z0"),

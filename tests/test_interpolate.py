@@ -47,7 +47,9 @@ def test_slerp_moves_along_the_great_circle(pair):
     assume(bool(((omega > 1e-3) & (omega < math.pi - 1e-3)).all()))
     out = slerp(a, b, T.double())
     # The angle to a grows linearly: t * Ω.
-    torch.testing.assert_close(_angle(out, a[:, None]), T.double()[None] * omega[:, None], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        _angle(out, a[:, None]), T.double()[None] * omega[:, None], atol=1e-6, rtol=1e-6
+    )
     # The norm moves linearly from |a| to |b|.
     expected = (1 - T.double())[None] * na[:, None] + T.double()[None] * nb[:, None]
     torch.testing.assert_close(out.norm(dim=-1), expected)
@@ -55,11 +57,16 @@ def test_slerp_moves_along_the_great_circle(pair):
 
 def test_equal_norms_match_whites_formula():
     g = torch.Generator().manual_seed(1)
-    a, b = torch.randn(4, 50, generator=g, dtype=torch.float64), torch.randn(4, 50, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(4, 50, generator=g, dtype=torch.float64),
+        torch.randn(4, 50, generator=g, dtype=torch.float64),
+    )
     b = b / b.norm(dim=1, keepdim=True) * a.norm(dim=1, keepdim=True)
     omega = _angle(a, b)[:, None, None]
     t = T.double()[None, :, None]
-    white = (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / torch.sin(omega)
+    white = (
+        torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]
+    ) / torch.sin(omega)
     torch.testing.assert_close(slerp(a, b, T.double()), white)
 
 

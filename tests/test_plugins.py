@@ -68,16 +68,17 @@ def test_a_good_third_party_plugin_registers_with_its_distribution(third_party):
 
 
 def test_a_broken_plugin_is_named_and_the_others_still_load(third_party):
-    names = third_party(
-        "aesampler-mixed", broken=fake_dist.BROKEN_IMPORT, good=fake_dist.GOOD
-    )
+    names = third_party("aesampler-mixed", broken=fake_dist.BROKEN_IMPORT, good=fake_dist.GOOD)
     with pytest.warns(PluginLoadWarning, match="aesampler-mixed") as warned:
         registry = load_registry()
     assert len(warned) == 1
     [failure] = registry.failures
     assert failure.plugin == names["broken"]
     assert failure.distribution == "aesampler-mixed"
-    assert "ModuleNotFoundError" in failure.message and "a_module_that_does_not_exist" in failure.message
+    assert (
+        "ModuleNotFoundError" in failure.message
+        and "a_module_that_does_not_exist" in failure.message
+    )
     assert registry.get("corruption", "flip").distribution == "aesampler-mixed"
     assert registry.get("corruption", "gaussian").distribution == "aesampler"
     # Asking for a missing component mentions the broken plugin too.
@@ -121,7 +122,10 @@ def test_plugins_can_be_registered_directly():
 
     registry = load_registry(extra_plugins=[("script", Plugin())])
     component = registry.get("corruption", "twice_identity")
-    assert (component.distribution, component.description) == ("<direct>", "An identity, for a test.")
+    assert (component.distribution, component.description) == (
+        "<direct>",
+        "An identity, for a test.",
+    )
 
 
 def test_unknown_names_suggest_and_list():
