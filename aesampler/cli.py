@@ -49,6 +49,36 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if registry.failures else 0
 
 
+def _load(args: argparse.Namespace):
+    from .recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if getattr(args, "out", None):
+        overrides.append(f"output.dir={args.out}")
+    return load_recipe(args.recipe, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    recipe = _load(args)
+    result = train(recipe, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    losses = ", ".join(f"{k}={v:.4g}" for k, v in result.last_losses.items())
+    print(
+        f"trained {recipe.model.name} for {result.steps} steps ({result.epochs_completed} epochs) "
+        f"in {result.seconds:.1f}s; last losses: {losses or 'none'}; checkpoint: {result.checkpoint}"
+    )
+    return 0
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="the YAML recipe")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="override recipe keys"
+    )
+    parser.add_argument("--out", metavar="DIR", help="the run directory (same as output.dir=DIR)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aesampler",
@@ -69,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plugins.set_defaults(handler=_cmd_plugins)
+
+    train = sub.add_parser(
+        "train",
+        help="train the recipe's model",
+        description="Train the recipe's model. Writes the resolved recipe, metrics.jsonl, image "
+        "grids and checkpoints into the run directory (output.dir).",
+    )
+    _add_recipe_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in output.dir")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run directory"
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_cmd_train)
     return parser
 
 

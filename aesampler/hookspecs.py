@@ -50,8 +50,35 @@ def register_transitions(register: Register) -> None:
     """
 
 
+@hookspec
+def register_models(register: Register) -> None:
+    """Register generative-autoencoder model kinds.
+
+    The factory is called as ``factory(image_size=..., channels=..., **params)`` (the host takes
+    image size and channels from the data) and returns an
+    :class:`aesampler.models.GenerativeAutoencoder`: an ``nn.Module`` with ``encoder`` and
+    ``decoder`` attributes, an ``architecture`` dict of plain values that rebuilds it through
+    the same factory, ``optimizer_groups()`` and ``training_step(x, x_input, optimizers,
+    generator)``.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register image datasets.
+
+    The factory is called as ``factory(split=..., **params)`` with split ``"train"``,
+    ``"valid"`` or ``"test"`` and returns an :class:`aesampler.data.ImageDataset` whose items
+    are ``(image, label)``: a float32 tensor (C, S, S) in [0, 1] and an int (-1 when there is no
+    label). It must never download: a missing dataset raises an
+    :class:`aesampler.AesamplerError` saying which files are expected where.
+    """
+
+
 #: Component kind -> the hook through which plugins register components of that kind.
 KIND_HOOKS: dict[str, str] = {
+    "model": "register_models",
+    "dataset": "register_datasets",
     "corruption": "register_corruptions",
     "transition": "register_transitions",
 }

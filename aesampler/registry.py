@@ -154,25 +154,40 @@ class Registry:
             ) from None
 
 
-def check_params(
+def param_problems(
     component: Component, params: Mapping[str, Any], *, provided: tuple[str, ...] = ()
-) -> None:
-    """Raise ComponentError if ``params`` do not fit the factory's signature.
+) -> list[tuple[str | None, str]]:
+    """What is wrong with ``params`` for this factory: ``(parameter or None, message)`` pairs.
 
-    ``provided`` names parameters the host passes itself (a transition's encoder, decoder and
-    corruption), which are neither required from nor accepted from the user.
+    ``provided`` names parameters the host passes itself (a model's image size and channels),
+    which are neither required from nor accepted from the user.
     """
     accepted = component.parameters()
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     named = {k: p for k, p in accepted.items() if p.kind is not p.VAR_KEYWORD and k not in provided}
     where = f"{component.kind} {component.name!r} ({component.distribution})"
-    bad = [k for k in params if k in provided or (k not in named and not takes_any)]
-    if bad:
-        hints = "".join(did_you_mean(k, named) for k in bad)
-        raise ComponentError(
-            f"{where} has no parameter {', '.join(map(repr, bad))}.{hints} "
-            f"Parameters: {', '.join(named) or 'none'}"
-        )
+    problems: list[tuple[str | None, str]] = []
+    for key in params:
+        if key in provided:
+            problems.append((key, f"{where} sets {key!r} itself; remove it"))
+        elif key not in named and not takes_any:
+            problems.append(
+                (
+                    key,
+                    f"{where} has no parameter {key!r}.{did_you_mean(key, named)} "
+                    f"Parameters: {', '.join(named) or 'none'}",
+                )
+            )
     missing = [k for k, p in named.items() if p.default is p.empty and k not in params]
     if missing:
-        raise ComponentError(f"{where} needs parameter {', '.join(map(repr, missing))}")
+        problems.append((None, f"{where} needs parameter {', '.join(map(repr, missing))}"))
+    return problems
+
+
+def check_params(
+    component: Component, params: Mapping[str, Any], *, provided: tuple[str, ...] = ()
+) -> None:
+    """Raise ComponentError if ``params`` do not fit the factory's signature."""
+    problems = param_problems(component, params, provided=provided)
+    if problems:
+        raise ComponentError("; ".join(message for _, message in problems))

@@ -1,0 +1,180 @@
+"""Checkpoints: tensors and plain values only, written atomically.
+
+A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNNN/`` holding
+
+* ``model.safetensors``: the model's weights and buffers (safetensors: no code, no pickle);
+* ``model.json``: what rebuilds the model without the recipe: model kind and architecture,
+  the data it was trained on and how it was preprocessed, the corruption, the training step;
+* ``state.pt``: everything needed to resume (optimiser states, epoch, RNG states), plain
+  tensors and values read back with ``torch.load(..., weights_only=True)``.
+
+The folder is written under a temporary name and renamed into place; then
+``<run>/checkpoints/latest`` (one line, the folder's name) is replaced atomically, and older
+checkpoints are removed. A crash at any moment leaves the previous complete checkpoint in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import AesamplerError
+from .models import GenerativeAutoencoder
+from .plugins import get_registry
+from .registry import Registry
+
+FORMAT = "aesampler-checkpoint"
+VERSION = 1
+MODEL_WEIGHTS, MODEL_INFO, TRAINING_STATE, LATEST = (
+    "model.safetensors",
+    "model.json",
+    "state.pt",
+    "latest",
+)
+
+
+class CheckpointError(AesamplerError):
+    """A checkpoint is missing, truncated, foreign, or does not fit its model."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    run_dir: Path, model: GenerativeAutoencoder, info: dict[str, Any], state: dict[str, Any]
+) -> Path:
+    """Write a complete checkpoint for ``info["step"]`` and make it the latest."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{int(info['step']):08d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp / MODEL_WEIGHTS))
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"kind": model.kind, "architecture": model.architecture},
+        **info,
+    }
+    (tmp / MODEL_INFO).write_text(json.dumps(document, indent=2) + "\n")
+    torch.save(state, tmp / TRAINING_STATE)
+    for file in (MODEL_WEIGHTS, MODEL_INFO, TRAINING_STATE):
+        _fsync_file(tmp / file)
+    final = root / name
+    if final.exists():  # the same step saved again (a resumed run that did no new step)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    atomic_write_bytes(root / LATEST, (name + "\n").encode())
+    for old in root.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder for a run directory, its ``checkpoints/`` folder, or itself."""
+    path = Path(path)
+    for root in (path / "checkpoints", path):
+        latest = root / LATEST
+        if latest.is_file():
+            folder = root / latest.read_text().strip()
+            if not (folder / MODEL_INFO).is_file():
+                raise CheckpointError(f"{latest} points to {folder}, which holds no {MODEL_INFO}")
+            return folder
+    if (path / MODEL_INFO).is_file():
+        return path
+    raise CheckpointError(
+        f"no checkpoint at {str(path)!r}: expected a run directory (with checkpoints/latest) "
+        f"or a checkpoint folder holding {MODEL_INFO} and {MODEL_WEIGHTS}"
+    )
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    file = folder / MODEL_INFO
+    try:
+        document = json.loads(file.read_text())
+    except OSError as error:
+        raise CheckpointError(f"cannot read {file}: {error.strerror}") from error
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{file} is not valid JSON (truncated?): {error}") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not an aesampler checkpoint (no format {FORMAT!r})")
+    if document.get("version") != VERSION:
+        raise CheckpointError(
+            f"{file} has checkpoint version {document.get('version')!r}; this aesampler reads "
+            f"version {VERSION}"
+        )
+    model = document.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("architecture"), dict):
+        raise CheckpointError(f"{file} does not describe its model (model.kind, model.architecture)")
+    return document
+
+
+def load_weights(module: nn.Module, file: Path) -> None:
+    try:
+        weights = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read weights from {file} (truncated?): {error}") from error
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {file} do not fit the model: {error}") from error
+
+
+def load_model(
+    path: str | Path, registry: Registry | None = None, device: torch.device | str = "cpu"
+) -> tuple[GenerativeAutoencoder, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint (no recipe needed) and its ``model.json``."""
+    folder = find_checkpoint(path)
+    info = read_info(folder)
+    registry = registry or get_registry()
+    kind, architecture = info["model"]["kind"], info["model"]["architecture"]
+    try:
+        model = registry.create("model", kind, **architecture)
+    except AesamplerError as error:
+        raise CheckpointError(f"{folder / MODEL_INFO}: cannot rebuild the model: {error}") from error
+    load_weights(model, folder / MODEL_WEIGHTS)
+    return model.to(device), info
+
+
+def load_training_state(folder: Path) -> dict[str, Any]:
+    file = folder / TRAINING_STATE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{file} is missing: this checkpoint cannot be resumed") from error
+    except Exception as error:  # truncated zip, foreign pickle refused by weights_only, ...
+        raise CheckpointError(f"cannot read the training state {file}: {error}") from error

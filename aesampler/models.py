@@ -1,0 +1,203 @@
+"""The paper's generative autoencoders: VAE and AAE (Creswell et al. §2.1, §4.1).
+
+A model owns its encoder, decoder (and, for the AAE, adversary) and knows how one training step
+updates them; the training loop (``aesampler.training``) owns data, corruption, epochs,
+logging and checkpoints. Denoising is not a separate model: the loop feeds the model a corrupted
+input x̃ = C(x) and the clean target x, so DVAE = ``vae`` + ``gaussian`` and DAAE = ``aae`` +
+``gaussian`` (§2.2: "the reconstruction criterion applied to noisy inputs").
+
+Both reconstruct with binary cross-entropy, summed over pixels and averaged over the batch
+(nats per image), and use the 200-D prior N(0, I) by default (§4.1).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .interfaces import Decoder, DeterministicEncoder, Encoder, GaussianEncoder, ModuleDecoder
+from .nn import Adversary, DCGANDecoder, DCGANEncoder
+
+
+class GenerativeAutoencoder(nn.Module, abc.ABC):
+    """An encoder/decoder pair trained to match a prior, plus its training step.
+
+    Subclasses set ``encoder`` and ``decoder`` and keep every constructor argument in
+    ``architecture`` (plain JSON values), which is all a checkpoint needs to rebuild the model.
+    """
+
+    kind: ClassVar[str]
+    encoder: Encoder
+    decoder: Decoder
+    architecture: dict[str, Any]
+
+    @abc.abstractmethod
+    def optimizer_groups(self) -> dict[str, Iterator[nn.Parameter]]:
+        """Parameters by optimiser name; the loop builds one optimiser per entry."""
+
+    @abc.abstractmethod
+    def training_step(
+        self,
+        x: Tensor,
+        x_input: Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Update the parameters on one batch and return the (detached) losses.
+
+        Args:
+            x: the clean batch, the reconstruction target, values in [0, 1].
+            x_input: what the encoder sees: x itself, or a corrupted copy C(x).
+            optimizers: one per entry of :meth:`optimizer_groups`.
+            generator: the source of every random draw the step makes (dropout aside).
+        """
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """d(mean of Q(z|x)): the model's reconstruction of x."""
+        return self.decoder(self.encoder(x).mean)
+
+
+def _bce(x_rec: Tensor, x: Tensor) -> Tensor:
+    """Binary cross-entropy summed over pixels, averaged over the batch: nats per image."""
+    return F.binary_cross_entropy(x_rec, x, reduction="sum") / x.shape[0]
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class VAE(GenerativeAutoencoder):
+    """Variational autoencoder: a DCGAN encoder outputs mean and log-variance, z = μ + σ ⊙ ε.
+
+    Loss: BCE reconstruction + KL(Q(z|x) ‖ N(0, I)), one Adam optimiser.
+
+    Args:
+        image_size: image side S (a power of two >= 8).
+        channels: image channels.
+        latent_dim: size of z (the paper's is 200).
+        width: channels of the first encoder convolution (DCGAN's 64).
+    """
+
+    kind = "vae"
+
+    def __init__(self, image_size: int, channels: int, latent_dim: int = 200, width: int = 64):
+        super().__init__()
+        self.architecture = dict(
+            image_size=image_size, channels=channels, latent_dim=latent_dim, width=width
+        )
+        # Twice the latent size: the means and log-variances of a diagonal Gaussian (§4.1).
+        self.encoder = GaussianEncoder(
+            DCGANEncoder(image_size, channels, 2 * latent_dim, width), scale="logvar"
+        )
+        self.decoder = ModuleDecoder(
+            DCGANDecoder(image_size, channels, latent_dim, width), latent_shape=latent_dim
+        )
+
+    def optimizer_groups(self) -> dict[str, Iterator[nn.Parameter]]:
+        return {"autoencoder": self.parameters()}
+
+    def training_step(self, x, x_input, optimizers, generator=None):
+        posterior = self.encoder(x_input)
+        z = posterior.sample(generator)  # (B, latent_dim), reparameterised
+        reconstruction = _bce(self.decoder(z), x)
+        mean, std = posterior.mean, posterior.std
+        # KL(N(μ, σ²) ‖ N(0, 1)) = ½ Σ (μ² + σ² − log σ² − 1), per image.
+        kl = 0.5 * (mean.square() + std.square() - 2 * std.log() - 1).sum() / x.shape[0]
+        loss = reconstruction + kl
+        _step(optimizers["autoencoder"], loss)
+        return {"loss": loss.detach(), "reconstruction": reconstruction.detach(), "kl": kl.detach()}
+
+
+class AAE(GenerativeAutoencoder):
+    """Adversarial autoencoder with a deterministic encoder (§2.1, §4.1).
+
+    Each step has three phases with their own Adam optimisers (Makhzani et al., 2015):
+
+    1. reconstruction: encoder and decoder minimise the BCE of d(e(x̃)) against x;
+    2. adversary: D learns prior draws z ~ N(0, I) as real and encodings e(x̃) as fake;
+    3. generator: the encoder minimises −log D(e(x̃)).
+
+    The trained adversary is a submodule, so it is saved with the model.
+
+    Args:
+        image_size: image side S (a power of two >= 8).
+        channels: image channels.
+        latent_dim: size of z (the paper's is 200).
+        width: channels of the first encoder convolution (DCGAN's 64).
+        adversary_hidden: width of the adversary's hidden layers.
+        adversary_layers: number of hidden layers in the adversary.
+        adversary_dropout: dropout after each of the adversary's hidden layers.
+    """
+
+    kind = "aae"
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        latent_dim: int = 200,
+        width: int = 64,
+        adversary_hidden: int = 1000,
+        adversary_layers: int = 2,
+        adversary_dropout: float = 0.2,
+    ):
+        super().__init__()
+        self.architecture = dict(
+            image_size=image_size,
+            channels=channels,
+            latent_dim=latent_dim,
+            width=width,
+            adversary_hidden=adversary_hidden,
+            adversary_layers=adversary_layers,
+            adversary_dropout=adversary_dropout,
+        )
+        self.encoder = DeterministicEncoder(DCGANEncoder(image_size, channels, latent_dim, width))
+        self.decoder = ModuleDecoder(
+            DCGANDecoder(image_size, channels, latent_dim, width), latent_shape=latent_dim
+        )
+        self.adversary = Adversary(
+            latent_dim, hidden=adversary_hidden, layers=adversary_layers, dropout=adversary_dropout
+        )
+
+    def optimizer_groups(self) -> dict[str, Iterator[nn.Parameter]]:
+        return {
+            "autoencoder": [*self.encoder.parameters(), *self.decoder.parameters()],
+            "adversary": self.adversary.parameters(),
+            "generator": self.encoder.parameters(),
+        }
+
+    def training_step(self, x, x_input, optimizers, generator=None):
+        # 1. Reconstruction.
+        z = self.encoder(x_input).mean  # (B, latent_dim)
+        reconstruction = _bce(self.decoder(z), x)
+        _step(optimizers["autoencoder"], reconstruction)
+
+        # 2. Adversary: prior draws are real (1), encodings are fake (0).
+        z_prior = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        real, fake = self.adversary(z_prior), self.adversary(z.detach())
+        adversary = F.binary_cross_entropy_with_logits(
+            real, torch.ones_like(real)
+        ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        _step(optimizers["adversary"], adversary)
+
+        # 3. Generator: the encoder minimises -log D(e(x̃)); the adversary is held fixed.
+        self.adversary.requires_grad_(False)
+        try:
+            judged = self.adversary(self.encoder(x_input).mean)
+            generator_loss = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+            _step(optimizers["generator"], generator_loss)
+        finally:
+            self.adversary.requires_grad_(True)
+        return {
+            "loss": reconstruction.detach() + generator_loss.detach(),
+            "reconstruction": reconstruction.detach(),
+            "adversary": adversary.detach(),
+            "generator": generator_loss.detach(),
+        }

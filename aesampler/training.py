@@ -1,0 +1,317 @@
+"""Training a generative autoencoder from a recipe.
+
+``train(recipe)`` builds the data, model and corruption, then runs epochs of
+``model.training_step(x, C(x), ...)``. It writes into the run directory:
+
+* ``recipe.yaml``: the resolved recipe (every default filled in);
+* ``metrics.jsonl``: one JSON line per optimiser step (losses) and per epoch (means, validation
+  reconstruction, wall time);
+* ``images/epoch-NNN-reconstructions.png`` (rows: data, corrupted input if any,
+  reconstruction) and ``images/epoch-NNN-samples.png`` (decoded prior draws, batch-statistics
+  BN as in the paper), after every epoch;
+* ``checkpoints/``: a complete checkpoint after every epoch and when training stops
+  (see :mod:`aesampler.checkpoint`).
+
+Randomness: ``train.seed`` seeds the weight initialisation and dropout (PyTorch's global
+generator), the data order (a generator seeded with ``seed``) and the corruption and latent
+noise (a generator seeded with ``seed + 1``). All three states are saved in every checkpoint, so
+a resumed run continues exactly as an uninterrupted one would (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from . import __version__
+from .chain import Chain
+from .checkpoint import (
+    atomic_write_bytes,
+    find_checkpoint,
+    load_training_state,
+    load_weights,
+    read_info,
+    save_checkpoint,
+)
+from .errors import AesamplerError
+from .recipe import Recipe, build_corruption, build_dataset, build_model
+from .registry import Registry
+
+
+class TrainingError(AesamplerError):
+    """Training cannot start or cannot go on (non-finite loss, run directory in the way)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    steps: int
+    epochs_completed: int
+    seconds: float
+    last_losses: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise TrainingError(f"train.device: {name!r} is not a device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is available; use 'cpu'")
+    return device
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create the run directory; never replace an existing one without ``overwrite``."""
+    if resume and overwrite:
+        raise TrainingError("--resume and --overwrite contradict each other; choose one")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if not exists:
+            raise TrainingError(f"cannot resume: {str(run_dir)!r} does not exist or is empty")
+        find_checkpoint(run_dir)  # raises a clear error when there is nothing to resume
+        return
+    if exists:
+        if not overwrite:
+            raise TrainingError(
+                f"the run directory {str(run_dir)!r} already exists; pass --resume to continue "
+                "that run, --overwrite to replace it, or choose another output.dir (--out)"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _save_png(tensor: torch.Tensor, path: Path, nrow: int) -> None:
+    buffer = io.BytesIO()
+    save_image(tensor.float().clamp(0, 1), buffer, format="png", nrow=nrow, padding=2)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class _Metrics:
+    """Appends JSON lines to metrics.jsonl, flushed line by line."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "a", buffering=1)  # line-buffered: a crash loses no line
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def train(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    registry: Registry | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train the recipe's model and return where its run directory and checkpoint are."""
+    cfg = recipe.train
+    device = resolve_device(cfg.device)
+    run_dir = Path(recipe.output.dir)
+
+    # Build everything before touching the run directory: bad data or parameters lose nothing.
+    train_set = build_dataset(recipe, "train", registry)
+    valid_set = build_dataset(recipe, "valid", registry)
+    if len(train_set) < cfg.batch_size:
+        raise TrainingError(
+            f"train.batch_size is {cfg.batch_size} but the training split of "
+            f"{recipe.data.name!r} holds only {len(train_set)} images"
+        )
+    torch.manual_seed(cfg.seed)
+    model = build_model(recipe, train_set, registry).to(device)
+    corruption = build_corruption(recipe, registry)
+
+    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    (run_dir / "images").mkdir(exist_ok=True)
+    atomic_write_bytes(
+        run_dir / "recipe.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False).encode()
+    )
+
+    optimizers = {
+        name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+        for name, params in model.optimizer_groups().items()
+    }
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    step, epoch, skip = 0, 0, 0
+    epoch_start_state = shuffle.get_state()
+    if resume:
+        folder = find_checkpoint(run_dir)
+        info = read_info(folder)
+        if info["model"] != {"kind": model.kind, "architecture": model.architecture}:
+            raise TrainingError(
+                f"cannot resume {str(run_dir)!r}: its checkpoint holds {info['model']}, but the "
+                f"recipe builds {{'kind': {model.kind!r}, 'architecture': {model.architecture}}}"
+            )
+        load_weights(model, folder / "model.safetensors")
+        state = load_training_state(folder)
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        noise.set_state(state["rng"]["noise"])
+        epoch_start_state = state["rng"]["shuffle_epoch_start"]
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        log(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {skip})")
+
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,  # batch-statistics BN must never see a tiny last batch
+        generator=shuffle,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    total = cfg.epochs * len(loader) if cfg.max_steps is None else min(cfg.epochs * len(loader), cfg.max_steps)
+    # Fixed inputs for the per-epoch grids, drawn from generators of their own so the grids never
+    # disturb training's random streams.
+    grid_z = torch.randn(
+        cfg.grid_size, *model.decoder.latent_shape, generator=torch.Generator().manual_seed(cfg.seed + 2)
+    ).to(device)
+    # Evenly spaced validation images: splits of labelled data are often ordered by class.
+    picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
+    grid_x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
+
+    metrics = _Metrics(run_dir / "metrics.jsonl")
+    bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    checkpoint = find_checkpoint(run_dir) if resume else None
+    try:
+        while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
+            shuffle.set_state(epoch_start_state)
+            epoch_started = time.perf_counter()
+            sums: dict[str, float] = {}
+            batches = 0
+            for batch_index, (x, _) in enumerate(loader):
+                if batch_index < skip:
+                    continue  # resuming mid-epoch: these batches were trained on already
+                x = x.to(device, non_blocking=True)
+                x_input = corruption(x, generator=noise) if corruption is not None else x
+                model.train()
+                losses = model.training_step(x, x_input, optimizers, noise)
+                last = {k: float(v) for k, v in losses.items()}
+                bad = {k: v for k, v in last.items() if not math.isfinite(v)}
+                step += 1
+                if bad:
+                    where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
+                    raise TrainingError(
+                        f"training stopped: non-finite loss at step {step} (epoch {epoch + 1}): "
+                        f"{', '.join(f'{k}={v}' for k, v in bad.items())}; {where}. "
+                        "Try a lower train.lr."
+                    )
+                metrics.write({"event": "step", "step": step, "epoch": epoch + 1, **last})
+                for k, v in last.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                batches += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    skip = batch_index + 1 if batch_index + 1 < len(loader) else 0
+                    break
+            else:
+                skip = 0
+            complete = skip == 0
+            if complete:
+                epoch += 1
+                epoch_start_state = shuffle.get_state()
+            record = {
+                "event": "epoch",
+                "epoch": epoch if complete else epoch + 1,
+                "complete": complete,
+                "step": step,
+                "seconds": round(time.perf_counter() - epoch_started, 3),
+                **{f"train/{k}": v / max(batches, 1) for k, v in sums.items()},
+                **{f"valid/{k}": v for k, v in _validate(model, valid_set, cfg.batch_size, device).items()},
+            }
+            metrics.write(record)
+            tag = f"epoch-{record['epoch']:03d}"
+            _save_grids(model, run_dir / "images", tag, grid_x, grid_z, corruption, cfg.seed)
+            state = {
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "step": step,
+                "epoch": epoch,
+                "batch_in_epoch": skip,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "noise": noise.get_state(),
+                    "shuffle_epoch_start": epoch_start_state,
+                    **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                },
+            }
+            info = {
+                "step": step,
+                "epoch": epoch,
+                "epoch_complete": complete,
+                "data": train_set.describe(),
+                "corruption": recipe.corruption.model_dump() if recipe.corruption else None,
+                "aesampler_version": __version__,
+            }
+            checkpoint = save_checkpoint(run_dir, model, info, state)
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
+            (bar.write if progress else log)(f"epoch {record['epoch']}/{cfg.epochs} (step {step}, {record['seconds']:.1f}s): {summary}")
+    finally:
+        bar.close()
+        metrics.close()
+    if checkpoint is None:
+        checkpoint = find_checkpoint(run_dir)
+    return TrainResult(
+        run_dir=run_dir,
+        checkpoint=checkpoint,
+        steps=step,
+        epochs_completed=epoch,
+        seconds=time.perf_counter() - started,
+        last_losses=last,
+    )
+
+
+@torch.no_grad()
+def _validate(model, dataset, batch_size: int, device: torch.device, limit: int = 1000) -> dict[str, float]:
+    """Mean reconstruction BCE (nats per image) of the posterior mean on up to ``limit`` images."""
+    model.eval()
+    total, count = 0.0, 0
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))), batch_size=batch_size)
+    for x, _ in loader:
+        x = x.to(device)
+        rec = model.reconstruct(x)
+        total += torch.nn.functional.binary_cross_entropy(rec, x, reduction="sum").item()
+        count += len(x)
+    return {"reconstruction": total / max(count, 1)}
+
+
+@torch.no_grad()
+def _save_grids(model, folder: Path, tag: str, grid_x, grid_z, corruption, seed: int) -> None:
+    model.eval()
+    rows = [grid_x]
+    if corruption is not None:
+        rows.append(corruption(grid_x, generator=torch.Generator(grid_x.device).manual_seed(seed)))
+    rows.append(model.reconstruct(grid_x))
+    _save_png(torch.cat(rows), folder / f"{tag}-reconstructions.png", nrow=len(grid_x))
+    # Prior samples with batch-statistics BN, as the paper samples (step 0 of a chain).
+    samples = Chain(model.encoder, model.decoder).run(grid_z, steps=0, seed=seed).x[0]
+    _save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)
+
+

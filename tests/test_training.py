@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import aesampler
+from aesampler.checkpoint import CheckpointError, find_checkpoint, load_model, load_training_state
+from aesampler.models import AAE
+from aesampler.plugins import load_registry
+from aesampler.training import TrainingError, train
+
+from .helpers import tiny_recipe
+from .test_cli import EXE
+
+
+def quiet(recipe, **kwargs):
+    return train(recipe, progress=False, log=lambda message: None, **kwargs)
+
+
+def weights(run_dir):
+    return load_file(str(find_checkpoint(run_dir) / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_training_writes_a_complete_run_directory(tmp_path):
+    run = tmp_path / "run"
+    result = quiet(tiny_recipe(run))
+    steps_per_epoch = 1455 // 64  # digits' training split, last partial batch dropped
+    assert result.steps == steps_per_epoch and result.epochs_completed == 1
+    assert (run / "recipe.yaml").is_file()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, steps_per_epoch + 1))
+    assert {"reconstruction", "adversary", "generator", "loss"} <= set(steps[0])
+    [epoch] = [r for r in lines if r["event"] == "epoch"]
+    assert epoch["complete"] and "valid/reconstruction" in epoch and epoch["seconds"] > 0
+    assert steps[-1]["reconstruction"] < steps[0]["reconstruction"]
+    for name in ("epoch-001-reconstructions.png", "epoch-001-samples.png"):
+        assert (run / "images" / name).stat().st_size > 100
+    folder = find_checkpoint(run)
+    assert folder.name == f"step-{steps_per_epoch:08d}"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors", "state.pt"]
+    info = json.loads((folder / "model.json").read_text())
+    assert info["model"] == {
+        "kind": "aae",
+        "architecture": {
+            "image_size": 8,
+            "channels": 1,
+            "latent_dim": 4,
+            "width": 4,
+            "adversary_hidden": 16,
+            "adversary_layers": 2,
+            "adversary_dropout": 0.2,
+        },
+    }
+    assert info["data"]["dataset"] == "digits" and info["data"]["value_range"] == [0.0, 1.0]
+    assert info["corruption"] == {"name": "gaussian", "sigma": 0.5}
+    assert info["step"] == steps_per_epoch
+
+
+def test_checkpoint_rebuilds_the_model_without_the_recipe(tmp_path):
+    run = tmp_path / "run"
+    quiet(tiny_recipe(run, model={"name": "vae"}))
+    model, info = load_model(run)
+    assert isinstance(model, aesampler.models.VAE) and info["model"]["kind"] == "vae"
+    again, _ = load_model(find_checkpoint(run))
+    x = torch.rand(5, 1, 8, 8)
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.equal(model.reconstruct(x), again.reconstruct(x))
+    stored = weights(run)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, stored[key])
+    # The rebuilt model samples through the chain runner.
+    result = aesampler.Chain(model.encoder, model.decoder, aesampler.GaussianCorruption(0.5)).run(
+        n=6, steps=2, seed=0
+    )
+    assert result.x[2].shape == (6, 1, 8, 8)
+
+
+def test_two_epochs_equal_one_epoch_resumed_for_one_more(tmp_path):
+    quiet(tiny_recipe(tmp_path / "straight", train={"epochs": 2}))
+    quiet(tiny_recipe(tmp_path / "resumed", train={"epochs": 1}))
+    result = quiet(tiny_recipe(tmp_path / "resumed", train={"epochs": 2}), resume=True)
+    assert result.epochs_completed == 2
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_resume_mid_epoch_after_max_steps(tmp_path):
+    quiet(tiny_recipe(tmp_path / "straight", model={"name": "vae"}))
+    first = quiet(tiny_recipe(tmp_path / "resumed", model={"name": "vae"}, train={"max_steps": 5}))
+    assert first.steps == 5 and first.epochs_completed == 0
+    state = load_training_state(find_checkpoint(tmp_path / "resumed"))
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 0, 5)
+    quiet(tiny_recipe(tmp_path / "resumed", model={"name": "vae"}), resume=True)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_run_directory_is_never_overwritten_without_the_flag(tmp_path):
+    run = tmp_path / "run"
+    quiet(tiny_recipe(run, train={"max_steps": 2}))
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(TrainingError, match="already exists; pass --resume .* --overwrite"):
+        quiet(tiny_recipe(run, train={"max_steps": 2}))
+    assert (run / "metrics.jsonl").read_text() == before
+    quiet(tiny_recipe(run, train={"max_steps": 3}), overwrite=True)
+    assert find_checkpoint(run).name == "step-00000003"
+    with pytest.raises(TrainingError, match="does not exist or is empty"):
+        quiet(tiny_recipe(tmp_path / "new"), resume=True)
+    with pytest.raises(TrainingError, match="cannot resume .* recipe builds"):
+        quiet(tiny_recipe(run, model={"latent_dim": 5}), resume=True)
+
+
+class _NaNAfterTwoEpochs(AAE):
+    """An AAE whose loss turns NaN at its 30th step (in the second epoch)."""
+
+    calls = 0
+
+    def training_step(self, x, x_input, optimizers, generator=None):
+        losses = super().training_step(x, x_input, optimizers, generator)
+        type(self).calls += 1
+        if type(self).calls >= 30:
+            losses["reconstruction"] = torch.tensor(float("nan"))
+        return losses
+
+
+class _NaNPlugin:
+    @aesampler.hookimpl
+    def register_models(self, register):
+        register("nan_aae", _NaNAfterTwoEpochs)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    registry = load_registry(extra_plugins=[("nan", _NaNPlugin())])
+    run = tmp_path / "run"
+    recipe = tiny_recipe(run, registry, model={"name": "nan_aae"}, train={"epochs": 3})
+    _NaNAfterTwoEpochs.calls = 0
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 30 \(epoch 2\): reconstruction=nan.*step-00000022"):
+        quiet(recipe, registry=registry)
+    assert find_checkpoint(run).name == "step-00000022"
+    model, _ = load_model(run, registry=registry)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_broken_checkpoints_give_clear_errors(tmp_path):
+    run = tmp_path / "run"
+    quiet(tiny_recipe(run, train={"max_steps": 1}))
+    folder = find_checkpoint(run)
+    weights_file = folder / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read weights .*truncated"):
+        load_model(run)
+    (folder / "model.json").write_text('{"hello": "world"}')
+    with pytest.raises(CheckpointError, match="not an aesampler checkpoint"):
+        load_model(run)
+    (folder / "model.json").write_text('{"format": "aesampler-check')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(folder)
+    state = folder / "state.pt"
+    state.write_bytes(state.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot read the training state"):
+        load_training_state(folder)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    state.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(CheckpointError, match="cannot read the training state"):
+        load_training_state(folder)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_model(tmp_path / "nothing")
+
+
+def test_train_cli_end_to_end(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "model: {name: vae, latent_dim: 4, width: 4}\n"
+        "data: {name: digits, image_size: 8}\n"
+        "train: {epochs: 1, grid_size: 4}\n"
+        "output: {dir: unused}\n"
+    )
+    out = tmp_path / "run"
+    args = [EXE, "train", str(recipe), "train.max_steps=3", "--out", str(out), "--quiet"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "trained vae for 3 steps" in done.stdout and "step-00000003" in done.stdout
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2
+    assert again.stderr.startswith("aesampler: error: the run directory") and "Traceback" not in again.stderr
+    resumed = subprocess.run([*args[:3], "train.max_steps=4", *args[4:], "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "trained vae for 4 steps" in resumed.stdout
+    bad = subprocess.run([EXE, "train", str(recipe), "train.epochs=0", "model.widht=3"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert f"{recipe} (command line): train.epochs: Input should be greater than 0 (got 0)" in bad.stderr
+    assert "model.widht: model 'vae' (aesampler) has no parameter 'widht'. Did you mean 'width'?" in bad.stderr
