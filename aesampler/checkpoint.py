@@ -139,7 +139,9 @@ def read_info(folder: Path) -> dict[str, Any]:
         )
     model = document.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("architecture"), dict):
-        raise CheckpointError(f"{file} does not describe its model (model.kind, model.architecture)")
+        raise CheckpointError(
+            f"{file} does not describe its model (model.kind, model.architecture)"
+        )
     return document
 
 
@@ -165,7 +167,9 @@ def load_model(
     try:
         model = registry.create("model", kind, **architecture)
     except AesamplerError as error:
-        raise CheckpointError(f"{folder / MODEL_INFO}: cannot rebuild the model: {error}") from error
+        raise CheckpointError(
+            f"{folder / MODEL_INFO}: cannot rebuild the model: {error}"
+        ) from error
     load_weights(model, folder / MODEL_WEIGHTS)
     return model.to(device), info
 

@@ -66,7 +66,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     losses = ", ".join(f"{k}={v:.4g}" for k, v in result.last_losses.items())
     print(
         f"trained {recipe.model.name} for {result.steps} steps ({result.epochs_completed} epochs) "
-        f"in {result.seconds:.1f}s; last losses: {losses or 'none'}; checkpoint: {result.checkpoint}"
+        f"in {result.seconds:.1f}s; last losses: {losses or 'none'}; "
+        f"checkpoint: {result.checkpoint}"
     )
     return 0
 
@@ -108,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue the run in output.dir")
-    train.add_argument(
-        "--overwrite", action="store_true", help="replace an existing run directory"
-    )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_cmd_train)
     return parser

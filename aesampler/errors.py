@@ -38,5 +38,5 @@ class PluginLoadWarning(UserWarning):
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` when ``word`` is close to one of ``options``, else ``""``."""
-    matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.7)
     return f" Did you mean {matches[0]!r}?" if matches else ""

@@ -107,7 +107,8 @@ class _Metrics:
     """Appends JSON lines to metrics.jsonl, flushed line by line."""
 
     def __init__(self, path: Path):
-        self._file = open(path, "a", buffering=1)  # line-buffered: a crash loses no line
+        # Line-buffered: a crash loses no line. Closed by close(), in train()'s finally.
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -185,18 +186,26 @@ def train(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    total = cfg.epochs * len(loader) if cfg.max_steps is None else min(cfg.epochs * len(loader), cfg.max_steps)
+    total = (
+        cfg.epochs * len(loader)
+        if cfg.max_steps is None
+        else min(cfg.epochs * len(loader), cfg.max_steps)
+    )
     # Fixed inputs for the per-epoch grids, drawn from generators of their own so the grids never
     # disturb training's random streams.
     grid_z = torch.randn(
-        cfg.grid_size, *model.decoder.latent_shape, generator=torch.Generator().manual_seed(cfg.seed + 2)
+        cfg.grid_size,
+        *model.decoder.latent_shape,
+        generator=torch.Generator().manual_seed(cfg.seed + 2),
     ).to(device)
     # Evenly spaced validation images: splits of labelled data are often ordered by class.
     picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
     grid_x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
 
     metrics = _Metrics(run_dir / "metrics.jsonl")
-    bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True
+    )
     started = time.perf_counter()
     last: dict[str, float] = {}
     checkpoint = find_checkpoint(run_dir) if resume else None
@@ -217,7 +226,11 @@ def train(
                 bad = {k: v for k, v in last.items() if not math.isfinite(v)}
                 step += 1
                 if bad:
-                    where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
+                    where = (
+                        f"the last good checkpoint is {checkpoint}"
+                        if checkpoint
+                        else "no checkpoint was written"
+                    )
                     raise TrainingError(
                         f"training stopped: non-finite loss at step {step} (epoch {epoch + 1}): "
                         f"{', '.join(f'{k}={v}' for k, v in bad.items())}; {where}. "
@@ -245,7 +258,10 @@ def train(
                 "step": step,
                 "seconds": round(time.perf_counter() - epoch_started, 3),
                 **{f"train/{k}": v / max(batches, 1) for k, v in sums.items()},
-                **{f"valid/{k}": v for k, v in _validate(model, valid_set, cfg.batch_size, device).items()},
+                **{
+                    f"valid/{k}": v
+                    for k, v in _validate(model, valid_set, cfg.batch_size, device).items()
+                },
             }
             metrics.write(record)
             tag = f"epoch-{record['epoch']:03d}"
@@ -272,7 +288,10 @@ def train(
             }
             checkpoint = save_checkpoint(run_dir, model, info, state)
             summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
-            (bar.write if progress else log)(f"epoch {record['epoch']}/{cfg.epochs} (step {step}, {record['seconds']:.1f}s): {summary}")
+            seconds = record["seconds"]
+            (bar.write if progress else log)(
+                f"epoch {record['epoch']}/{cfg.epochs} (step {step}, {seconds:.1f}s): {summary}"
+            )
     finally:
         bar.close()
         metrics.close()
@@ -289,11 +308,15 @@ def train(
 
 
 @torch.no_grad()
-def _validate(model, dataset, batch_size: int, device: torch.device, limit: int = 1000) -> dict[str, float]:
+def _validate(
+    model, dataset, batch_size: int, device: torch.device, limit: int = 1000
+) -> dict[str, float]:
     """Mean reconstruction BCE (nats per image) of the posterior mean on up to ``limit`` images."""
     model.eval()
     total, count = 0.0, 0
-    loader = DataLoader(torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))), batch_size=batch_size)
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))), batch_size=batch_size
+    )
     for x, _ in loader:
         x = x.to(device)
         rec = model.reconstruct(x)
@@ -313,5 +336,3 @@ def _save_grids(model, folder: Path, tag: str, grid_x, grid_z, corruption, seed:
     # Prior samples with batch-statistics BN, as the paper samples (step 0 of a chain).
     samples = Chain(model.encoder, model.decoder).run(grid_z, steps=0, seed=seed).x[0]
     _save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)
-
-

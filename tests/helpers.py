@@ -19,6 +19,10 @@ def tiny_recipe(run_dir: Path, registry=None, **sections) -> object:
     for section, values in sections.items():
         if values is None:
             data[section] = None
+        elif "name" in values:  # another component: its own parameters only
+            data[section] = {
+                k: v for k, v in {**data[section], **values}.items() if k in ("latent_dim", "width")
+            } | values
         else:
             data[section] = {**data.get(section, {}), **values}
     return validate(data, registry=registry)

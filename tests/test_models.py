@@ -71,13 +71,15 @@ def test_aae_updates_the_adversary_and_the_encoder_against_it():
     torch.manual_seed(0)
     base = AAE(image_size=8, channels=1, latent_dim=4, width=8, adversary_hidden=16)
     opts = {
-        n: torch.optim.Adam(p, lr=2e-3, betas=(0.5, 0.999)) for n, p in base.optimizer_groups().items()
+        n: torch.optim.Adam(p, lr=2e-3, betas=(0.5, 0.999))
+        for n, p in base.optimizer_groups().items()
     }
     frozen = copy.deepcopy(base)
     x = _blobs()
     base.training_step(x, x, opts, torch.Generator().manual_seed(1))
     frozen_opts = {
-        n: torch.optim.Adam(p, lr=2e-3, betas=(0.5, 0.999)) for n, p in frozen.optimizer_groups().items()
+        n: torch.optim.Adam(p, lr=2e-3, betas=(0.5, 0.999))
+        for n, p in frozen.optimizer_groups().items()
     }
     frozen_opts["generator"].step = lambda *a, **k: None
     frozen.training_step(x, x, frozen_opts, torch.Generator().manual_seed(1))

@@ -50,7 +50,11 @@ def test_training_writes_a_complete_run_directory(tmp_path):
         assert (run / "images" / name).stat().st_size > 100
     folder = find_checkpoint(run)
     assert folder.name == f"step-{steps_per_epoch:08d}"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors", "state.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.json",
+        "model.safetensors",
+        "state.pt",
+    ]
     info = json.loads((folder / "model.json").read_text())
     assert info["model"] == {
         "kind": "aae",
@@ -146,7 +150,10 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     run = tmp_path / "run"
     recipe = tiny_recipe(run, registry, model={"name": "nan_aae"}, train={"epochs": 3})
     _NaNAfterTwoEpochs.calls = 0
-    with pytest.raises(TrainingError, match=r"non-finite loss at step 30 \(epoch 2\): reconstruction=nan.*step-00000022"):
+    with pytest.raises(
+        TrainingError,
+        match=r"non-finite loss at step 30 \(epoch 2\): reconstruction=nan.*step-00000022",
+    ):
         quiet(recipe, registry=registry)
     assert find_checkpoint(run).name == "step-00000022"
     model, _ = load_model(run, registry=registry)
@@ -176,7 +183,7 @@ def test_broken_checkpoints_give_clear_errors(tmp_path):
         def __reduce__(self):
             return (print, ("code ran",))
 
-    state.write_bytes(pickle.dumps({"x": Evil()}))
+    state.write_bytes(pickle.dumps({"x": Evil()}, protocol=2))
     with pytest.raises(CheckpointError, match="cannot read the training state"):
         load_training_state(folder)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
@@ -198,11 +205,30 @@ def test_train_cli_end_to_end(tmp_path):
     assert "trained vae for 3 steps" in done.stdout and "step-00000003" in done.stdout
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2
-    assert again.stderr.startswith("aesampler: error: the run directory") and "Traceback" not in again.stderr
-    resumed = subprocess.run([*args[:3], "train.max_steps=4", *args[4:], "--resume"], capture_output=True, text=True, timeout=300)
+    assert (
+        again.stderr.startswith("aesampler: error: the run directory")
+        and "Traceback" not in again.stderr
+    )
+    resumed = subprocess.run(
+        [*args[:3], "train.max_steps=4", *args[4:], "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "trained vae for 4 steps" in resumed.stdout
-    bad = subprocess.run([EXE, "train", str(recipe), "train.epochs=0", "model.widht=3"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [EXE, "train", str(recipe), "train.epochs=0", "model.widht=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2
-    assert f"{recipe} (command line): train.epochs: Input should be greater than 0 (got 0)" in bad.stderr
-    assert "model.widht: model 'vae' (aesampler) has no parameter 'widht'. Did you mean 'width'?" in bad.stderr
+    assert (
+        f"{recipe} (command line): train.epochs: Input should be greater than 0 (got 0)"
+        in bad.stderr
+    )
+    assert (
+        "model.widht: model 'vae' (aesampler) has no parameter 'widht'. Did you mean 'width'?"
+        in bad.stderr
+    )

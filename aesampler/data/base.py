@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import AesamplerError
@@ -69,7 +69,9 @@ class TensorImageDataset(ImageDataset):
         num_classes: int | None = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) == 0:
             raise DatasetError(f"{name}: split {split!r} is empty")
         self.name, self.split, self.image_size = name, split, image_size
@@ -103,7 +105,7 @@ class FileImageDataset(ImageDataset):
         self.channels, self.num_classes = channels, num_classes
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
-        self._mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+        self._mode = "RGB" if channels == 3 else "L"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,8 +113,9 @@ class FileImageDataset(ImageDataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path = self.paths[index]
         try:
-            image = decode_image(str(path), mode=self._mode)  # (C, H, W) uint8
-        except (RuntimeError, OSError, ValueError) as error:
+            with Image.open(path) as file:
+                image = TF.pil_to_tensor(file.convert(self._mode))  # (C, H, W) uint8
+        except (UnidentifiedImageError, OSError, ValueError) as error:
             raise DatasetError(f"{self.name}: cannot read image {path}: {error}") from error
         image = square_resize(image, self.image_size)
         return TF.to_dtype(image, torch.float32, scale=True), self.labels[index]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.nn import functional as F
 
 from .base import DatasetError, FileImageDataset, TensorImageDataset, check_split
@@ -23,20 +22,24 @@ SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
+def _split_off(
+    index: np.ndarray, size: int | float, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``index`` in two with a fixed seed, stratified by label where the sizes allow it."""
+    from sklearn.model_selection import train_test_split  # slow to import: only when needed
+
+    try:
+        return train_test_split(index, test_size=size, random_state=SPLIT_SEED, stratify=labels)
+    except ValueError:  # too few images per class to stratify (a small user subset)
+        return train_test_split(index, test_size=size, random_state=SPLIT_SEED)
+
+
 def _three_way(
     n: int, valid: int | float, test: int | float, labels: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Fixed train/valid/test indices, stratified by label when there are labels."""
-    index = np.arange(n)
-    rest, test_idx = train_test_split(
-        index, test_size=test, random_state=SPLIT_SEED, stratify=labels
-    )
-    train_idx, valid_idx = train_test_split(
-        rest,
-        test_size=valid,
-        random_state=SPLIT_SEED,
-        stratify=labels[rest] if labels is not None else None,
-    )
+    rest, test_idx = _split_off(np.arange(n), test, labels)
+    train_idx, valid_idx = _split_off(rest, valid, labels[rest] if labels is not None else None)
     return {"train": np.sort(train_idx), "valid": np.sort(valid_idx), "test": np.sort(test_idx)}
 
 
@@ -45,7 +48,9 @@ def _root(name: str, root: str | Path | None, what: str) -> Path:
         raise DatasetError(f"{name}: set data.root to the folder that holds {what}")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DatasetError(f"{name}: data.root {str(path)!r} is not a folder; it should hold {what}")
+        raise DatasetError(
+            f"{name}: data.root {str(path)!r} is not a folder; it should hold {what}"
+        )
     return path
 
 
@@ -117,7 +122,14 @@ def celeba(split: str, image_size: int = 64, root: str | None = None) -> FileIma
     base = _root("celeba", root, "img_align_celeba/ (CelebA's aligned and cropped JPEGs)")
     image_dir = _celeba_image_dir(base)
     partition_file = next(
-        (p for p in (image_dir.parent / "list_eval_partition.txt", base / "list_eval_partition.txt") if p.is_file()),
+        (
+            p
+            for p in (
+                image_dir.parent / "list_eval_partition.txt",
+                base / "list_eval_partition.txt",
+            )
+            if p.is_file()
+        ),
         None,
     )
     files = sorted(image_dir.glob("*.jpg"))
@@ -136,9 +148,7 @@ def celeba(split: str, image_size: int = 64, root: str | None = None) -> FileIma
         source = f"partition file {partition_file}"
     else:
         low, high = CELEBA_RANGES[split]
-        chosen = [
-            f for f in files if re.fullmatch(r"\d+", f.stem) and low <= int(f.stem) <= high
-        ]
+        chosen = [f for f in files if re.fullmatch(r"\d+", f.stem) and low <= int(f.stem) <= high]
         source = f"official file numbers {low:06d}-{high:06d}"
     if not chosen:
         raise DatasetError(
@@ -174,16 +184,16 @@ def svhn(split: str, image_size: int = 32, root: str | None = None) -> TensorIma
     if images.dtype != torch.uint8:
         raise DatasetError(f"svhn: {str(file)!r} holds {images.dtype} images, expected uint8")
     if split != "test":
-        rest, valid_idx = train_test_split(
-            np.arange(len(images)), test_size=0.05, random_state=SPLIT_SEED, stratify=labels
-        )
+        rest, valid_idx = _split_off(np.arange(len(images)), 0.05, labels)
         index = np.sort(rest if split == "train" else valid_idx)
         images, labels = images[index], labels[index]
     return TensorImageDataset("svhn", split, images, torch.from_numpy(labels), image_size, 10)
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
 def image_folder(
@@ -205,7 +215,9 @@ def image_folder(
                 f"image_folder: {str(base)!r} holds {len(every)} image files "
                 f"({', '.join(IMAGE_SUFFIXES)}); at least 3 are needed to make three splits"
             )
-        index = _three_way(len(every), valid=max(1, len(every) // 20), test=max(1, len(every) // 20))
+        index = _three_way(
+            len(every), valid=max(1, len(every) // 20), test=max(1, len(every) // 20)
+        )
         paths = [every[i] for i in index[split]]
     if not paths:
         raise DatasetError(f"image_folder: split {split!r} has no images under {str(base)!r}")

@@ -54,7 +54,9 @@ class DCGANEncoder(nn.Module):
         for i in range(halvings):
             out_ch = width * 2**i
             layers += [
-                nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False),  # (B, out_ch, S/2^(i+1), ..)
+                nn.Conv2d(
+                    in_ch, out_ch, 4, stride=2, padding=1, bias=False
+                ),  # (B, out_ch, S/2^(i+1), ..)
                 nn.BatchNorm2d(out_ch),
                 nn.ReLU(inplace=True),
             ]

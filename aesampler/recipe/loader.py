@@ -90,7 +90,8 @@ def read_yaml(path: str | Path) -> tuple[dict, dict]:
     try:
         text = path.read_text()
     except OSError as error:
-        raise RecipeError(str(path), [RecipeIssue((), f"cannot read the recipe: {error.strerror}")])
+        issue = RecipeIssue((), f"cannot read the recipe: {error.strerror}")
+        raise RecipeError(str(path), [issue]) from None
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text)
@@ -153,7 +154,9 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
 def _pydantic_issues(error: ValidationError, lines: dict) -> list[RecipeIssue]:
     issues = []
     for item in error.errors():
-        path = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = tuple(
+            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key." + did_you_mean(str(path[-1]), _fields_at(path[:-1]))
@@ -191,7 +194,9 @@ def _line_for(path: tuple, lines: dict) -> int | None:
 def _param_model(component: Component, provided: tuple[str, ...]):
     """A pydantic model of the factory's parameters, typed by its annotations."""
     try:
-        hints = typing.get_type_hints(component.factory.__init__ if inspect.isclass(component.factory) else component.factory)
+        hints = typing.get_type_hints(
+            component.factory.__init__ if inspect.isclass(component.factory) else component.factory
+        )
     except Exception:  # unresolvable annotations in a plugin: check names only
         hints = {}
     fields = {}
@@ -244,7 +249,10 @@ def _check_component(
 
 
 def validate(
-    data: dict, lines: dict | None = None, source: str = "<recipe>", registry: Registry | None = None
+    data: dict,
+    lines: dict | None = None,
+    source: str = "<recipe>",
+    registry: Registry | None = None,
 ) -> Recipe:
     """Validate recipe data: every issue is collected, then raised as one RecipeError."""
     lines = lines or {}
