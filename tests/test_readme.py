@@ -32,3 +32,23 @@ def test_ci_runs_the_readme_test_command():
     ).stdout.strip()
     assert extracted == 'pip install -e ".[test]" && python -m pytest -q'
     assert 'bash -c "$test_command"' in ci
+
+
+def test_readme_sampling_snippet_runs_on_a_trained_run(tmp_path):
+    from aesampler.recipe import load_recipe
+    from aesampler.training import train
+
+    match = re.search(r"Then sample the trained model.*?```python\n(.*?)```", README, re.S)
+    assert match, "README lost its sampling snippet"
+    run = tmp_path / "quickstart"
+    tiny = ["model.width=4", "model.latent_dim=8", "train.max_steps=2", "train.grid_size=4"]
+    train(
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", [*tiny, f"output.dir={run}"]),
+        progress=False,
+        log=lambda message: None,
+    )
+    namespace: dict = {}
+    code = match.group(1).replace('"runs/quickstart"', repr(str(run)))
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].x[10].shape == (64, 1, 32, 32)
+    assert namespace["info"]["data"]["dataset"] == "mnist5k"
