@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import AesamplerError
@@ -72,6 +73,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    recipe = _load(args)
+    print(f"{args.recipe}: valid (model {recipe.model.name}, data {recipe.data.name})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .workflow import run
+
+    recipe = _load(args)
+    kind = args.command
+    result = run(
+        recipe,
+        resume=getattr(args, "resume", False),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        do_sample=kind in ("run", "sample"),
+        do_interpolate=kind in ("run", "interpolate"),
+        checkpoint=getattr(args, "checkpoint", None),
+    )
+    trained = f"trained {result.trained_steps} steps, " if result.trained_steps is not None else ""
+    print(
+        f"{kind} finished in {result.seconds:.1f}s ({trained}outputs in {result.run_dir}); "
+        f"report: {result.report}"
+    )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise AesamplerError(f"{str(run_dir)!r} is not a run directory")
+    print(f"report: {write_report(run_dir)}")
+    return 0
+
+
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="the YAML recipe")
     parser.add_argument(
@@ -112,6 +151,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_cmd_train)
+
+    run = sub.add_parser(
+        "run",
+        help="train (or load) a model, run chains, interpolate and write a report",
+        description="Train the recipe's model (or load model.checkpoint), run sampling.num_chains "
+        "chains, interpolate between test images, and write report.html in the run directory.",
+    )
+    _add_recipe_arguments(run)
+    run.add_argument("--resume", action="store_true", help="continue the run in output.dir")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_cmd_run)
+
+    for name, what in (("sample", "run chains from the prior"), ("interpolate", "interpolate")):
+        command = sub.add_parser(
+            name,
+            help=f"{what} with a trained model (no training) and update the report",
+            description=f"{what.capitalize()} with a trained model: --checkpoint, else "
+            "model.checkpoint, else the checkpoint in output.dir. Writes into output.dir.",
+        )
+        _add_recipe_arguments(command)
+        command.add_argument("--checkpoint", metavar="PATH", help="a run directory or checkpoint")
+        command.add_argument(
+            "--overwrite", action="store_true", help=f"replace earlier {name} outputs"
+        )
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.set_defaults(handler=_cmd_run)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a recipe and exit (0: valid, 2: every problem listed)",
+        description="Validate a recipe with its overrides, without doing any work.",
+    )
+    _add_recipe_arguments(validate)
+    validate.set_defaults(handler=_cmd_validate)
+
+    report = sub.add_parser("report", help="(re)write report.html for a run directory")
+    report.add_argument("run_dir", help="the run directory")
+    report.set_defaults(handler=_cmd_report)
     return parser
 
 

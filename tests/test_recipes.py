@@ -133,7 +133,7 @@ def test_broken_recipe_catalogue(tmp_path):
         f"  {p}:14: train.lrr: unknown key. Did you mean 'lr'? Keys here: epochs, max_steps, batch_size, lr, "
         "betas, seed, device, num_workers, grid_size",
         f"  {p}:15: output.dir: missing: this key is required",
-        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, output",
+        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, output",
         f"  {p} (command line): train.seed: Input should be greater than or equal to 0 (got -1)",
     ]
 

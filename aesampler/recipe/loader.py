@@ -23,13 +23,17 @@ from ..plugins import get_registry
 from ..registry import Component, Registry, param_problems
 from .schema import Recipe
 
-# Parameters the host passes itself, by section: users do not set them in a recipe.
-PROVIDED: dict[str, tuple[str, ...]] = {
-    "model": ("image_size", "channels"),
-    "data": ("split",),
-    "corruption": (),
+# Component sections by key path: their kind, and the parameters the host passes itself (users
+# do not set those in a recipe).
+COMPONENT_SECTIONS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
+    ("model",): ("model", ("image_size", "channels")),
+    ("data",): ("dataset", ("split",)),
+    ("corruption",): ("corruption", ()),
+    ("sampling", "transition"): ("transition", ("encoder", "decoder", "corruption")),
+    ("sampling", "corruption"): ("corruption", ()),
 }
-SECTION_KIND = {"model": "model", "data": "dataset", "corruption": "corruption"}
+# Keys of a component section that are the recipe's, not the component's parameters.
+RESERVED = {("model",): ("checkpoint",)}
 
 
 COMMAND_LINE = "command line"
@@ -213,38 +217,40 @@ def _param_model(component: Component, provided: tuple[str, ...]):
 
 
 def _check_component(
-    section: str, spec: dict, registry: Registry, lines: dict
+    section: tuple[str, ...], spec: dict, registry: Registry, lines: dict
 ) -> tuple[list[RecipeIssue], dict]:
     """Issues with a component section, and its parameters converted to their declared types."""
 
     def issue(path: tuple, message: str) -> RecipeIssue:
         return RecipeIssue(path, message, _line_for(path, lines))
 
-    kind = SECTION_KIND[section]
-    params = {k: v for k, v in spec.items() if k != "name"}
+    kind, provided = COMPONENT_SECTIONS[section]
+    reserved = {k: spec[k] for k in RESERVED.get(section, ()) if k in spec}
+    params = {k: v for k, v in spec.items() if k != "name" and k not in reserved}
     try:
         component = registry.get(kind, spec.get("name"))
     except ComponentError as error:
-        return [issue((section, "name"), str(error))], params
-    problems = param_problems(component, params, provided=PROVIDED[section])
-    issues = [issue((section, key) if key else (section,), message) for key, message in problems]
+        return [issue((*section, "name"), str(error))], {**params, **reserved}
+    problems = param_problems(component, params, provided=provided)
+    issues = [issue((*section, key) if key else section, message) for key, message in problems]
     known = {k: v for k, v in params.items() if k not in {key for key, _ in problems}}
     try:
-        typed = _param_model(component, PROVIDED[section])(**known)
+        typed = _param_model(component, provided)(**known)
     except ValidationError as error:
         for item in error.errors():
             if item["type"] != "missing":  # missing parameters are reported above
                 message = f"{item['msg']} (got {item.get('input')!r})"
-                issues.append(issue((section, *item["loc"]), message))
-        return issues, params
+                issues.append(issue((*section, *item["loc"]), message))
+        return issues, {**params, **reserved}
     converted = {**params, **{k: getattr(typed, k) for k in known if k in type(typed).model_fields}}
-    if not issues and section == "corruption":
+    converted.update(reserved)
+    if not issues and kind == "corruption":
         # Build it once, so its own value checks (sigma >= 0, ...) run now. Models and datasets
         # are built, and check their values, before training writes anything.
         try:
             registry.create(kind, component.name, **converted)
         except ComponentError as error:
-            issues.append(issue((section,), str(error)))
+            issues.append(issue(section, str(error)))
     return issues, converted
 
 
@@ -259,12 +265,15 @@ def validate(
     registry = registry or get_registry()
     issues: list[RecipeIssue] = []
     data = copy.deepcopy(data)
-    for section in SECTION_KIND:
-        spec = data.get(section)
+    for section in COMPONENT_SECTIONS:
+        parent = data
+        for key in section[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        spec = parent.get(section[-1]) if isinstance(parent, dict) else None
         if isinstance(spec, dict) and "name" in spec:
             found, converted = _check_component(section, spec, registry, lines)
             issues += found
-            data[section] = {"name": spec["name"], **converted}
+            parent[section[-1]] = {"name": spec["name"], **converted}
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:

@@ -7,9 +7,9 @@ are checked against the component's own signature by the loader.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -28,7 +28,16 @@ class ComponentSpec(BaseModel):
 
     @property
     def params(self) -> dict[str, Any]:
+        """The component's parameters: every key but ``name`` (and declared fields)."""
         return dict(self.model_extra or {})
+
+
+class ModelSpec(ComponentSpec):
+    """The model kind and architecture, or a checkpoint to load instead of training."""
+
+    checkpoint: str | None = Field(
+        None, description="a run directory or checkpoint folder to load instead of training"
+    )
 
 
 class TrainSection(Section):
@@ -52,16 +61,69 @@ class TrainSection(Section):
     )
 
 
+class SamplingSection(Section):
+    """How to run the chains (§3, §4.4): N chains from the prior, recorded at chosen steps."""
+
+    transition: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="decode_corrupt_encode")
+    )
+    corruption: ComponentSpec | None = Field(
+        None, description="the chain's corruption; default: the training corruption (if any)"
+    )
+    num_chains: PositiveInt = 64
+    steps: NonNegativeInt = 10
+    record: list[NonNegativeInt] | None = Field(
+        None, description="steps to record; default 0, 1, 5, 10 (those <= steps) and steps"
+    )
+    chunk_size: PositiveInt | None = Field(None, description="chains per batch; default all")
+    batchnorm: Literal["batch", "running"] = "batch"
+    seed: NonNegativeInt = 0
+    device: str | None = Field(None, description="default: train.device")
+    grid_size: Annotated[int, Field(ge=1)] = Field(
+        64, description="chains shown in each step's image grid"
+    )
+
+    @model_validator(mode="after")
+    def _record_within_steps(self) -> SamplingSection:
+        if self.record is not None:
+            if not self.record:
+                raise ValueError("record must list at least one step")
+            late = [s for s in self.record if s > self.steps]
+            if late:
+                raise ValueError(f"record holds steps {late} beyond steps={self.steps}")
+        return self
+
+
+class InterpolationSection(Section):
+    """Interpolations between encoded test images, before and after chain steps (Figure 2)."""
+
+    enabled: bool = True
+    pairs: PositiveInt = Field(4, description="pairs of test images (rows of the figure)")
+    points: Annotated[int, Field(ge=2)] = Field(
+        8, description="points per path, endpoints included"
+    )
+    steps: NonNegativeInt = Field(5, description="chain steps applied to the interpolated latents")
+    method: Literal["slerp", "lerp"] = "slerp"
+    seed: NonNegativeInt = 0
+
+
 class OutputSection(Section):
     dir: str = Field(description="the run directory")
 
 
 class Recipe(Section):
-    model: ComponentSpec
+    model: ModelSpec
     data: ComponentSpec
     corruption: ComponentSpec | None = None
     train: TrainSection = TrainSection()
+    sampling: SamplingSection = SamplingSection()
+    interpolation: InterpolationSection = InterpolationSection()
     output: OutputSection
+
+    @property
+    def chain_corruption(self) -> ComponentSpec | None:
+        """The corruption the chain uses: sampling.corruption, else the training corruption."""
+        return self.sampling.corruption if self.sampling.corruption is not None else self.corruption
 
     def resolved(self) -> dict[str, Any]:
         """Plain values of every key, defaults filled in: what the run directory records."""

@@ -1,0 +1,214 @@
+"""The run report: one ``report.html`` a person opens in a browser.
+
+It is built from what the run directory holds (resolved recipe, metrics.jsonl, image grids,
+checkpoint description) and links its pictures relatively, so the whole directory can be moved or
+archived and the report still shows everything. Plots are drawn with matplotlib's Agg canvas.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import torch
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+from .checkpoint import CheckpointError, atomic_write_bytes, find_checkpoint, read_info
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def steps_figure(samples: dict[int, torch.Tensor], path: Path) -> None:
+    """The same chains at each recorded step, side by side, one panel per step."""
+    steps = sorted(samples)
+    figure = Figure(figsize=(2.6 * len(steps), 2.9))
+    for i, t in enumerate(steps):
+        x = samples[t]
+        grid = make_grid(x.float().clamp(0, 1), nrow=max(1, round(len(x) ** 0.5)), padding=1)
+        axis = figure.add_subplot(1, len(steps), i + 1)
+        axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        axis.set_title("step 0 (prior)" if t == 0 else f"step {t}")
+        axis.axis("off")
+    _save_figure(figure, path)
+
+
+def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    file = run_dir / "metrics.jsonl"
+    if not file.is_file():
+        return [], []
+    steps, epochs = [], []
+    for line in file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        (steps if record.get("event") == "step" else epochs).append(record)
+    return steps, epochs
+
+
+def loss_figure(steps: list[dict], epochs: list[dict], path: Path) -> None:
+    keys = [k for k in steps[0] if k not in ("event", "step", "epoch")]
+    figure = Figure(figsize=(4.2 * len(keys), 3.2))
+    for i, key in enumerate(keys):
+        axis = figure.add_subplot(1, len(keys), i + 1)
+        axis.plot([r["step"] for r in steps], [r[key] for r in steps], lw=0.8, label="train (step)")
+        valid = [(r["step"], r[f"valid/{key}"]) for r in epochs if f"valid/{key}" in r]
+        if valid:
+            axis.plot(*zip(*valid), "o-", ms=3, label="valid (epoch)")
+            axis.legend(fontsize=8)
+        axis.set_title(key)
+        axis.set_xlabel("optimiser step")
+        if key == "reconstruction":
+            axis.set_ylabel("nats per image")
+            axis.set_yscale("log")
+    _save_figure(figure, path)
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img src="{quote(src)}" alt="{html.escape(alt)}">'
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _settings(folder: Path) -> dict:
+    file = folder / "settings.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _spec(spec: dict | None) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in spec.items()) if spec else "none"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222;
+       padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+img { max-width: 100%; image-rendering: pixelated; border: 1px solid #eee; }
+figure { margin: 1rem 0; } figcaption { color: #555; font-size: 0.9rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; font-size: 0.9rem; }
+th { background: #f6f6f6; font-weight: 600; }
+.grids { display: flex; flex-wrap: wrap; gap: 1rem; }
+.grids figure { flex: 0 1 240px; }
+pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
+"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` for everything the run directory holds; return its path."""
+    run_dir = Path(run_dir)
+    recipe_text = (
+        (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").is_file() else ""
+    )
+    recipe = yaml.safe_load(recipe_text) if recipe_text else {}
+    sections: list[str] = []
+
+    summary: list[tuple[str, str]] = []
+    model = recipe.get("model", {}) if recipe else {}
+    if model:
+        summary.append(
+            ("model", ", ".join(f"{k}={_fmt(v)}" for k, v in model.items() if v is not None))
+        )
+    for key in ("data", "corruption"):
+        summary.append((key, _spec(recipe.get(key) if recipe else None)))
+    try:
+        info = read_info(find_checkpoint(run_dir))
+        summary.append(("checkpoint", f"step {info['step']}, epoch {info['epoch']}"))
+    except CheckpointError:
+        pass
+    sampling = _settings(run_dir / "samples")
+    if sampling:
+        corruption = sampling.get("chain_corruption")
+        summary.append(
+            (
+                "sampling",
+                f"{sampling['num_chains']} chains from {sampling['checkpoint']}, "
+                f"{sampling['steps']} steps, chain corruption "
+                f"{_spec(corruption)}, BN statistics: {sampling['batchnorm']}, "
+                f"seed {sampling['seed']}",
+            )
+        )
+    sections.append("<h2>Run</h2>" + _table(summary))
+
+    samples = sorted((run_dir / "samples").glob("step-*.png"))
+    if samples:
+        figures = []
+        for file in samples:
+            t = int(re.search(r"step-(\d+)", file.name).group(1))
+            after = f"after {t} transition{'s' * (t != 1)}"
+            caption = "step 0: decoded prior draws" if t == 0 else f"step {t}: {after}"
+            figures.append(
+                f"<figure>{_img(f'samples/{file.name}', caption)}<figcaption>{caption}</figcaption></figure>"
+            )
+        sections.append(
+            "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same places: "
+            "step 0 decodes draws from the prior N(0, I); step t decodes the latents after t "
+            "decode–corrupt–encode transitions. Raw tensors: <code>samples/samples.safetensors</code>.</p>"
+            f'<div class="grids">{"".join(figures)}</div>'
+        )
+    interpolation = run_dir / "interpolation" / "interpolation.png"
+    if interpolation.is_file():
+        cfg = _settings(run_dir / "interpolation")
+        caption = (
+            f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
+            f"first row decodes the interpolated latents, the second row the same latents after "
+            f"{cfg.get('steps', '?')} chain steps."
+        )
+        sections.append(
+            "<h2>Interpolation</h2>"
+            f"<figure>{_img('interpolation/interpolation.png', caption)}<figcaption>{html.escape(caption)}"
+            "</figcaption></figure>"
+        )
+    steps, epochs = _read_metrics(run_dir)
+    if steps:
+        loss_figure(steps, epochs, run_dir / "report" / "losses.png")
+        last = epochs[-1] if epochs else {}
+        rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
+        sections.append(
+            "<h2>Training</h2>"
+            f"<figure>{_img('report/losses.png', 'training losses')}<figcaption>Losses per "
+            "optimiser step (nats per image for the reconstruction) and on the validation split "
+            "after each epoch.</figcaption></figure>"
+            + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
+        )
+        grids = sorted((run_dir / "images").glob("epoch-*-samples.png"))
+        if grids:
+            tag = grids[-1].name.replace("-samples.png", "")
+            sections.append(
+                f"<figure>{_img(f'images/{tag}-reconstructions.png', 'reconstructions')}<figcaption>"
+                f"{tag}: validation images (top row), their corrupted inputs (if the model was "
+                "trained with a corruption) and their reconstructions (bottom row)</figcaption>"
+                "</figure>"
+            )
+    if recipe_text:
+        sections.append(f"<h2>Recipe</h2><pre>{html.escape(recipe_text)}</pre>")
+    title = f"aesampler report: {run_dir.name}"
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    path = run_dir / "report.html"
+    atomic_write_bytes(path, page.encode())
+    return path
