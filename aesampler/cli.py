@@ -80,10 +80,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .workflow import run
+    from .workflow import checkpoint_for, run
 
     recipe = _load(args)
     kind = args.command
+    checkpoint = None
+    if kind != "run":  # sample and interpolate never train
+        checkpoint = checkpoint_for(recipe, args.checkpoint)
     result = run(
         recipe,
         resume=getattr(args, "resume", False),
@@ -91,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         do_sample=kind in ("run", "sample"),
         do_interpolate=kind in ("run", "interpolate"),
-        checkpoint=getattr(args, "checkpoint", None),
+        checkpoint=checkpoint,
     )
     trained = f"trained {result.trained_steps} steps, " if result.trained_steps is not None else ""
     print(
@@ -195,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may stand anywhere, also after options: `run R --quiet train.epochs=2`.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except AesamplerError as error:

@@ -77,8 +77,9 @@ def loss_figure(steps: list[dict], epochs: list[dict], path: Path) -> None:
     _save_figure(figure, path)
 
 
-def _img(src: str, alt: str) -> str:
-    return f'<img src="{quote(src)}" alt="{html.escape(alt)}">'
+def _figure(src: str, caption: str) -> str:
+    text = html.escape(caption)
+    return f'<figure><img src="{quote(src)}" alt="{text}"><figcaption>{text}</figcaption></figure>'
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -157,13 +158,12 @@ def write_report(run_dir: str | Path) -> Path:
             t = int(re.search(r"step-(\d+)", file.name).group(1))
             after = f"after {t} transition{'s' * (t != 1)}"
             caption = "step 0: decoded prior draws" if t == 0 else f"step {t}: {after}"
-            figures.append(
-                f"<figure>{_img(f'samples/{file.name}', caption)}<figcaption>{caption}</figcaption></figure>"
-            )
+            figures.append(_figure(f"samples/{file.name}", caption))
         sections.append(
-            "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same places: "
-            "step 0 decodes draws from the prior N(0, I); step t decodes the latents after t "
-            "decode–corrupt–encode transitions. Raw tensors: <code>samples/samples.safetensors</code>.</p>"
+            "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
+            "places: step 0 decodes draws from the prior N(0, I); step t decodes the latents "
+            "after t decode–corrupt–encode transitions. Raw tensors: "
+            "<code>samples/samples.safetensors</code>.</p>"
             f'<div class="grids">{"".join(figures)}</div>'
         )
     interpolation = run_dir / "interpolation" / "interpolation.png"
@@ -175,9 +175,7 @@ def write_report(run_dir: str | Path) -> Path:
             f"{cfg.get('steps', '?')} chain steps."
         )
         sections.append(
-            "<h2>Interpolation</h2>"
-            f"<figure>{_img('interpolation/interpolation.png', caption)}<figcaption>{html.escape(caption)}"
-            "</figcaption></figure>"
+            "<h2>Interpolation</h2>" + _figure("interpolation/interpolation.png", caption)
         )
     steps, epochs = _read_metrics(run_dir)
     if steps:
@@ -186,19 +184,22 @@ def write_report(run_dir: str | Path) -> Path:
         rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
         sections.append(
             "<h2>Training</h2>"
-            f"<figure>{_img('report/losses.png', 'training losses')}<figcaption>Losses per "
-            "optimiser step (nats per image for the reconstruction) and on the validation split "
-            "after each epoch.</figcaption></figure>"
+            + _figure(
+                "report/losses.png",
+                "Losses per optimiser step (nats per image for the reconstruction) and on the "
+                "validation split after each epoch.",
+            )
             + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
         )
         grids = sorted((run_dir / "images").glob("epoch-*-samples.png"))
         if grids:
             tag = grids[-1].name.replace("-samples.png", "")
             sections.append(
-                f"<figure>{_img(f'images/{tag}-reconstructions.png', 'reconstructions')}<figcaption>"
-                f"{tag}: validation images (top row), their corrupted inputs (if the model was "
-                "trained with a corruption) and their reconstructions (bottom row)</figcaption>"
-                "</figure>"
+                _figure(
+                    f"images/{tag}-reconstructions.png",
+                    f"{tag}: validation images (top row), their corrupted inputs (if the model "
+                    "was trained with a corruption) and their reconstructions (bottom row)",
+                )
             )
     if recipe_text:
         sections.append(f"<h2>Recipe</h2><pre>{html.escape(recipe_text)}</pre>")

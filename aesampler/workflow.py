@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import save_file
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from .chain import Chain, ChainResult, ChainStep, sampling_mode

@@ -38,7 +38,7 @@ def test_the_paper_recipes_and_the_quickstart_are_shipped():
 def test_every_recipe_validates_and_says_how_to_run_it(path):
     recipe = load_recipe(path)
     head = path.read_text().split("\nmodel:")[0]
-    assert head.startswith("# ") and f"aesampler train recipes/{path.name}" in head
+    assert head.startswith("# ") and f"aesampler run recipes/{path.name}" in head
     if path.stem.startswith(("dvae", "daae")):
         assert recipe.corruption.name == "gaussian" and recipe.corruption.params == {"sigma": 0.5}
     if path.stem != "quickstart":
