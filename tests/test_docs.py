@@ -51,3 +51,30 @@ def test_public_api_is_documented():
         obj = getattr(aesampler, name)
         if callable(obj) and not name.endswith("Error") and name[0] != "_":
             assert (obj.__doc__ or "").strip(), f"aesampler.{name} has no docstring"
+
+
+def test_every_recipe_key_is_documented():
+    from aesampler.recipe.loader import COMPONENT_SECTIONS
+    from aesampler.recipe.schema import Recipe
+
+    text = (DOCS / "recipes.md").read_text()
+    keys = []
+    for section, field in Recipe.model_fields.items():
+        model = field.annotation
+        fields = getattr(model, "model_fields", None)
+        if fields and section not in ("model", "data", "corruption"):
+            keys += [
+                f"{section}.{name}" for name in fields if (section, name) not in COMPONENT_SECTIONS
+            ]
+    registry = load_registry()
+    for path, (kind, provided) in COMPONENT_SECTIONS.items():
+        prefix = ".".join(path)
+        keys.append(f"{prefix}.name" if path != ("sampling", "corruption") else prefix)
+        if path == ("sampling", "corruption"):
+            continue  # same components as the top-level corruption section
+        for component in registry:
+            if component.kind == kind and component.distribution == "aesampler":
+                keys += [f"{prefix}.{p}" for p in component.parameters() if p not in provided]
+    keys.append("model.checkpoint")
+    missing = sorted({k for k in keys if f"`{k}`" not in text})
+    assert missing == []

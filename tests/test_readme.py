@@ -38,7 +38,7 @@ def test_readme_sampling_snippet_runs_on_a_trained_run(tmp_path):
     from aesampler.recipe import load_recipe
     from aesampler.training import train
 
-    match = re.search(r"Then sample the trained model.*?```python\n(.*?)```", README, re.S)
+    match = re.search(r"Sample the trained model from Python.*?```python\n(.*?)```", README, re.S)
     assert match, "README lost its sampling snippet"
     run = tmp_path / "quickstart"
     tiny = ["model.width=4", "model.latent_dim=8", "train.max_steps=2", "train.grid_size=4"]
@@ -52,3 +52,10 @@ def test_readme_sampling_snippet_runs_on_a_trained_run(tmp_path):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"].x[10].shape == (64, 1, 32, 32)
     assert namespace["info"]["data"]["dataset"] == "mnist5k"
+
+
+def test_readme_and_docs_links_exist():
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name} links to missing {target}"

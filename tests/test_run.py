@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import aesampler
 from aesampler.recipe import load_recipe
 from aesampler.workflow import build_components
 
@@ -45,7 +44,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_writes_samples_interpolation_and_report(tiny_run):
-    recipe, run, done = tiny_run
+    _, run, done = tiny_run
     assert f"report: {run / 'report.html'}" in done.stdout
     assert "trained 3 steps" in done.stdout
     for name in ("recipe.yaml", "metrics.jsonl", "report.html", "samples/steps.png"):

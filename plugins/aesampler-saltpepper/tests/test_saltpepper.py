@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from aesampler_saltpepper import SaltPepperCorruption
 
 import aesampler
-from aesampler_saltpepper import SaltPepperCorruption
 
 N = 200_000
 Z = 6.0  # bounds of 6 binomial standard errors
