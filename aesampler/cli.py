@@ -54,6 +54,9 @@ def _load(args: argparse.Namespace):
     from .recipe import load_recipe
 
     overrides = list(args.overrides)
+    if Path(args.recipe).is_dir():  # a run directory: its resolved recipe, writing into it
+        overrides.insert(0, f"output.dir={args.recipe}")
+        args.recipe = str(Path(args.recipe) / "recipe.yaml")
     if getattr(args, "out", None):
         overrides.append(f"output.dir={args.out}")
     return load_recipe(args.recipe, overrides)
@@ -94,13 +97,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         do_sample=kind in ("run", "sample"),
         do_interpolate=kind in ("run", "interpolate"),
+        do_evaluate=kind in ("run", "evaluate"),
         checkpoint=checkpoint,
     )
+    if result.metrics is not None:
+        from .evaluation import format_table
+
+        print(format_table(result.metrics))
     trained = f"trained {result.trained_steps} steps, " if result.trained_steps is not None else ""
     print(
         f"{kind} finished in {result.seconds:.1f}s ({trained}outputs in {result.run_dir}); "
         f"report: {result.report}"
     )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_runs
+
+    text = compare_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    print(text)
     return 0
 
 
@@ -115,7 +131,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="the YAML recipe")
+    parser.add_argument("recipe", help="the YAML recipe, or a run directory (its recipe.yaml)")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="override recipe keys"
     )
@@ -167,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_cmd_run)
 
-    for name, what in (("sample", "run chains from the prior"), ("interpolate", "interpolate")):
+    for name, what in (
+        ("sample", "run chains from the prior"),
+        ("interpolate", "interpolate"),
+        ("evaluate", "measure sample quality at every evaluated chain step"),
+    ):
         command = sub.add_parser(
             name,
             help=f"{what} with a trained model (no training) and update the report",
@@ -189,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe_arguments(validate)
     validate.set_defaults(handler=_cmd_validate)
+
+    compare = sub.add_parser(
+        "compare",
+        help="put the metrics of several runs side by side",
+        description="Read metrics.json of each run directory; print one table per metric (rows: "
+        "steps, columns: runs) and write compare.md and compare.png into --out.",
+    )
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", metavar="DIR", help="where compare.md and compare.png go")
+    compare.set_defaults(handler=_cmd_compare)
 
     report = sub.add_parser("report", help="(re)write report.html for a run directory")
     report.add_argument("run_dir", help="the run directory")

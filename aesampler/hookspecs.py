@@ -75,10 +75,35 @@ def register_datasets(register: Register) -> None:
     """
 
 
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register sample-quality metrics, computed at every evaluated chain step.
+
+    The factory is called with the recipe's parameters (``evaluate.metrics`` entries) and
+    returns an :class:`aesampler.evaluation.Metric`: ``compute(data, step)`` returns a dict of
+    :class:`aesampler.evaluation.Estimate` (value and bootstrap interval) by name, from an
+    :class:`aesampler.evaluation.EvaluationData` (latents, images, features, held-out reference,
+    bootstrap settings; ``data.boot`` does the resampling). ``lower_is_better`` says how to read
+    the numbers (None: context rather than a score).
+    """
+
+
+@hookspec
+def register_feature_extractors(register: Register) -> None:
+    """Register feature extractors, the spaces in which image metrics compare samples with data.
+
+    The factory returns an :class:`aesampler.evaluation.FeatureExtractor`: ``prepare(train_set,
+    cache_dir, device, log)`` trains or loads what it needs (never downloading) and returns a
+    description; ``features(x)`` maps images (N, C, H, W) in [0, 1] to features (N, F).
+    """
+
+
 #: Component kind -> the hook through which plugins register components of that kind.
 KIND_HOOKS: dict[str, str] = {
     "model": "register_models",
     "dataset": "register_datasets",
     "corruption": "register_corruptions",
     "transition": "register_transitions",
+    "metric": "register_metrics",
+    "feature_extractor": "register_feature_extractors",
 }

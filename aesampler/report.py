@@ -115,6 +115,112 @@ pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem
 """
 
 
+def metrics_figure(runs: dict[str, dict], path: Path) -> None:
+    """Each metric against the chain step, one line (with its interval band) per run."""
+    keys = list(dict.fromkeys(k for report in runs.values() for k in report["metrics"]))
+    columns = min(3, len(keys))
+    rows = -(-len(keys) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.1 * rows))
+    for i, key in enumerate(keys):
+        axis = figure.add_subplot(rows, columns, i + 1)
+        for label, report in runs.items():
+            cells = report["metrics"].get(key, {})
+            steps = [s for s in report["steps"] if str(s) in cells]
+            if not steps:
+                continue
+            value = [cells[str(s)]["value"] for s in steps]
+            low = [cells[str(s)]["low"] for s in steps]
+            high = [cells[str(s)]["high"] for s in steps]
+            (line,) = axis.plot(steps, value, "o-", ms=3, label=label)
+            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        better = next(
+            (r["lower_is_better"].get(key) for r in runs.values() if key in r["metrics"]), None
+        )
+        axis.set_title(
+            key + {True: " (lower is better)", False: " (higher is better)"}.get(better, "")
+        )
+        axis.set_xlabel("chain step")
+        if len(runs) > 1 and i == 0:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
+def _quality_section(report: dict, run_dir: Path) -> str:
+    metrics_figure({run_dir.name: report}, run_dir / "report" / "metrics.png")
+    keys = list(report["metrics"])
+    level = int(round(100 * report["settings"]["confidence"]))
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["step", *keys])
+    body = ""
+    for step in report["steps"]:
+        cells = []
+        for key in keys:
+            c = report["metrics"][key].get(str(step))
+            cells.append(
+                f"{c['value']:.4g} <small>[{c['low']:.3g}, {c['high']:.3g}]</small>" if c else "–"
+            )
+        body += f"<tr><th>{step}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    diag = report.get("diagnostics", {})
+    extractor = report.get("feature_extractor", {})
+    notes = [
+        f"{report['settings']['num_chains']} chains against {report['reference']['images']} "
+        f"held-out images ({report['reference']['split']} split); intervals: {level}% percentile "
+        f"bootstrap ({report['settings']['bootstrap']} resamples).",
+        f"Image metrics in the features of: {_spec(extractor)}.",
+        "Novelty of held-out images (their distance to the nearest training image): "
+        f"{report['reference']['novelty_of_held_out_images']:.4g}.",
+    ]
+    if "rhat_median" in diag:
+        notes.append(
+            f"Chain diagnostics over steps {diag['window'][0]}–{diag['window'][1]}: R-hat median "
+            f"{diag['rhat_median']:.3f} (max {diag['rhat_max']:.3f}), bulk ESS median "
+            f"{diag['ess_median']:.0f} of {diag['chains']} chains."
+        )
+    return (
+        "<h2>Sample quality by chain step</h2>"
+        + _figure("report/metrics.png", "Metrics against the chain step, with bootstrap intervals.")
+        + f"<table><tr>{head}</tr>{body}</table>"
+        + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    )
+
+
+def compare_runs(run_dirs: list[Path], out: Path | None = None) -> str:
+    """Side-by-side metrics of several runs: a Markdown table per metric, and a plot."""
+    runs = {}
+    for run_dir in run_dirs:
+        file = Path(run_dir) / "metrics.json"
+        if not file.is_file():
+            from .errors import AesamplerError
+
+            raise AesamplerError(
+                f"{str(file)!r} does not exist: run aesampler evaluate {run_dir} first"
+            )
+        runs[Path(run_dir).name] = json.loads(file.read_text())
+    keys = list(dict.fromkeys(k for r in runs.values() for k in r["metrics"]))
+    steps = sorted({s for r in runs.values() for s in r["steps"]})
+    parts = []
+    for key in keys:
+        lines = [
+            f"**{key}**",
+            "",
+            "| step | " + " | ".join(runs) + " |",
+            "|---" * (len(runs) + 1) + "|",
+        ]
+        for step in steps:
+            cells = []
+            for report in runs.values():
+                c = report["metrics"].get(key, {}).get(str(step))
+                cells.append(f"{c['value']:.4g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "–")
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    text = "\n\n".join(parts) + "\n"
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "compare.md", text.encode())
+        metrics_figure(runs, out / "compare.png")
+    return text
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` for everything the run directory holds; return its path."""
     run_dir = Path(run_dir)
@@ -177,6 +283,9 @@ def write_report(run_dir: str | Path) -> Path:
         sections.append(
             "<h2>Interpolation</h2>" + _figure("interpolation/interpolation.png", caption)
         )
+    quality = run_dir / "metrics.json"
+    if quality.is_file():
+        sections.append(_quality_section(json.loads(quality.read_text()), run_dir))
     steps, epochs = _read_metrics(run_dir)
     if steps:
         loss_figure(steps, epochs, run_dir / "report" / "losses.png")

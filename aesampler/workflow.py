@@ -241,6 +241,7 @@ class RunResult:
     report: Path
     trained_steps: int | None
     seconds: float
+    metrics: dict | None = None
 
 
 def run(
@@ -253,6 +254,7 @@ def run(
     log: Callable[[str], None] = print,
     do_sample: bool = True,
     do_interpolate: bool = True,
+    do_evaluate: bool = True,
     checkpoint: str | Path | None = None,
 ) -> RunResult:
     """Train (unless a checkpoint is given), sample, interpolate and write the report.
@@ -291,5 +293,14 @@ def run(
         sample(parts, run_dir, overwrite=remake, progress=progress)
     if do_interpolate and recipe.interpolation.enabled:
         interpolate(parts, run_dir, overwrite=remake, progress=progress)
+    metrics = None
+    if do_evaluate and recipe.evaluate.enabled:
+        from .evaluation import evaluate
+
+        if (run_dir / "metrics.json").exists() and not remake:
+            raise WorkflowError(
+                f"{str(run_dir / 'metrics.json')!r} already exists; pass --overwrite to replace it"
+            )
+        metrics = evaluate(parts, run_dir, registry=registry, progress=progress, log=log)
     report = write_report(run_dir)
-    return RunResult(run_dir, report, trained, time.perf_counter() - started)
+    return RunResult(run_dir, report, trained, time.perf_counter() - started, metrics)

@@ -31,7 +31,10 @@ COMPONENT_SECTIONS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("corruption",): ("corruption", ()),
     ("sampling", "transition"): ("transition", ("encoder", "decoder", "corruption")),
     ("sampling", "corruption"): ("corruption", ()),
+    ("evaluate", "feature_extractor"): ("feature_extractor", ()),
 }
+# Lists of component sections: key path -> kind.
+COMPONENT_LISTS: dict[tuple[str, ...], str] = {("evaluate", "metrics"): "metric"}
 # Keys of a component section that are the recipe's, not the component's parameters.
 RESERVED = {("model",): ("checkpoint",)}
 
@@ -224,7 +227,7 @@ def _check_component(
     def issue(path: tuple, message: str) -> RecipeIssue:
         return RecipeIssue(path, message, _line_for(path, lines))
 
-    kind, provided = COMPONENT_SECTIONS[section]
+    kind, provided = COMPONENT_SECTIONS.get(section) or (COMPONENT_LISTS[section[:-1]], ())
     reserved = {k: spec[k] for k in RESERVED.get(section, ()) if k in spec}
     params = {k: v for k, v in spec.items() if k != "name" and k not in reserved}
     try:
@@ -274,6 +277,17 @@ def validate(
             found, converted = _check_component(section, spec, registry, lines)
             issues += found
             parent[section[-1]] = {"name": spec["name"], **converted}
+    for path in COMPONENT_LISTS:
+        entries = (
+            data.get(path[0], {}).get(path[1]) if isinstance(data.get(path[0]), dict) else None
+        )
+        if isinstance(entries, list):
+            for i, entry in enumerate(entries):
+                spec = {"name": entry} if isinstance(entry, str) else entry
+                if isinstance(spec, dict) and "name" in spec:
+                    found, converted = _check_component((*path, i), spec, registry, lines)
+                    issues += found
+                    entries[i] = {"name": spec["name"], **converted}
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:

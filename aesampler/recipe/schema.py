@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -107,6 +107,52 @@ class InterpolationSection(Section):
     seed: NonNegativeInt = 0
 
 
+DEFAULT_METRICS = (
+    "mmd_learned",
+    "mmd_prior",
+    "step_size",
+    "frechet",
+    "precision_recall",
+    "novelty",
+)
+
+
+class EvaluateSection(Section):
+    """Sample quality at every evaluated chain step, with bootstrap intervals."""
+
+    enabled: bool = True
+    metrics: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name=m) for m in DEFAULT_METRICS],
+        description="metric names, or sections with a name and parameters",
+    )
+    feature_extractor: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="classifier")
+    )
+    steps: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 5, 10], min_length=1)
+    num_chains: Annotated[int, Field(ge=10)] = 1000
+    reference_split: Literal["train", "valid", "test"] = "test"
+    reference_size: Annotated[int, Field(ge=10)] = 1000
+    train_size: PositiveInt = Field(10000, description="training images searched for novelty")
+    bootstrap: NonNegativeInt = Field(200, description="bootstrap resamples (0: no intervals)")
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    seed: NonNegativeInt = 0
+    cache_dir: str | None = Field(
+        None, description="where trained feature classifiers are cached; default: beside the run"
+    )
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _names_to_sections(cls, value):
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _sorted_steps(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+
 class OutputSection(Section):
     dir: str = Field(description="the run directory")
 
@@ -118,6 +164,7 @@ class Recipe(Section):
     train: TrainSection = TrainSection()
     sampling: SamplingSection = SamplingSection()
     interpolation: InterpolationSection = InterpolationSection()
+    evaluate: EvaluateSection = EvaluateSection()
     output: OutputSection
 
     @property

@@ -1,0 +1,187 @@
+"""The built-in metrics: how far the chain's samples are from the data, step by step.
+
+Every metric is computed at each evaluated step t from the chains' z_t and x_t = d(z_t), against
+held-out data, and comes with a percentile bootstrap interval (the samples and the reference are
+resampled independently).
+
+| metric | what | better |
+|---|---|---|
+| ``mmd_learned`` | MMD² between z_t and encodings of held-out images: distance to P̂(Z) | lower |
+| ``mmd_prior`` | MMD² between z_t and fresh draws from the prior N(0, I) | (context) |
+| ``step_size`` | mean ‖z_{t+1} − z_t‖ over chains | (context) |
+| ``frechet`` | Fréchet distance between features of x_t and of held-out images | lower |
+| ``precision_recall`` | k-NN precision and recall in feature space (Kynkäänniemi et al.) | higher |
+| ``novelty`` | RMS pixel distance from x_t to its nearest training image | (context) |
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .stats import (
+    Estimate,
+    bootstrap,
+    frechet_distance,
+    gaussian_stats,
+    knn_radii,
+    median_bandwidth,
+    mmd2_from_kernels,
+    rbf_kernel_blocks,
+    within_radii,
+)
+
+
+@dataclass
+class EvaluationData:
+    """Everything a metric may use, as float64 NumPy arrays (rows are samples).
+
+    Attributes:
+        z: latents of every chain at every step 0..T, by step.
+        images: flattened pixels of x_t at the evaluated steps, by step.
+        features: a function giving the feature-space rows of x_t (computed once, cached).
+        reference_z: encodings of held-out images (a sample of P̂(Z)).
+        prior_z: fresh draws from the prior N(0, I).
+        reference_features: feature-space rows of the held-out images.
+        train_images: flattened pixels of (up to) the training images, for novelty.
+        resamples, confidence, seed: the bootstrap's settings.
+    """
+
+    z: dict[int, np.ndarray]
+    images: dict[int, np.ndarray]
+    features: Callable[[int], np.ndarray]
+    reference_z: np.ndarray
+    prior_z: np.ndarray
+    reference_features: np.ndarray
+    train_images: np.ndarray
+    resamples: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+    cache: dict = field(default_factory=dict)
+
+    def boot(self, statistic: Callable[..., float], *sizes: int) -> Estimate:
+        return bootstrap(
+            statistic, sizes, resamples=self.resamples, confidence=self.confidence, seed=self.seed
+        )
+
+
+class Metric(abc.ABC):
+    """One or more numbers per evaluated chain step."""
+
+    #: "latent" metrics read z, "image" metrics read x or its features.
+    space: str = "latent"
+    #: whether lower values mean samples closer to the data (None: context, not a score).
+    lower_is_better: bool | None = True
+
+    @abc.abstractmethod
+    def compute(self, data: EvaluationData, step: int) -> dict[str, Estimate]:
+        """The metric's numbers at ``step`` by name; an empty dict where it is undefined."""
+
+
+def _mmd(samples: np.ndarray, reference: np.ndarray, data: EvaluationData) -> Estimate:
+    bandwidth = median_bandwidth(samples, reference)
+    kxx, kyy, kxy = rbf_kernel_blocks(samples, reference, bandwidth)
+    return data.boot(
+        lambda i, j: mmd2_from_kernels(kxx, kyy, kxy, i, j),
+        len(samples),
+        len(reference),
+    )
+
+
+class MMDLearned(Metric):
+    """MMD² (RBF kernel, median-heuristic bandwidth, unbiased) from z_t to encoded held-out data."""
+
+    def compute(self, data, step):
+        return {"mmd_learned": _mmd(data.z[step], data.reference_z, data)}
+
+
+class MMDPrior(Metric):
+    """MMD² (RBF kernel, median-heuristic bandwidth, unbiased) from z_t to prior draws."""
+
+    lower_is_better = None
+
+    def compute(self, data, step):
+        return {"mmd_prior": _mmd(data.z[step], data.prior_z, data)}
+
+
+class StepSize(Metric):
+    """Mean Euclidean length of the chain's next move, ‖z_{t+1} − z_t‖."""
+
+    lower_is_better = None
+
+    def compute(self, data, step):
+        if step + 1 not in data.z:
+            return {}
+        lengths = np.linalg.norm(data.z[step + 1] - data.z[step], axis=1)
+        return {"step_size": data.boot(lambda i: float(lengths[i].mean()), len(lengths))}
+
+
+class Frechet(Metric):
+    """Fréchet distance between Gaussians fitted to sample and held-out features."""
+
+    space = "image"
+
+    def compute(self, data, step):
+        fake, real = data.features(step), data.reference_features
+
+        def distance(i, j):
+            return frechet_distance(*gaussian_stats(fake[i]), *gaussian_stats(real[j]))
+
+        return {"frechet": data.boot(distance, len(fake), len(real))}
+
+
+class PrecisionRecall(Metric):
+    """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN balls.
+
+    Precision: the fraction of samples inside some held-out image's ball (radius: distance to its
+    k-th nearest held-out neighbour); recall: the fraction of held-out images inside some
+    sample's ball. The interval resamples the samples' (precision) or the images' (recall)
+    indicators with the balls fixed.
+
+    Args:
+        k: the neighbour whose distance sets each ball's radius.
+    """
+
+    space = "image"
+    lower_is_better = False
+
+    def __init__(self, k: int = 3):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        self.k = k
+
+    def compute(self, data, step):
+        fake, real = data.features(step), data.reference_features
+        key = ("real_radii", self.k)
+        if key not in data.cache:
+            data.cache[key] = knn_radii(real, self.k)
+        in_real = within_radii(fake, real, data.cache[key]).astype(float)
+        in_fake = within_radii(real, fake, knn_radii(fake, self.k)).astype(float)
+        return {
+            "precision": data.boot(lambda i: float(in_real[i].mean()), len(in_real)),
+            "recall": data.boot(lambda j: float(in_fake[j].mean()), len(in_fake)),
+        }
+
+
+class Novelty(Metric):
+    """RMS pixel distance from each sample to its nearest training image (copies score 0)."""
+
+    space = "image"
+    lower_is_better = None
+
+    def compute(self, data, step):
+        distances = nearest_rms_distance(data.images[step], data.train_images, data.cache)
+        return {"novelty": data.boot(lambda i: float(distances[i].mean()), len(distances))}
+
+
+def nearest_rms_distance(queries: np.ndarray, train: np.ndarray, cache: dict) -> np.ndarray:
+    """Root-mean-square pixel distance from each query to its nearest training image."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if "train_nn" not in cache:
+        cache["train_nn"] = NearestNeighbors(n_neighbors=1).fit(train)
+    distances, _ = cache["train_nn"].kneighbors(queries)
+    return distances[:, 0] / np.sqrt(train.shape[1])
