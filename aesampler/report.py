@@ -149,7 +149,7 @@ def metrics_figure(runs: dict[str, dict], path: Path) -> None:
 def _quality_section(report: dict, run_dir: Path) -> str:
     metrics_figure({run_dir.name: report}, run_dir / "report" / "metrics.png")
     keys = list(report["metrics"])
-    level = int(round(100 * report["settings"]["confidence"]))
+    level = round(100 * report["settings"]["confidence"])
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["step", *keys])
     body = ""
     for step in report["steps"]:
@@ -171,10 +171,15 @@ def _quality_section(report: dict, run_dir: Path) -> str:
         f"{report['reference']['novelty_of_held_out_images']:.4g}.",
     ]
     if "rhat_median" in diag:
+        ess = (
+            f"bulk ESS median {diag['ess_median']:.0f} (min {diag['ess_min']:.0f})"
+            if "ess_median" in diag
+            else diag.get("ess_note", "")
+        )
         notes.append(
-            f"Chain diagnostics over steps {diag['window'][0]}–{diag['window'][1]}: R-hat median "
-            f"{diag['rhat_median']:.3f} (max {diag['rhat_max']:.3f}), bulk ESS median "
-            f"{diag['ess_median']:.0f} of {diag['chains']} chains."
+            f"Chain diagnostics over steps {diag['window'][0]}–{diag['window'][1]} of "
+            f"{diag['chains']} chains: R-hat median {diag['rhat_median']:.3f} (max "
+            f"{diag['rhat_max']:.3f}); {ess}."
         )
     return (
         "<h2>Sample quality by chain step</h2>"

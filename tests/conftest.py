@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -59,3 +64,33 @@ def tiny_chain_parts(
 @pytest.fixture
 def parts():
     return tiny_chain_parts()
+
+
+EXE = shutil.which("aesampler") or os.path.join(os.path.dirname(sys.executable), "aesampler")
+
+
+TINY_RECIPE = """\
+model: {name: aae, latent_dim: 4, width: 4, adversary_hidden: 16}
+data: {name: digits, image_size: 8}
+corruption: {name: gaussian, sigma: 0.5}
+train: {epochs: 1, max_steps: 3, grid_size: 4}
+sampling: {num_chains: 12, steps: 6, record: [0, 1, 6], chunk_size: 6, grid_size: 9, seed: 5}
+interpolation: {pairs: 3, points: 5, steps: 2}
+evaluate: {num_chains: 40, steps: [0, 1, 6], reference_size: 40, bootstrap: 20, feature_extractor: {name: pixels}}
+output: {dir: unused}
+"""
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One `aesampler run` on a tiny recipe, shared by the tests that only read its outputs."""
+    folder = tmp_path_factory.mktemp("run")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    done = cli("run", str(recipe), "--out", str(folder / "run"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    return recipe, folder / "run", done

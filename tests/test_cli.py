@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 import aesampler
 
 from . import fake_dist
-
-EXE = shutil.which("aesampler") or os.path.join(os.path.dirname(sys.executable), "aesampler")
+from .conftest import EXE
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,33 +13,9 @@ from safetensors.torch import load_file
 from aesampler.recipe import load_recipe
 from aesampler.workflow import build_components
 
-from .test_cli import EXE
+from .conftest import TINY_RECIPE, cli
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_RECIPE = """\
-model: {name: aae, latent_dim: 4, width: 4, adversary_hidden: 16}
-data: {name: digits, image_size: 8}
-corruption: {name: gaussian, sigma: 0.5}
-train: {epochs: 1, max_steps: 3, grid_size: 4}
-sampling: {num_chains: 12, steps: 6, record: [0, 1, 6], chunk_size: 6, grid_size: 9, seed: 5}
-interpolation: {pairs: 3, points: 5, steps: 2}
-output: {dir: unused}
-"""
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One `aesampler run` on a tiny recipe, shared by the tests that only read its outputs."""
-    folder = tmp_path_factory.mktemp("run")
-    recipe = folder / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE)
-    done = cli("run", str(recipe), "--out", str(folder / "run"), "--quiet")
-    assert done.returncode == 0, done.stderr
-    return recipe, folder / "run", done
 
 
 def test_run_writes_samples_interpolation_and_report(tiny_run):
@@ -226,9 +201,17 @@ def test_report_renders_in_headless_chromium_with_every_image(tiny_run):
         "samples/step-001.png",
         "samples/step-006.png",
         "interpolation/interpolation.png",
+        "report/metrics.png",
         "report/losses.png",
         "images/epoch-001-reconstructions.png",
     ]
     broken = [src for src, complete, width in images if not (complete and width > 0)]
     assert broken == []
-    assert headings == ["Run", "Samples along the chain", "Interpolation", "Training", "Recipe"]
+    assert headings == [
+        "Run",
+        "Samples along the chain",
+        "Interpolation",
+        "Sample quality by chain step",
+        "Training",
+        "Recipe",
+    ]

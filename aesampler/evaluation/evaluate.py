@@ -49,11 +49,16 @@ def _encode(
     return torch.cat(out)
 
 
+MIN_DRAWS_FOR_ESS = 20
+
+
 def diagnostics(z: dict[int, np.ndarray]) -> dict:
     """R-hat (rank-normalised, split) and bulk ESS over chains, per latent coordinate.
 
     Computed on the second half of the trajectory (steps T//2 .. T), the part that has had time
-    to move away from the prior draws.
+    to move away from the prior draws. R-hat needs at least 4 draws per chain; the ESS estimate
+    needs a longer window (its autocorrelations are meaningless over a few draws, where the
+    estimator returns its upper cap), so it is reported from 20 draws per chain on.
     """
     steps = sorted(z)
     window = steps[len(steps) // 2 :]
@@ -61,15 +66,21 @@ def diagnostics(z: dict[int, np.ndarray]) -> dict:
         return {"note": f"needs at least 8 recorded steps for diagnostics, got {len(steps)}"}
     draws = np.stack([z[t] for t in window], axis=1)  # (chains, draws, D)
     rhat = array_stats.rhat(draws, chain_axis=0, draw_axis=1)
-    ess = array_stats.ess(draws, chain_axis=0, draw_axis=1)
-    return {
+    result = {
         "window": [window[0], window[-1]],
         "chains": draws.shape[0],
         "rhat_median": float(np.nanmedian(rhat)),
         "rhat_max": float(np.nanmax(rhat)),
-        "ess_median": float(np.nanmedian(ess)),
-        "ess_min": float(np.nanmin(ess)),
     }
+    if len(window) >= MIN_DRAWS_FOR_ESS:
+        ess = array_stats.ess(draws, chain_axis=0, draw_axis=1)
+        result.update(ess_median=float(np.nanmedian(ess)), ess_min=float(np.nanmin(ess)))
+    else:
+        result["ess_note"] = (
+            f"ESS needs at least {MIN_DRAWS_FOR_ESS} draws per chain in the window; evaluate "
+            f"more steps (max(evaluate.steps) >= {2 * MIN_DRAWS_FOR_ESS - 1})"
+        )
+    return result
 
 
 def evaluate(
@@ -147,7 +158,7 @@ def evaluate(
     )
     values: dict[str, dict[str, dict]] = {}
     direction: dict[str, bool | None] = {}
-    for name, metric in tqdm(metrics, desc="metrics", disable=not progress):
+    for _, metric in tqdm(metrics, desc="metrics", disable=not progress):
         for step in cfg.steps:
             for key, estimate in metric.compute(data, step).items():
                 values.setdefault(key, {})[str(step)] = estimate.as_dict()
@@ -183,7 +194,7 @@ def evaluate(
 def format_table(report: dict) -> str:
     """Metrics by step as a plain-text table: value [low, high] at the configured confidence."""
     keys = list(report["metrics"])
-    level = int(round(100 * report["settings"]["confidence"]))
+    level = round(100 * report["settings"]["confidence"])
     header = ["step", *keys]
     rows = []
     for step in report["steps"]:
