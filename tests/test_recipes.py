@@ -15,7 +15,8 @@ from aesampler.training import train
 
 from .test_data import CELEBA_NUMBERS, _fake_celeba_jpegs
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").rglob("*.yaml"))
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = sorted(RECIPES_DIR.rglob("*.yaml"))
 TINY = [
     "data.image_size=8",
     "model.width=4",
@@ -38,7 +39,8 @@ def test_the_paper_recipes_and_the_quickstart_are_shipped():
 def test_every_recipe_validates_and_says_how_to_run_it(path):
     recipe = load_recipe(path)
     head = path.read_text().split("\nmodel:")[0]
-    assert head.startswith("# ") and f"aesampler run recipes/{path.name}" in head
+    relative = path.relative_to(RECIPES_DIR.parent).as_posix()
+    assert head.startswith("# ") and f"aesampler run {relative}" in head
     if path.stem.startswith(("dvae", "daae")):
         assert recipe.corruption.name == "gaussian" and recipe.corruption.params == {"sigma": 0.5}
     if path.stem.split("_")[-1] in ("celeba", "svhn"):  # the paper's settings
@@ -133,7 +135,7 @@ def test_broken_recipe_catalogue(tmp_path):
         f"  {p}:14: train.lrr: unknown key. Did you mean 'lr'? Keys here: epochs, max_steps, batch_size, lr, "
         "betas, seed, device, num_workers, grid_size",
         f"  {p}:15: output.dir: missing: this key is required",
-        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, output",
+        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, evaluate, output",
         f"  {p} (command line): train.seed: Input should be greater than or equal to 0 (got -1)",
     ]
 
