@@ -165,23 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the recipe's model. Writes the resolved recipe, metrics.jsonl, image "
         "grids and checkpoints into the run directory (output.dir).",
     )
-    _add_recipe_arguments(train)
-    train.add_argument("--resume", action="store_true", help="continue the run in output.dir")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(handler=_cmd_train)
-
     run = sub.add_parser(
         "run",
-        help="train (or load) a model, run chains, interpolate and write a report",
+        help="train (or load) a model, run chains, interpolate, evaluate, write a report",
         description="Train the recipe's model (or load model.checkpoint), run sampling.num_chains "
-        "chains, interpolate between test images, and write report.html in the run directory.",
+        "chains, interpolate between test images, measure sample quality at every evaluated "
+        "step, and write report.html in the run directory.",
     )
-    _add_recipe_arguments(run)
-    run.add_argument("--resume", action="store_true", help="continue the run in output.dir")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.set_defaults(handler=_cmd_run)
+    for command, handler in ((train, _cmd_train), (run, _cmd_run)):
+        _add_recipe_arguments(command)
+        command.add_argument("--resume", action="store_true", help="continue the run in output.dir")
+        command.add_argument(
+            "--overwrite", action="store_true", help="replace an existing run directory"
+        )
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.set_defaults(handler=handler)
 
     for name, what in (
         ("sample", "run chains from the prior"),
