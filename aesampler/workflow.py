@@ -61,7 +61,18 @@ class Components:
     registry: Registry
 
     def dataset(self, split: str) -> ImageDataset:
-        return build_dataset(self.recipe, split, self.registry)
+        """A split of the recipe's data, checked against the geometry the model was trained on."""
+        dataset = build_dataset(self.recipe, split, self.registry)
+        arch = self.model.architecture
+        wanted = (arch.get("channels"), arch.get("image_size"))
+        if (dataset.channels, dataset.image_size) != wanted and None not in wanted:
+            raise WorkflowError(
+                f"data {self.recipe.data.name!r} gives {dataset.channels}-channel images of "
+                f"{dataset.image_size} x {dataset.image_size}, but the model in {self.checkpoint} "
+                f"was trained on {wanted[0]}-channel images of {wanted[1]} x {wanted[1]}; set "
+                "data.image_size (and the data) to match"
+            )
+        return dataset
 
 
 def checkpoint_for(recipe: Recipe, override: str | Path | None = None) -> Path:

@@ -215,3 +215,20 @@ def test_report_renders_in_headless_chromium_with_every_image(tiny_run):
         "Training",
         "Recipe",
     ]
+
+
+def test_data_that_does_not_fit_the_checkpoint_is_refused(tiny_run):
+    recipe, run, _ = tiny_run
+    done = cli(
+        "interpolate",
+        str(recipe),
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(run.parent / "wrong"),
+        "--quiet",
+        "data.image_size=16",
+    )
+    assert done.returncode == 2
+    assert "gives 1-channel images of 16 x 16, but the model" in done.stderr
+    assert "trained on 1-channel images of 8 x 8" in done.stderr
