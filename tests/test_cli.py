@@ -32,6 +32,11 @@ def test_plugins_lists_builtins_with_their_distribution():
         ("corruption", "gaussian", "aesampler"),
         ("corruption", "identity", "aesampler"),
         ("transition", "decode_corrupt_encode", "aesampler"),
+        ("metric", "frechet", "aesampler"),
+        ("metric", "mmd_learned", "aesampler"),
+        ("feature_extractor", "classifier", "aesampler"),
+        ("model", "aae", "aesampler"),
+        ("dataset", "mnist5k", "aesampler"),
     } <= rows
 
 

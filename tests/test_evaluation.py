@@ -231,3 +231,48 @@ def test_metrics_json_from_the_cli_is_seeded(tiny_run, tmp_path):
         "**frechet**" in compared.stdout
         and (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     )
+
+
+def _data(**overrides):
+    from aesampler.evaluation import EvaluationData
+
+    z0 = RNG.normal(size=(60, 3))
+    train = RNG.uniform(size=(80, 16))
+    fields = dict(
+        z={0: z0, 1: z0 + np.array([0.0, 2.0, 0.0])},  # every chain moves by exactly 2
+        images={0: train[:60], 1: RNG.uniform(size=(60, 16))},
+        features=lambda step: {0: train[:60], 1: train[:60] + 5.0}[step],
+        reference_z=z0.copy(),
+        prior_z=RNG.normal(size=(60, 3)) + 3.0,
+        reference_features=train[:60],
+        train_images=train,
+        resamples=30,
+        seed=0,
+    )
+    fields.update(overrides)
+    return EvaluationData(**fields)
+
+
+def test_each_builtin_metric_on_constructed_data():
+    registry = load_registry()
+    data = _data()
+
+    def metric(name, step, **params):
+        return registry.create("metric", name, **params).compute(data, step)
+
+    assert metric("step_size", 0)["step_size"].value == pytest.approx(2.0)
+    assert metric("step_size", 1) == {}  # no step after the last one
+    # Samples equal to the reference: MMD² about 0; against shifted prior draws: clearly positive.
+    assert abs(metric("mmd_learned", 0)["mmd_learned"].value) < 0.05
+    assert metric("mmd_prior", 0)["mmd_prior"].value > 0.5
+    # Copies of training images have novelty 0; fresh images do not.
+    assert metric("novelty", 0)["novelty"].value == pytest.approx(0.0, abs=1e-6)
+    assert metric("novelty", 1)["novelty"].value > 0.1
+    # Identical features: Fréchet 0, precision and recall 1; features shifted far away: 0 and 0.
+    assert metric("frechet", 0)["frechet"].value == pytest.approx(0.0, abs=1e-6)
+    assert metric("frechet", 1)["frechet"].value == pytest.approx(25.0 * 16, rel=1e-6)
+    same, far = metric("precision_recall", 0, k=3), metric("precision_recall", 1, k=3)
+    assert (same["precision"].value, same["recall"].value) == (1.0, 1.0)
+    assert (far["precision"].value, far["recall"].value) == (0.0, 0.0)
+    with pytest.raises(Exception, match="k must be a positive integer"):
+        registry.create("metric", "precision_recall", k=0)
