@@ -279,6 +279,12 @@ def run(
     started = time.perf_counter()
     run_dir = Path(recipe.output.dir)
     trained = None
+    if do_evaluate and recipe.evaluate.enabled:  # fail before training, not after it
+        registry = registry or get_registry()
+        spec = recipe.evaluate.feature_extractor
+        registry.create("feature_extractor", spec.name, **spec.params).check(
+            build_dataset(recipe, "train", registry)
+        )
     if checkpoint is None and recipe.model.checkpoint is None:
         result = train(
             recipe,

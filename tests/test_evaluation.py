@@ -276,3 +276,5 @@ def test_each_builtin_metric_on_constructed_data():
     assert (far["precision"].value, far["recall"].value) == (0.0, 0.0)
     with pytest.raises(Exception, match="k must be a positive integer"):
         registry.create("metric", "precision_recall", k=0)
+    with pytest.raises(Exception, match="k=60 needs more than 60 samples"):
+        metric("precision_recall", 0, k=60)

@@ -232,3 +232,23 @@ def test_data_that_does_not_fit_the_checkpoint_is_refused(tiny_run):
     assert done.returncode == 2
     assert "gives 1-channel images of 16 x 16, but the model" in done.stderr
     assert "trained on 1-channel images of 8 x 8" in done.stderr
+
+
+def test_an_evaluation_that_cannot_work_stops_before_training(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(images / f"{i}.png")
+    recipe = tmp_path / "unlabelled.yaml"
+    recipe.write_text(
+        "model: {name: vae, latent_dim: 4, width: 4}\n"
+        f"data: {{name: image_folder, root: {images}, image_size: 8}}\n"
+        "train: {epochs: 1, batch_size: 4, grid_size: 4}\n"
+        "output: {dir: unused}\n"
+    )
+    done = cli("run", str(recipe), "--out", str(tmp_path / "run"), "--quiet")
+    assert done.returncode == 2
+    assert "classifier feature extractor needs labels" in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing was trained or written

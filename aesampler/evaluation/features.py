@@ -38,6 +38,10 @@ class FeatureExtractor(abc.ABC):
 
     name: str
 
+    def check(self, train_set: ImageDataset) -> None:
+        """Raise FeatureError if ``prepare`` would fail on this data; runs before training."""
+        return None
+
     def prepare(
         self,
         train_set: ImageDataset,
@@ -113,14 +117,17 @@ class ClassifierFeatures(FeatureExtractor):
         self.epochs, self.seed = epochs, seed
         self.net: _SmallCNN | None = None
 
-    def prepare(self, train_set, cache_dir, device, log):
-        classes = train_set.num_classes
-        if not classes:
+    def check(self, train_set):
+        if not train_set.num_classes:
             raise FeatureError(
                 f"the classifier feature extractor needs labels, and dataset {train_set.name!r} "
                 "has none; use evaluate.feature_extractor.name=pixels, or inception with a "
                 "local weights file"
             )
+
+    def prepare(self, train_set, cache_dir, device, log):
+        self.check(train_set)
+        classes = train_set.num_classes
         key = json.dumps(
             [
                 train_set.name,
@@ -203,7 +210,10 @@ class InceptionFeatures(FeatureExtractor):
         self.weights = weights
         self.net: nn.Module | None = None
 
-    def prepare(self, train_set, cache_dir, device, log):
+    def check(self, train_set):
+        self._weights_file()
+
+    def _weights_file(self) -> Path:
         if not self.weights:
             raise FeatureError(
                 "the inception feature extractor needs a local weights file: save torchvision's "
@@ -214,6 +224,10 @@ class InceptionFeatures(FeatureExtractor):
         path = Path(self.weights).expanduser()
         if not path.is_file():
             raise FeatureError(f"inception weights file {str(path)!r} does not exist")
+        return path
+
+    def prepare(self, train_set, cache_dir, device, log):
+        path = self._weights_file()
         from torchvision.models import inception_v3
 
         net = inception_v3(weights=None, aux_logits=False, init_weights=False)

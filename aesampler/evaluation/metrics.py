@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import AesamplerError
 from .stats import (
     Estimate,
     bootstrap,
@@ -155,6 +156,12 @@ class PrecisionRecall(Metric):
 
     def compute(self, data, step):
         fake, real = data.features(step), data.reference_features
+        if self.k >= min(len(fake), len(real)):
+            raise AesamplerError(
+                f"precision_recall: k={self.k} needs more than {self.k} samples and held-out "
+                f"images, got {len(fake)} and {len(real)}; lower k or raise evaluate.num_chains "
+                "and evaluate.reference_size"
+            )
         key = ("real_radii", self.k)
         if key not in data.cache:
             data.cache[key] = knn_radii(real, self.k)
