@@ -92,7 +92,8 @@ def register_metrics(register: Register) -> None:
 def register_feature_extractors(register: Register) -> None:
     """Register feature extractors, the spaces in which image metrics compare samples with data.
 
-    The factory returns an :class:`aesampler.evaluation.FeatureExtractor`: ``prepare(train_set,
+    The factory returns an :class:`aesampler.evaluation.FeatureExtractor`: ``check(train_set)``
+    raises at once if it cannot work on this data (it runs before training); ``prepare(train_set,
     cache_dir, device, log)`` trains or loads what it needs (never downloading) and returns a
     description; ``features(x)`` maps images (N, C, H, W) in [0, 1] to features (N, F).
     """
