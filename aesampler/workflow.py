@@ -33,7 +33,7 @@ import yaml
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .chain import Chain, ChainResult, ChainStep, sampling_mode
+from .chain import Chain, ChainResult, sampling_mode
 from .checkpoint import CheckpointError, atomic_write_bytes, find_checkpoint, load_model
 from .data import ImageDataset
 from .errors import AesamplerError
@@ -120,10 +120,12 @@ def build_components(
     return Components(recipe, model, chain, device, folder, registry)
 
 
-def _progress_callback(bar: tqdm | None) -> Callable[[ChainStep], None] | None:
-    if bar is None:
-        return None
-    return lambda step: bar.update(1)
+def _run_chain(
+    parts: Components, desc: str, total: int, progress: bool, *args, **kwargs
+) -> ChainResult:
+    """``parts.chain.run(...)`` with a progress bar over chunk steps; results on the CPU."""
+    with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
+        return parts.chain.run(*args, out_device="cpu", callback=lambda _: bar.update(1), **kwargs)
 
 
 def _replace_folder(folder: Path, overwrite: bool) -> None:
@@ -149,20 +151,18 @@ def sample(
     folder = Path(run_dir) / "samples"
     _replace_folder(folder, overwrite)
     chunks = math.ceil(cfg.num_chains / (cfg.chunk_size or cfg.num_chains))
-    bar = tqdm(total=chunks * (cfg.steps + 1), desc="chains", unit="step", disable=not progress)
-    try:
-        result = parts.chain.run(
-            n=cfg.num_chains,
-            steps=cfg.steps,
-            record=cfg.record,
-            chunk_size=cfg.chunk_size,
-            batchnorm=cfg.batchnorm,
-            seed=cfg.seed,
-            out_device="cpu",
-            callback=_progress_callback(bar),
-        )
-    finally:
-        bar.close()
+    result = _run_chain(
+        parts,
+        "chains",
+        chunks * (cfg.steps + 1),
+        progress,
+        n=cfg.num_chains,
+        steps=cfg.steps,
+        record=cfg.record,
+        chunk_size=cfg.chunk_size,
+        batchnorm=cfg.batchnorm,
+        seed=cfg.seed,
+    )
     shown = min(cfg.grid_size, cfg.num_chains)
     tensors = {}
     for t in result.steps:
@@ -200,19 +200,17 @@ def interpolate(
     weights = torch.linspace(0, 1, cfg.points)
     path = (slerp if cfg.method == "slerp" else lerp)(start, end, weights)  # (P, T, D)
     pairs, points = path.shape[:2]
-    bar = tqdm(total=cfg.steps + 1, desc="interpolation", unit="step", disable=not progress)
-    try:
-        result = parts.chain.run(
-            path.reshape(pairs * points, *path.shape[2:]),
-            steps=cfg.steps,
-            record=[0, cfg.steps],
-            batchnorm=sampling.batchnorm,
-            seed=cfg.seed,
-            out_device="cpu",
-            callback=_progress_callback(bar),
-        )
-    finally:
-        bar.close()
+    result = _run_chain(
+        parts,
+        "interpolation",
+        cfg.steps + 1,
+        progress,
+        path.reshape(pairs * points, *path.shape[2:]),
+        steps=cfg.steps,
+        record=[0, cfg.steps],
+        batchnorm=sampling.batchnorm,
+        seed=cfg.seed,
+    )
     plain = result.x[0].reshape(pairs, points, *result.x[0].shape[1:])
     chained = result.x[cfg.steps].reshape(pairs, points, *result.x[0].shape[1:])
     rows = torch.stack([plain, chained], dim=1).flatten(0, 2)  # pair by pair: plain, then chained
