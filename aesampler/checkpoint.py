@@ -30,6 +30,7 @@ from .errors import AesamplerError
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .registry import Registry
+from .rundir import atomic_write_bytes, fsync_dir
 
 FORMAT = "aesampler-checkpoint"
 VERSION = 1
@@ -43,26 +44,6 @@ MODEL_WEIGHTS, MODEL_INFO, TRAINING_STATE, LATEST = (
 
 class CheckpointError(AesamplerError):
     """A checkpoint is missing, truncated, foreign, or does not fit its model."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_file(path: Path) -> None:
@@ -96,7 +77,7 @@ def save_checkpoint(
     if final.exists():  # the same step saved again (a resumed run that did no new step)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_bytes(root / LATEST, (name + "\n").encode())
     for old in root.glob("step-*"):
         if old.name != name:

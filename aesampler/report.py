@@ -20,7 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-from .checkpoint import CheckpointError, atomic_write_bytes, find_checkpoint, read_info
+from .checkpoint import CheckpointError, find_checkpoint, read_info
+from .rundir import atomic_write_bytes
 
 
 def _save_figure(figure: Figure, path: Path) -> None:

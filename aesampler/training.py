@@ -39,7 +39,6 @@ from tqdm import tqdm
 from . import __version__
 from .chain import Chain
 from .checkpoint import (
-    atomic_write_bytes,
     find_checkpoint,
     load_training_state,
     load_weights,
@@ -49,6 +48,7 @@ from .checkpoint import (
 from .errors import AesamplerError
 from .recipe import Recipe, build_corruption, build_dataset, build_model
 from .registry import Registry
+from .rundir import atomic_write_bytes
 
 
 class TrainingError(AesamplerError):

@@ -34,7 +34,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .chain import Chain, ChainResult, sampling_mode
-from .checkpoint import CheckpointError, atomic_write_bytes, find_checkpoint, load_model
+from .checkpoint import CheckpointError, find_checkpoint, load_model
+from .rundir import atomic_write_bytes
 from .data import ImageDataset
 from .errors import AesamplerError
 from .interpolate import lerp, slerp

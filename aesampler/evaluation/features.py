@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from ..checkpoint import atomic_write_bytes
+from ..rundir import atomic_write_bytes
 from ..data import ImageDataset
 from ..errors import AesamplerError
 
