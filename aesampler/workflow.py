@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from .chain import Chain, ChainResult, sampling_mode
 from .checkpoint import CheckpointError, find_checkpoint, load_model
-from .rundir import atomic_write_bytes
 from .data import ImageDataset
 from .errors import AesamplerError
 from .interpolate import lerp, slerp
@@ -43,6 +42,7 @@ from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe import Recipe, build_dataset
 from .registry import Registry
+from .rundir import atomic_write_bytes
 from .training import _save_png, prepare_run_dir, resolve_device, train
 
 

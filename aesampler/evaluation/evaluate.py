@@ -19,8 +19,8 @@ from arviz_stats.base import array_stats
 from tqdm import tqdm
 
 from ..chain import sampling_mode
-from ..rundir import atomic_write_bytes
 from ..registry import Registry
+from ..rundir import atomic_write_bytes
 from .features import FeatureExtractor
 from .metrics import EvaluationData, Metric, nearest_rms_distance
 

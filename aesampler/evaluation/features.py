@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from ..rundir import atomic_write_bytes
 from ..data import ImageDataset
 from ..errors import AesamplerError
+from ..rundir import atomic_write_bytes
 
 
 class FeatureError(AesamplerError):
