@@ -10,6 +10,11 @@ every BatchNorm layer normalises with the statistics of the current chunk of cha
 ``"running"`` it uses the population statistics learned in training. In both modes the modules'
 parameters, buffers and train/eval flags are exactly what they were before the run.
 
+Non-finite numbers stop the run: a z0 with NaN or inf is refused before anything runs, and NaN or
+inf appearing in z_t or x_t raises :class:`NonFiniteChainError` naming the first such step. The
+check costs no host-device synchronisation per step: per-chain flags accumulate on the device and
+are read once at the end of each chunk.
+
 No file I/O and no logging here: callers do that, through the ``callback``.
 """
 
@@ -25,13 +30,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import ChainInputError
+from .errors import AesamplerError, ChainInputError
 from .interfaces import Corruption, Decoder, Encoder, ModuleDecoder, Transition
 from .transitions import DecodeCorruptEncode
 
 BatchNormMode = Literal["batch", "running"]
 BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
+_SHOWN_CHAINS = 5  # how many chain indices an error message lists
+
+
+class NonFiniteChainError(AesamplerError, FloatingPointError):
+    """A chain produced NaN or inf in its latents or samples."""
 
 
 def default_record(steps: int) -> tuple[int, ...]:
@@ -278,6 +288,12 @@ class Chain:
 
         Returns:
             A :class:`ChainResult`; ``result.z[t]`` and ``result.x[t]`` hold step t.
+
+        Raises:
+            ChainInputError: an argument is invalid, e.g. z0 holds NaN or inf.
+            NonFiniteChainError: NaN or inf appeared in z_t, or in x_t where x_t was computed
+                (every step but the last unless it is recorded). Checked at the end of each
+                chunk; the message names the first bad step and its chains.
         """
         steps = _check_int("steps", steps, 0)
         record_steps = self._check_record(record, steps)
@@ -313,8 +329,10 @@ class Chain:
         z_out: dict[int, Tensor] = {}
         x_out: dict[int, Tensor] = {}
         record_set = set(record_steps)
+        check_finite = device.type != "meta"  # meta tensors hold no values to check
         with sampling_mode(self._roots, batchnorm), torch.inference_mode():
             for chunk, (start, stop) in enumerate(bounds):
+                first_bad = _FirstNonFinite(stop - start, device)
                 if z0 is None:
                     z = torch.randn(
                         (stop - start, *latent_shape),
@@ -332,15 +350,40 @@ class Chain:
                             x = self.decoder(z)
                         _store(z_out, t, z, start, stop, n, out_device)
                         _store(x_out, t, x, start, stop, n, out_device)
+                    if check_finite:
+                        first_bad.update(t, z, x)
                     if callback is not None:
                         callback(ChainStep(chunk=chunk, start=start, step=t, z=z, x=x))
                     if out is not None:
                         _check_next(out.z, z, t)
                         z = out.z
+                if check_finite:
+                    self._raise_if_non_finite(first_bad, chunk, start, batchnorm)
         return ChainResult(z=StepTensors("z", z_out), x=StepTensors("x", x_out), steps=record_steps)
 
     def _has_batchnorm(self) -> bool:
         return any(isinstance(m, _BatchNorm) for m in _unique_modules(self._roots))
+
+    def _raise_if_non_finite(
+        self, first_bad: _FirstNonFinite, chunk: int, start: int, batchnorm: BatchNormMode
+    ) -> None:
+        found = first_bad.read()
+        if found is None:
+            return
+        t, chains = found[0], [start + i for i in found[1]]
+        size = first_bad.chains
+        message = (
+            f"the chains produced non-finite values (NaN or inf) at step {t}: {len(chains)} of "
+            f"{size} chains in chunk {chunk} ({_chain_list(chains)}) have them in z_{t} or "
+            f"x_{t} = d(z_{t}). The starting latents were finite, so the models made them "
+            "(NaN in the weights, or values too large for the dtype)"
+        )
+        if batchnorm == "batch" and len(chains) == size > 1 and self._has_batchnorm():
+            message += (
+                "; with batchnorm='batch' a single bad chain spreads to every chain of its chunk "
+                "through the batch statistics, and batchnorm='running' keeps chains apart"
+            )
+        raise NonFiniteChainError(message)
 
     @staticmethod
     def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> tuple[int, ...]:
@@ -418,6 +461,13 @@ class Chain:
             )
         if n is not None and n != z0.shape[0]:
             raise ChainInputError(f"n={n} disagrees with z0, which holds {z0.shape[0]} chains")
+        if z0.device.type != "meta":
+            bad = (~torch.isfinite(z0).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+            if bad:
+                raise ChainInputError(
+                    f"z0 holds NaN or inf in {len(bad)} of {z0.shape[0]} chains "
+                    f"({_chain_list(bad)}): every starting latent must be finite"
+                )
         return z0, z0.shape[0], tuple(z0.shape[1:]), z0.device, z0.dtype
 
 
@@ -450,6 +500,48 @@ def _store(
             f"one {tuple(out[t].shape[1:])}"
         )
     out[t][start:stop].copy_(value)
+
+
+class _FirstNonFinite:
+    """For each chain of a chunk, the first step at which z_t or x_t held NaN or inf.
+
+    Updated on the device with no host synchronisation; :meth:`read` copies it to the host once.
+    A chain's largest |value| is NaN or inf exactly when the chain holds NaN or inf (a maximum,
+    unlike a sum, cannot overflow), and step numbers are exact in float32 up to 2**24.
+    """
+
+    def __init__(self, chains: int, device: torch.device):
+        self.chains = chains
+        self.first = torch.full((chains,), math.inf, device=device)
+
+    def update(self, t: int, *values: Tensor | None) -> None:
+        peak = None
+        for value in values:
+            if value is None or not value.is_floating_point() or value.numel() == 0:
+                continue  # only floating-point values can be NaN or inf
+            if value.dim() >= 2 and value.shape[0] == self.chains:
+                row_peak = value.flatten(1).abs().amax(dim=1)
+            elif value.dim() == 1 and value.shape[0] == self.chains:
+                row_peak = value.abs()
+            else:  # not one row per chain: a bad value counts against every chain
+                row_peak = value.abs().amax().expand(self.chains)
+            peak = row_peak if peak is None else torch.maximum(peak, row_peak)
+        if peak is not None:
+            step = torch.where(torch.isfinite(peak), math.inf, float(t))
+            torch.minimum(self.first, step, out=self.first)
+
+    def read(self) -> tuple[int, list[int]] | None:
+        """(first bad step, the chunk's chains bad at that step), or None if all were finite."""
+        first = self.first.cpu()
+        step = float(first.min())
+        if math.isinf(step):
+            return None
+        return int(step), (first == step).nonzero().flatten().tolist()
+
+
+def _chain_list(indices: list[int]) -> str:
+    shown = ", ".join(map(str, indices[:_SHOWN_CHAINS]))
+    return f"chains {shown}" + (", ..." if len(indices) > _SHOWN_CHAINS else "")
 
 
 def _check_next(z_next: Tensor, z: Tensor, t: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from torch import nn
 from .errors import AesamplerError
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
+from .recipe.build import check_model_size
 from .registry import Registry
-from .rundir import atomic_write_bytes, fsync_dir
+from .rundir import CHECKPOINTS, atomic_write_bytes, fsync_dir
 
 FORMAT = "aesampler-checkpoint"
 VERSION = 1
@@ -55,7 +57,7 @@ def save_checkpoint(
     run_dir: Path, model: GenerativeAutoencoder, info: dict[str, Any], state: dict[str, Any]
 ) -> Path:
     """Write a complete checkpoint for ``info["step"]`` and make it the latest."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{int(info['step']):08d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
@@ -85,13 +87,34 @@ def save_checkpoint(
     return final
 
 
+_CHECKPOINT_NAME = re.compile(r"step-\d{8,}\Z")
+
+
 def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder for a run directory, its ``checkpoints/`` folder, or itself."""
+    """The checkpoint folder for a run directory, its ``checkpoints/`` folder, or itself.
+
+    ``latest`` must name a ``step-NNNNNNNN`` folder beside it: it is never followed elsewhere
+    (``..``, an absolute path, or a link out of the run directory are refused).
+    """
     path = Path(path)
-    for root in (path / "checkpoints", path):
+    for root in (path / CHECKPOINTS, path):
         latest = root / LATEST
         if latest.is_file():
-            folder = root / latest.read_text().strip()
+            try:
+                name = latest.read_bytes()[:100].decode("ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                name = None
+            folder = root / name if name else None
+            if (
+                folder is None
+                or not _CHECKPOINT_NAME.match(name)
+                or folder.is_symlink()
+                or folder.resolve().parent != root.resolve()
+            ):
+                raise CheckpointError(
+                    f"{latest} does not name a checkpoint folder beside it (expected one line "
+                    "like 'step-00000100'); it is damaged or was edited"
+                )
             if not (folder / MODEL_INFO).is_file():
                 raise CheckpointError(f"{latest} points to {folder}, which holds no {MODEL_INFO}")
             return folder
@@ -106,11 +129,15 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_info(folder: Path) -> dict[str, Any]:
     file = folder / MODEL_INFO
     try:
-        document = json.loads(file.read_text())
+        document = json.loads(file.read_bytes().decode("utf-8"))
     except OSError as error:
         raise CheckpointError(f"cannot read {file}: {error.strerror}") from error
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{file} is not valid JSON (truncated?): {error}") from error
+    except UnicodeDecodeError as error:
+        raise CheckpointError(
+            f"{file} is not UTF-8 text (byte {error.start}): it is damaged or not a checkpoint"
+        ) from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{file} is not valid JSON (truncated?): {error}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an aesampler checkpoint (no format {FORMAT!r})")
     if document.get("version") != VERSION:
@@ -119,7 +146,11 @@ def read_info(folder: Path) -> dict[str, Any]:
             f"version {VERSION}"
         )
     model = document.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("architecture"), dict):
+    if (
+        not isinstance(model, dict)
+        or not isinstance(model.get("kind"), str)
+        or not isinstance(model.get("architecture"), dict)
+    ):
         raise CheckpointError(
             f"{file} does not describe its model (model.kind, model.architecture)"
         )
@@ -146,20 +177,57 @@ def load_model(
     registry = registry or get_registry()
     kind, architecture = info["model"]["kind"], info["model"]["architecture"]
     try:
+        check_model_size(kind, architecture, registry)  # before allocating anything
         model = registry.create("model", kind, **architecture)
     except AesamplerError as error:
         raise CheckpointError(
             f"{folder / MODEL_INFO}: cannot rebuild the model: {error}"
         ) from error
+    except Exception as error:  # a factory that fails on values a damaged file holds
+        raise CheckpointError(
+            f"{folder / MODEL_INFO}: cannot rebuild the model from its architecture "
+            f"{architecture}: {type(error).__name__}: {error}"
+        ) from None
     load_weights(model, folder / MODEL_WEIGHTS)
     return model.to(device), info
 
 
+#: What ``state.pt`` holds: key -> the type of its value (``rng``: its keys and types).
+STATE_KEYS: dict[str, type] = {
+    "optimizers": dict,
+    "step": int,
+    "epoch": int,
+    "batch_in_epoch": int,
+    "rng": dict,
+}
+RNG_KEYS = ("torch", "noise", "shuffle_epoch_start")
+
+
 def load_training_state(folder: Path) -> dict[str, Any]:
+    """The training state of a checkpoint, checked to hold everything a resume reads."""
     file = folder / TRAINING_STATE
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise CheckpointError(f"{file} is missing: this checkpoint cannot be resumed") from error
     except Exception as error:  # truncated zip, foreign pickle refused by weights_only, ...
         raise CheckpointError(f"cannot read the training state {file}: {error}") from error
+    problems = []
+    if not isinstance(state, dict):
+        problems.append("it is not a mapping")
+    else:
+        for key, kind in STATE_KEYS.items():
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                problems.append(f"{key!r} is missing or not a {kind.__name__}")
+        rng = state.get("rng") if isinstance(state.get("rng"), dict) else {}
+        problems += [
+            f"'rng.{key}' is missing or not a byte tensor"
+            for key in RNG_KEYS
+            if not (isinstance(rng.get(key), torch.Tensor) and rng[key].dtype == torch.uint8)
+        ]
+    if problems:
+        raise CheckpointError(
+            f"{file} cannot be resumed: {'; '.join(problems)}; it is damaged or was not written "
+            "by aesampler"
+        )
+    return state

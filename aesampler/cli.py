@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .errors import AesamplerError
 from .plugins import get_registry
+from .rundir import RECIPE, RunDir
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -37,6 +38,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 {"plugin": f.plugin, "distribution": f.distribution, "message": f.message}
                 for f in registry.failures
             ],
+            "disabled": [
+                {"plugin": d.plugin, "distribution": d.distribution, "reason": d.reason}
+                for d in registry.disabled
+            ],
         }
         print(json.dumps(payload, indent=2))
     else:
@@ -45,6 +50,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    for disabled in registry.disabled:
+        print(f"aesampler: switched off {disabled}", file=sys.stderr)
     for failure in registry.failures:
         print(f"aesampler: broken {failure}", file=sys.stderr)
     return 1 if registry.failures else 0
@@ -54,12 +61,16 @@ def _load(args: argparse.Namespace):
     from .recipe import load_recipe
 
     overrides = list(args.overrides)
+    provided_before = None
     if Path(args.recipe).is_dir():  # a run directory: its resolved recipe, writing into it
+        run = RunDir(args.recipe)
         overrides.insert(0, f"output.dir={args.recipe}")
-        args.recipe = str(Path(args.recipe) / "recipe.yaml")
+        args.recipe = str(run / RECIPE)
+        if run.is_aesampler():  # what provided its components, should one be missing now
+            provided_before = run.components()
     if getattr(args, "out", None):
         overrides.append(f"output.dir={args.out}")
-    return load_recipe(args.recipe, overrides)
+    return load_recipe(args.recipe, overrides, provided_before=provided_before)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -147,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--traceback", action="store_true", help="show the full stack when an error occurs"
     )
+    parser.add_argument(
+        "--no-plugins",
+        action="store_true",
+        help="load only aesampler's own built-in components, no third-party plugins",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -233,12 +249,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .plugins import set_builtins_only
+
+    set_builtins_only(args.no_plugins)  # before the handler first asks for the registry
     try:
         return args.handler(args)
     except AesamplerError as error:
         if args.traceback:
             raise
         print(f"aesampler: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path that is a file, read-only, on a full disk, ...
+        if args.traceback:
+            raise
+        where = f" {str(error.filename)!r}" if error.filename else ""
+        reason = error.strerror or str(error)
+        print(f"aesampler: error: cannot use{where}: {reason}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.traceback:
+            raise
+        print(
+            "aesampler: error: out of memory; lower the sizes in the recipe (num_chains, "
+            "chunk_size, batch_size, image_size, latent_dim)",
+            file=sys.stderr,
+        )
         return 2
 
 

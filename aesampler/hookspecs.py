@@ -14,6 +14,17 @@ so duplicates, provenance and error messages are handled in one place.
   against it before calling.
 * ``description`` -- one line for ``aesampler plugins``; defaults to the first line of the
   factory's docstring.
+
+A bad name, a factory that is not callable or a name already taken makes ``register`` raise
+:class:`aesampler.ComponentError`.
+
+The host calls the hooks one plugin at a time, in load order (aesampler's own plugins first),
+each through a pluggy hook caller restricted to that plugin, so hookwrappers and
+``tryfirst``/``trylast`` act among one plugin's implementations. A plugin registers all its
+components or none: if one of its hooks raises (any exception but ``KeyboardInterrupt``,
+``SystemExit`` included), the components its other hooks registered are removed as well and the
+plugin is reported as failed. A hook that no specification below knows fails its plugin unless
+it is marked ``optionalhook=True``.
 """
 
 from __future__ import annotations
@@ -43,10 +54,14 @@ def register_corruptions(register: Register) -> None:
 def register_transitions(register: Register) -> None:
     """Register transition operators z_t -> z_{t+1}.
 
-    The factory is called as ``factory(encoder=..., decoder=..., corruption=..., **params)`` and
-    returns an :class:`aesampler.Transition`, an ``nn.Module`` whose ``forward(z, *,
-    generator=None)`` returns a :class:`aesampler.TransitionOutput`, drawing all noise from
-    ``generator``.
+    The factory is called as ``factory(encoder=..., decoder=..., corruption=..., **params)``
+    (the trained model's networks, the chain's corruption or None, and the other keys of the
+    recipe's ``sampling.transition``) and returns an :class:`aesampler.Transition`, an
+    ``nn.Module`` whose ``forward(z, *, generator=None)`` returns a
+    :class:`aesampler.TransitionOutput` (``x``: d(z) if it was computed, else None), drawing all
+    noise from ``generator``. ``encoder(x)`` returns an :class:`aesampler.Posterior`: ``mean``,
+    and ``std`` (None for a deterministic encoder); ``posterior.sample(generator)`` draws
+    mean + std * eps, or returns the mean when ``std`` is None.
     """
 
 
@@ -81,10 +96,13 @@ def register_metrics(register: Register) -> None:
 
     The factory is called with the recipe's parameters (``evaluate.metrics`` entries) and
     returns an :class:`aesampler.evaluation.Metric`: ``compute(data, step)`` returns a dict of
-    :class:`aesampler.evaluation.Estimate` (value and bootstrap interval) by name, from an
-    :class:`aesampler.evaluation.EvaluationData` (latents, images, features, held-out reference,
-    bootstrap settings; ``data.boot`` does the resampling). ``lower_is_better`` says how to read
-    the numbers (None: context rather than a score).
+    :class:`aesampler.evaluation.Estimate` (value and bootstrap interval) by name, empty where
+    the metric is undefined, from an :class:`aesampler.evaluation.EvaluationData` (latents
+    ``z[t]``, ``images[t]``, ``features(t)``, held-out ``reference_z`` and
+    ``reference_features``, ``prior_z``, ``train_images``, bootstrap settings; ``data.boot``
+    does the resampling). ``space`` says whether it reads latents (``"latent"``) or images
+    (``"image"``); ``lower_is_better`` says how to read the numbers (None: context rather than
+    a score).
     """
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ComponentError, UnknownComponentError, did_you_mean
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*\Z")
+#: The distribution recorded for plugins passed to ``load_registry(extra_plugins=...)``.
+DIRECT = "<direct>"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,12 @@ class Component:
     distribution: str
     plugin: str
     description: str
+    #: the distribution's version (``importlib.metadata``); None for a plugin passed directly.
+    version: str | None = None
+
+    def provenance(self) -> dict[str, str | None]:
+        """Who provided this component, as plain data: distribution, version and plugin."""
+        return {"distribution": self.distribution, "version": self.version, "plugin": self.plugin}
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The keyword parameters the factory accepts (``self`` and ``*args`` excluded)."""
@@ -49,6 +57,27 @@ class PluginFailure:
         return f"plugin {self.plugin!r} from distribution {self.distribution!r}: {self.message}"
 
 
+@dataclass(frozen=True)
+class DisabledPlugin:
+    """A plugin that was switched off and therefore never imported."""
+
+    plugin: str
+    distribution: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} from distribution {self.distribution!r}: {self.reason}"
+
+
+def normalize_distribution(name: str) -> str:
+    """A distribution name compared as packaging tools compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+#: ``{kind: {name: {"distribution": ..., "version": ..., "plugin": ...}}}``
+Provenance = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
 def _first_doc_line(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -59,11 +88,19 @@ class Registry:
 
     Args:
         kinds: the component kinds this registry accepts.
+
+    Attributes:
+        failures: plugins that failed to load or to register; none of their components is here.
+        disabled: plugins that were switched off and never imported.
+        distributions: every distribution whose plugins were considered (loaded, failed or
+            switched off), with its version; used to explain a component that is missing now.
     """
 
     def __init__(self, kinds: Mapping[str, str] | list[str]):
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in kinds}
         self.failures: list[PluginFailure] = []
+        self.disabled: list[DisabledPlugin] = []
+        self.distributions: dict[str, str | None] = {}
 
     @property
     def kinds(self) -> list[str]:
@@ -78,6 +115,7 @@ class Registry:
         distribution: str,
         plugin: str,
         description: str | None = None,
+        version: str | None = None,
     ) -> Component:
         """Add a component; raises ComponentError on a bad or duplicate name."""
         if kind not in self._components:
@@ -103,9 +141,17 @@ class Registry:
             distribution=distribution,
             plugin=plugin,
             description=description if description is not None else _first_doc_line(factory),
+            version=version,
         )
         self._components[kind][name] = component
         return component
+
+    def remove(self, kind: str, name: str) -> Component:
+        """Take a component out again (the loader rolls back a plugin that failed this way)."""
+        components = self._of_kind(kind)
+        if name not in components:
+            raise UnknownComponentError(f"no {kind} {name!r} is registered")
+        return components.pop(name)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._of_kind(kind))
@@ -115,8 +161,15 @@ class Registry:
             for name in sorted(self._components[kind]):
                 yield self._components[kind][name]
 
-    def get(self, kind: str, name: str) -> Component:
-        """The component ``name`` of ``kind``, or an error listing what that kind offers."""
+    def get(self, kind: str, name: str, *, provided_before: Provenance | None = None) -> Component:
+        """The component ``name`` of ``kind``, or an error listing what that kind offers.
+
+        Args:
+            provided_before: what provided each component last time, as returned by
+                :meth:`provenance` (read back from a run directory). When ``name`` is missing
+                now, the error says which distribution provided it then and why it is not here:
+                not installed, failed to load, switched off, or no longer providing it.
+        """
         components = self._of_kind(kind)
         if name in components:
             return components[name]
@@ -125,12 +178,67 @@ class Registry:
             for c in sorted(components.values(), key=lambda c: c.name)
         )
         message = (
-            f"unknown {kind} {name!r}.{did_you_mean(str(name), components)} "
+            f"unknown {kind} {name!r}.{self._provided_before(kind, name, provided_before)}"
+            f"{did_you_mean(str(name), components)} "
             f"Registered {kind}s: {offered or 'none'}"
         )
         if self.failures:
             message += "; plugins that failed to load: " + "; ".join(map(str, self.failures))
+        if self.disabled:
+            message += "; plugins switched off: " + "; ".join(map(str, self.disabled))
         raise UnknownComponentError(message)
+
+    def provenance(
+        self, used: Iterable[tuple[str, str]] | None = None
+    ) -> dict[str, dict[str, dict[str, str | None]]]:
+        """Who provided each component, as plain data for a run directory's settings.
+
+        Args:
+            used: ``(kind, name)`` pairs, the components a run used; default: every component.
+                A pair that is not registered raises :class:`UnknownComponentError`.
+
+        Returns:
+            ``{kind: {name: {"distribution": ..., "version": ..., "plugin": ...}}}``, with
+            ``version`` None for plugins passed directly rather than installed.
+        """
+        pairs = [(c.kind, c.name) for c in self] if used is None else list(used)
+        result: dict[str, dict[str, dict[str, str | None]]] = {}
+        for kind, name in pairs:
+            result.setdefault(kind, {})[name] = self.get(kind, name).provenance()
+        return result
+
+    def _provided_before(self, kind: str, name: str, provided_before: Provenance | None) -> str:
+        """`` It was provided last time by ..., which ...`` for a component missing now."""
+        try:
+            entry = (provided_before or {}).get(kind, {}).get(name)
+            distribution, version = entry.get("distribution"), entry.get("version")
+            plugin = entry.get("plugin")
+        except AttributeError:  # no entry, or not the shape provenance() writes
+            return ""
+        if not distribution:
+            return ""
+        if distribution == DIRECT:
+            return (
+                f" It was provided last time by plugin {plugin!r}, passed directly rather than "
+                "installed; pass it again (load_registry(extra_plugins=...))."
+            )
+        who = f"{distribution} {version}" if version else str(distribution)
+        wanted = normalize_distribution(str(distribution))
+        failed = [f for f in self.failures if f.plugin == plugin] or [
+            f for f in self.failures if normalize_distribution(f.distribution) == wanted
+        ]
+        disabled = [d for d in self.disabled if normalize_distribution(d.distribution) == wanted]
+        installed = {normalize_distribution(d): v for d, v in self.distributions.items()}
+        if failed:
+            state = "which failed to load now: " + "; ".join(f.message for f in failed)
+        elif disabled:
+            state = f"which is switched off now ({disabled[0].reason})"
+        elif wanted in installed:
+            now = f" (version {installed[wanted]})" if installed[wanted] else ""
+            state = f"which is installed now{now} but no longer provides it"
+        else:
+            state = "which is not installed now"
+        return f" It was provided last time by {who}, {state}."
 
     def create(self, kind: str, name: str, /, **params: Any) -> Any:
         """Build component ``name`` of ``kind`` with ``params``, checked against its signature."""

@@ -21,7 +21,27 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from .checkpoint import CheckpointError, find_checkpoint, read_info
-from .rundir import atomic_write_bytes
+from .errors import AesamplerError
+from .rundir import (
+    IMAGES,
+    INTERPOLATION,
+    INTERPOLATION_GRID,
+    METRICS,
+    OUTPUTS,
+    RECIPE,
+    REPORT,
+    REPORT_ASSETS,
+    SAMPLES,
+    SETTINGS,
+    TRAIN_LOG,
+    RunDir,
+    atomic_write_bytes,
+    read_json,
+)
+
+
+class ReportError(AesamplerError):
+    """A file the report or a comparison reads is missing or damaged."""
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
@@ -47,15 +67,17 @@ def steps_figure(samples: dict[int, torch.Tensor], path: Path) -> None:
 
 
 def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    file = run_dir / "metrics.jsonl"
+    file = run_dir / TRAIN_LOG
     if not file.is_file():
         return [], []
     steps, epochs = [], []
-    for line in file.read_text().splitlines():
+    for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
         (steps if record.get("event") == "step" else epochs).append(record)
     return steps, epochs
 
@@ -89,8 +111,13 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _settings(folder: Path) -> dict:
-    file = folder / "settings.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
+    file = folder / SETTINGS
+    if not file.is_file():
+        return {}
+    settings = read_json(file, "settings of the outputs in that folder")
+    if not isinstance(settings, dict):
+        raise ReportError(f"{str(file)!r} does not hold settings (a JSON object)")
+    return settings
 
 
 def _spec(spec: dict | None) -> str:
@@ -147,8 +174,8 @@ def metrics_figure(runs: dict[str, dict], path: Path) -> None:
     _save_figure(figure, path)
 
 
-def _quality_section(report: dict, run_dir: Path) -> str:
-    metrics_figure({run_dir.name: report}, run_dir / "report" / "metrics.png")
+def _quality_section(report: dict, name: str, assets: Path) -> str:
+    metrics_figure({name: report}, assets / "metrics.png")
     keys = list(report["metrics"])
     level = round(100 * report["settings"]["confidence"])
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["step", *keys])
@@ -184,24 +211,60 @@ def _quality_section(report: dict, run_dir: Path) -> str:
         )
     return (
         "<h2>Sample quality by chain step</h2>"
-        + _figure("report/metrics.png", "Metrics against the chain step, with bootstrap intervals.")
+        + _figure(
+            f"{REPORT_ASSETS}/metrics.png",
+            "Metrics against the chain step, with bootstrap intervals.",
+        )
         + f"<table><tr>{head}</tr>{body}</table>"
         + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     )
+
+
+def read_quality(path: Path) -> dict:
+    """A ``metrics.json`` written by ``aesampler evaluate``, checked for what reports read."""
+    report = read_json(path, "sample-quality metrics")
+    problem = None
+    if not isinstance(report, dict):
+        problem = "it does not hold a JSON object"
+    elif not isinstance(report.get("steps"), list) or not all(
+        isinstance(s, int) for s in report["steps"]
+    ):
+        problem = "'steps' is not a list of step numbers"
+    elif not isinstance(report.get("metrics"), dict):
+        problem = "'metrics' is not an object"
+    elif not isinstance(report.get("settings"), dict) or not isinstance(
+        report["settings"].get("confidence"), (int, float)
+    ):
+        problem = "'settings.confidence' is missing"
+    else:
+        for key, cells in report["metrics"].items():
+            ok = isinstance(cells, dict) and all(
+                isinstance(c, dict)
+                and all(isinstance(c.get(f), (int, float)) for f in ("value", "low", "high"))
+                for c in cells.values()
+            )
+            if not ok:
+                problem = f"metric {key!r} does not hold value/low/high numbers by step"
+                break
+    if problem:
+        raise ReportError(
+            f"{str(path)!r} is not aesampler sample-quality metrics: {problem}; re-create it "
+            "with aesampler evaluate"
+        )
+    report.setdefault("lower_is_better", {})
+    return report
 
 
 def compare_runs(run_dirs: list[Path], out: Path | None = None) -> str:
     """Side-by-side metrics of several runs: a Markdown table per metric, and a plot."""
     runs = {}
     for run_dir in run_dirs:
-        file = Path(run_dir) / "metrics.json"
+        file = Path(run_dir) / METRICS
         if not file.is_file():
-            from .errors import AesamplerError
-
-            raise AesamplerError(
+            raise ReportError(
                 f"{str(file)!r} does not exist: run aesampler evaluate {run_dir} first"
             )
-        runs[Path(run_dir).name] = json.loads(file.read_text())
+        runs[Path(run_dir).name] = read_quality(file)
     keys = list(dict.fromkeys(k for r in runs.values() for k in r["metrics"]))
     steps = sorted({s for r in runs.values() for s in r["steps"]})
     parts = []
@@ -221,19 +284,49 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None) -> str:
         parts.append("\n".join(lines))
     text = "\n\n".join(parts) + "\n"
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise ReportError(f"--out {str(out)!r} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ReportError(f"cannot create {str(out)!r}: {error.strerror}") from None
         atomic_write_bytes(out / "compare.md", text.encode())
         metrics_figure(runs, out / "compare.png")
     return text
 
 
+def _read_recipe(run_dir: Path) -> tuple[str, dict]:
+    file = run_dir / RECIPE
+    if not file.is_file():
+        return "", {}
+    try:
+        text = file.read_bytes().decode("utf-8")
+        recipe = yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise ReportError(f"{str(file)!r} is not UTF-8 text (byte {error.start})") from None
+    except yaml.YAMLError as error:
+        raise ReportError(f"{str(file)!r} is not valid YAML: {error}") from None
+    if recipe is not None and not isinstance(recipe, dict):
+        raise ReportError(f"{str(file)!r} does not hold a recipe (a mapping of sections)")
+    return text, recipe or {}
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.html`` for everything the run directory holds; return its path."""
-    run_dir = Path(run_dir)
-    recipe_text = (
-        (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").is_file() else ""
-    )
-    recipe = yaml.safe_load(recipe_text) if recipe_text else {}
+    """Write ``report.html`` for everything the run directory holds; return its path.
+
+    Every file the report reads is checked first (a damaged one is one clear error, and the
+    previous report stays); the page and its plots replace the old ones in one transaction.
+    """
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise ReportError(f"{str(run.path)!r} is not a run directory")
+    run.check_replaceable("report", OUTPUTS["report"], overwrite=True)
+    with run.transaction("report", list(OUTPUTS["report"])) as txn:
+        return _write_report(run.path, txn.path(REPORT), txn.path(REPORT_ASSETS))
+
+
+def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
+    recipe_text, recipe = _read_recipe(run_dir)
     sections: list[str] = []
 
     summary: list[tuple[str, str]] = []
@@ -249,7 +342,7 @@ def write_report(run_dir: str | Path) -> Path:
         summary.append(("checkpoint", f"step {info['step']}, epoch {info['epoch']}"))
     except CheckpointError:
         pass
-    sampling = _settings(run_dir / "samples")
+    sampling = _settings(run_dir / SAMPLES)
     if sampling:
         corruption = sampling.get("chain_corruption")
         summary.append(
@@ -263,14 +356,14 @@ def write_report(run_dir: str | Path) -> Path:
         )
     sections.append("<h2>Run</h2>" + _table(summary))
 
-    samples = sorted((run_dir / "samples").glob("step-*.png"))
+    samples = sorted((run_dir / SAMPLES).glob("step-*.png"))
     if samples:
         figures = []
         for file in samples:
             t = int(re.search(r"step-(\d+)", file.name).group(1))
             after = f"after {t} transition{'s' * (t != 1)}"
             caption = "step 0: decoded prior draws" if t == 0 else f"step {t}: {after}"
-            figures.append(_figure(f"samples/{file.name}", caption))
+            figures.append(_figure(f"{SAMPLES}/{file.name}", caption))
         sections.append(
             "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
             "places: step 0 decodes draws from the prior N(0, I); step t decodes the latents "
@@ -278,40 +371,40 @@ def write_report(run_dir: str | Path) -> Path:
             "<code>samples/samples.safetensors</code>.</p>"
             f'<div class="grids">{"".join(figures)}</div>'
         )
-    interpolation = run_dir / "interpolation" / "interpolation.png"
+    interpolation = run_dir / INTERPOLATION / INTERPOLATION_GRID
     if interpolation.is_file():
-        cfg = _settings(run_dir / "interpolation")
+        cfg = _settings(run_dir / INTERPOLATION)
         caption = (
             f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
             f"first row decodes the interpolated latents, the second row the same latents after "
             f"{cfg.get('steps', '?')} chain steps."
         )
         sections.append(
-            "<h2>Interpolation</h2>" + _figure("interpolation/interpolation.png", caption)
+            "<h2>Interpolation</h2>" + _figure(f"{INTERPOLATION}/{INTERPOLATION_GRID}", caption)
         )
-    quality = run_dir / "metrics.json"
+    quality = run_dir / METRICS
     if quality.is_file():
-        sections.append(_quality_section(json.loads(quality.read_text()), run_dir))
+        sections.append(_quality_section(read_quality(quality), run_dir.name, assets))
     steps, epochs = _read_metrics(run_dir)
     if steps:
-        loss_figure(steps, epochs, run_dir / "report" / "losses.png")
+        loss_figure(steps, epochs, assets / "losses.png")
         last = epochs[-1] if epochs else {}
         rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
         sections.append(
             "<h2>Training</h2>"
             + _figure(
-                "report/losses.png",
+                f"{REPORT_ASSETS}/losses.png",
                 "Losses per optimiser step (nats per image for the reconstruction) and on the "
                 "validation split after each epoch.",
             )
             + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
         )
-        grids = sorted((run_dir / "images").glob("epoch-*-samples.png"))
+        grids = sorted((run_dir / IMAGES).glob("epoch-*-samples.png"))
         if grids:
             tag = grids[-1].name.replace("-samples.png", "")
             sections.append(
                 _figure(
-                    f"images/{tag}-reconstructions.png",
+                    f"{IMAGES}/{tag}-reconstructions.png",
                     f"{tag}: validation images (top row), their corrupted inputs (if the model "
                     "was trained with a corruption) and their reconstructions (bottom row)",
                 )
@@ -325,6 +418,5 @@ def write_report(run_dir: str | Path) -> Path:
         + "".join(sections)
         + "</body></html>\n"
     )
-    path = run_dir / "report.html"
-    atomic_write_bytes(path, page.encode())
-    return path
+    atomic_write_bytes(page_path, page.encode())
+    return run_dir / REPORT

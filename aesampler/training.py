@@ -20,10 +20,8 @@ a resumed run continues exactly as an uninterrupted one would (bit for bit on CP
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +31,14 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import __version__
 from .chain import Chain
 from .checkpoint import (
+    MODEL_WEIGHTS,
+    TRAINING_STATE,
+    CheckpointError,
     find_checkpoint,
     load_training_state,
     load_weights,
@@ -46,9 +46,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .errors import AesamplerError
+from .plugins import get_registry
 from .recipe import Recipe, build_corruption, build_dataset, build_model
 from .registry import Registry
-from .rundir import atomic_write_bytes
+from .rundir import IMAGES, OUTPUTS, RECIPE, TRAIN_LOG, RunDir, atomic_write_bytes, save_png
 
 
 class TrainingError(AesamplerError):
@@ -77,32 +78,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create the run directory; never replace an existing one without ``overwrite``."""
-    if resume and overwrite:
-        raise TrainingError("--resume and --overwrite contradict each other; choose one")
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if resume:
-        if not exists:
-            raise TrainingError(f"cannot resume: {str(run_dir)!r} does not exist or is empty")
-        find_checkpoint(run_dir)  # raises a clear error when there is nothing to resume
-        return
-    if exists:
-        if not overwrite:
-            raise TrainingError(
-                f"the run directory {str(run_dir)!r} already exists; pass --resume to continue "
-                "that run, --overwrite to replace it, or choose another output.dir (--out)"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _save_png(tensor: torch.Tensor, path: Path, nrow: int) -> None:
-    buffer = io.BytesIO()
-    save_image(tensor.float().clamp(0, 1), buffer, format="png", nrow=nrow, padding=2)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 class _Metrics:
     """Appends JSON lines to metrics.jsonl, flushed line by line."""
 
@@ -126,14 +101,26 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train the recipe's model and return where its run directory and checkpoint are."""
+    """Train the recipe's model and return where its run directory and checkpoint are.
+
+    Everything that can be checked is checked before the run directory is touched: the data
+    (every file's header), the model's size, the corruption, and for ``resume`` the checkpoint
+    and its fit to the recipe. A new run is a run-directory transaction that commits when its
+    first checkpoint is on disk: a training that fails earlier leaves the directory as it was.
+    """
     cfg = recipe.train
+    if resume and overwrite:
+        raise TrainingError("--resume and --overwrite contradict each other; choose one")
     device = resolve_device(cfg.device)
-    run_dir = Path(recipe.output.dir)
+    run = RunDir(recipe.output.dir)
 
     # Build everything before touching the run directory: bad data or parameters lose nothing.
     train_set = build_dataset(recipe, "train", registry)
     valid_set = build_dataset(recipe, "valid", registry)
+    for dataset in (train_set, valid_set):
+        note = dataset.skipped_note()
+        if note is not None:
+            log(note)
     if len(train_set) < cfg.batch_size:
         raise TrainingError(
             f"train.batch_size is {cfg.batch_size} but the training split of "
@@ -142,40 +129,147 @@ def train(
     torch.manual_seed(cfg.seed)
     model = build_model(recipe, train_set, registry).to(device)
     corruption = build_corruption(recipe, registry)
-
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    (run_dir / "images").mkdir(exist_ok=True)
-    atomic_write_bytes(
-        run_dir / "recipe.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False).encode()
-    )
-
     optimizers = {
         name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
         for name, params in model.optimizer_groups().items()
     }
+    start = _Start()
+    if resume:
+        start = _resume_state(run, model, optimizers, device)
+        atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
+        _truncate_log(run / TRAIN_LOG, start.step)
+        where = f"step {start.step} (epoch {start.epoch + 1}, batch {start.skip})"
+        log(f"resuming {run.path} at {where}")
+        parts = (model, optimizers, corruption, train_set, valid_set)
+        return _loop(recipe, run, *parts, start, progress, log)
+
+    train_entries = OUTPUTS["train"]
+    owned_before = list(run.owned()) if run.is_aesampler() else []
+    # A new model makes every output of the old one stale: all of them are replaced.
+    run.check_replaceable("train", [*train_entries, *owned_before], overwrite)
+    stale = [e for e in owned_before if e not in train_entries]
+    with run.transaction("train", train_entries, replace=stale) as txn:
+        for entry in train_entries:
+            txn.direct(entry)
+        atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
+        run.record_components(_provenance(recipe, registry))
+        return _loop(
+            recipe,
+            run,
+            model,
+            optimizers,
+            corruption,
+            train_set,
+            valid_set,
+            start,
+            progress,
+            log,
+            on_first_checkpoint=txn.commit,
+        )
+
+
+def _recipe_bytes(recipe: Recipe) -> bytes:
+    return yaml.safe_dump(recipe.resolved(), sort_keys=False).encode()
+
+
+def _provenance(recipe: Recipe, registry: Registry | None) -> dict:
+    registry = registry or get_registry()
+    used = [("model", recipe.model.name), ("dataset", recipe.data.name)]
+    if recipe.corruption is not None:
+        used.append(("corruption", recipe.corruption.name))
+    return registry.provenance(used)
+
+
+@dataclass
+class _Start:
+    """Where the loop starts: step, epoch, batch within the epoch, the data order's state."""
+
+    step: int = 0
+    epoch: int = 0
+    skip: int = 0
+    shuffle_state: torch.Tensor | None = None
+    noise_state: torch.Tensor | None = None
+    checkpoint: Path | None = None
+
+
+def _resume_state(run: RunDir, model, optimizers, device: torch.device) -> _Start:
+    """Load the run's checkpoint into ``model`` and ``optimizers``; nothing is written."""
+    if not run.exists() or run.is_empty():
+        raise TrainingError(f"cannot resume: {str(run.path)!r} does not exist or is empty")
+    run.recover()
+    folder = find_checkpoint(run.path)
+    info = read_info(folder)
+    if info["model"] != {"kind": model.kind, "architecture": model.architecture}:
+        raise TrainingError(
+            f"cannot resume {str(run.path)!r}: its checkpoint holds {info['model']}, but the "
+            f"recipe builds {{'kind': {model.kind!r}, 'architecture': {model.architecture}}}; "
+            "nothing was changed"
+        )
+    state = load_training_state(folder)
+    missing = [name for name in optimizers if name not in state["optimizers"]]
+    if missing:
+        raise CheckpointError(
+            f"{folder / TRAINING_STATE} holds no state for the optimisers {missing}"
+        )
+    load_weights(model, folder / MODEL_WEIGHTS)
+    for name, optimizer in optimizers.items():
+        try:
+            optimizer.load_state_dict(state["optimizers"][name])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{folder / TRAINING_STATE}: the state of optimiser {name!r} does not fit the "
+                f"model: {error}"
+            ) from None
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return _Start(
+        step=state["step"],
+        epoch=state["epoch"],
+        skip=state["batch_in_epoch"],
+        shuffle_state=state["rng"]["shuffle_epoch_start"],
+        noise_state=state["rng"]["noise"],
+        checkpoint=folder,
+    )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines past ``step``: a resumed run trains those steps again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+
+
+def _loop(
+    recipe: Recipe,
+    run: RunDir,
+    model,
+    optimizers,
+    corruption,
+    train_set,
+    valid_set,
+    start: _Start,
+    progress: bool,
+    log: Callable[[str], None],
+    on_first_checkpoint: Callable[[], None] | None = None,
+) -> TrainResult:
+    cfg = recipe.train
+    device = next(model.parameters()).device
     shuffle = torch.Generator().manual_seed(cfg.seed)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    step, epoch, skip = 0, 0, 0
-    epoch_start_state = shuffle.get_state()
-    if resume:
-        folder = find_checkpoint(run_dir)
-        info = read_info(folder)
-        if info["model"] != {"kind": model.kind, "architecture": model.architecture}:
-            raise TrainingError(
-                f"cannot resume {str(run_dir)!r}: its checkpoint holds {info['model']}, but the "
-                f"recipe builds {{'kind': {model.kind!r}, 'architecture': {model.architecture}}}"
-            )
-        load_weights(model, folder / "model.safetensors")
-        state = load_training_state(folder)
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        noise.set_state(state["rng"]["noise"])
-        epoch_start_state = state["rng"]["shuffle_epoch_start"]
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        log(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {skip})")
+    step, epoch, skip = start.step, start.epoch, start.skip
+    epoch_start_state = shuffle.get_state() if start.shuffle_state is None else start.shuffle_state
+    if start.noise_state is not None:
+        noise.set_state(start.noise_state)
+    (run / IMAGES).mkdir(exist_ok=True)
 
     loader = DataLoader(
         train_set,
@@ -202,13 +296,13 @@ def train(
     picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
     grid_x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
 
-    metrics = _Metrics(run_dir / "metrics.jsonl")
+    metrics = _Metrics(run / TRAIN_LOG)
     bar = tqdm(
         total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True
     )
     started = time.perf_counter()
     last: dict[str, float] = {}
-    checkpoint = find_checkpoint(run_dir) if resume else None
+    checkpoint = start.checkpoint
     try:
         while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
             shuffle.set_state(epoch_start_state)
@@ -265,7 +359,7 @@ def train(
             }
             metrics.write(record)
             tag = f"epoch-{record['epoch']:03d}"
-            _save_grids(model, run_dir / "images", tag, grid_x, grid_z, corruption, cfg.seed)
+            _save_grids(model, run / IMAGES, tag, grid_x, grid_z, corruption, cfg.seed)
             state = {
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "step": step,
@@ -286,7 +380,10 @@ def train(
                 "corruption": recipe.corruption.model_dump() if recipe.corruption else None,
                 "aesampler_version": __version__,
             }
-            checkpoint = save_checkpoint(run_dir, model, info, state)
+            checkpoint = save_checkpoint(run.path, model, info, state)
+            if on_first_checkpoint is not None:
+                on_first_checkpoint()  # a resumable run exists now: the old outputs can go
+                on_first_checkpoint = None
             summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
             seconds = record["seconds"]
             (bar.write if progress else log)(
@@ -296,9 +393,9 @@ def train(
         bar.close()
         metrics.close()
     if checkpoint is None:
-        checkpoint = find_checkpoint(run_dir)
+        checkpoint = find_checkpoint(run.path)
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=run.path,
         checkpoint=checkpoint,
         steps=step,
         epochs_completed=epoch,
@@ -332,7 +429,7 @@ def _save_grids(model, folder: Path, tag: str, grid_x, grid_z, corruption, seed:
     if corruption is not None:
         rows.append(corruption(grid_x, generator=torch.Generator(grid_x.device).manual_seed(seed)))
     rows.append(model.reconstruct(grid_x))
-    _save_png(torch.cat(rows), folder / f"{tag}-reconstructions.png", nrow=len(grid_x))
+    save_png(torch.cat(rows), folder / f"{tag}-reconstructions.png", nrow=len(grid_x))
     # Prior samples with batch-statistics BN, as the paper samples (step 0 of a chain).
     samples = Chain(model.encoder, model.decoder).run(grid_z, steps=0, seed=seed).x[0]
-    _save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)
+    save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)

@@ -20,9 +20,7 @@ Files written into the run directory:
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +28,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm import tqdm
 
-from .chain import Chain, ChainResult, sampling_mode
+from .chain import Chain, ChainResult, default_record, sampling_mode
 from .checkpoint import CheckpointError, find_checkpoint, load_model
 from .data import ImageDataset
 from .errors import AesamplerError
@@ -42,8 +40,24 @@ from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe import Recipe, build_dataset
 from .registry import Registry
-from .rundir import atomic_write_bytes
-from .training import _save_png, prepare_run_dir, resolve_device, train
+from .resources import check_memory
+from .rundir import (
+    INTERPOLATION,
+    INTERPOLATION_GRID,
+    INTERPOLATION_TENSORS,
+    METRICS,
+    RECIPE,
+    SAMPLES,
+    SAMPLES_TENSORS,
+    SETTINGS,
+    STEPS_FIGURE,
+    RunDir,
+    Transaction,
+    atomic_write_bytes,
+    save_png,
+    write_json,
+)
+from .training import resolve_device, train
 
 
 class WorkflowError(AesamplerError):
@@ -129,28 +143,66 @@ def _run_chain(
         return parts.chain.run(*args, out_device="cpu", callback=lambda _: bar.update(1), **kwargs)
 
 
-def _replace_folder(folder: Path, overwrite: bool) -> None:
-    if folder.exists():
-        if not overwrite:
-            raise WorkflowError(
-                f"{str(folder)!r} already exists; pass --overwrite to replace it, or choose "
-                "another output.dir (--out)"
-            )
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-
-
 def _grid_nrow(count: int) -> int:
     return max(1, math.ceil(math.sqrt(count)))
+
+
+def _sample_bytes(parts: Components, chains: int, steps: int) -> int:
+    """Bytes of the recorded z and x of ``chains`` chains at ``steps`` steps (float32)."""
+    latent = math.prod(parts.model.decoder.latent_shape)
+    arch = parts.model.architecture
+    image = arch.get("channels", 3) * arch.get("image_size", 64) ** 2
+    return 4 * chains * steps * (latent + image)
+
+
+def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
+    """Refuse chain counts whose recorded tensors cannot fit in memory, before any work."""
+    recipe = parts.recipe
+    cfg = recipe.sampling
+    needs = []
+    if sample:
+        record = cfg.record or default_record(cfg.steps)
+        needs.append(
+            (
+                _sample_bytes(parts, cfg.num_chains, len(record)),
+                "sampling.num_chains",
+                cfg.num_chains,
+            )
+        )
+    if evaluate and recipe.evaluate.enabled:
+        ev = recipe.evaluate
+        # Latents at every step up to the last evaluated one, images at the evaluated ones.
+        latent = math.prod(parts.model.decoder.latent_shape)
+        total = _sample_bytes(parts, ev.num_chains, len(ev.steps))
+        total += 8 * ev.num_chains * (max(ev.steps) + 1) * latent
+        needs.append((total, "evaluate.num_chains", ev.num_chains))
+    for nbytes, key, value in needs:
+        check_memory(nbytes, f"{key}={value}")
+
+
+def _with_recipe(run: RunDir, entry: str) -> list[str]:
+    """The entries a command writes: its own, and the recipe when the directory has none yet."""
+    return [entry] if (run / RECIPE).exists() else [entry, RECIPE]
+
+
+def _write_recipe(parts: Components, txn: Transaction) -> None:
+    if RECIPE in txn.entries:
+        recipe_text = yaml.safe_dump(parts.recipe.resolved(), sort_keys=False)
+        atomic_write_bytes(txn.path(RECIPE), recipe_text.encode())
 
 
 def sample(
     parts: Components, run_dir: Path, *, overwrite: bool = False, progress: bool = True
 ) -> ChainResult:
-    """Run ``sampling.num_chains`` chains from the prior and save grids and tensors."""
+    """Run ``sampling.num_chains`` chains from the prior and save grids and tensors.
+
+    The chains run before anything is written; the outputs then replace ``samples/`` in one
+    transaction (the old ones survive any failure).
+    """
     cfg = parts.recipe.sampling
-    folder = Path(run_dir) / "samples"
-    _replace_folder(folder, overwrite)
+    run = RunDir(run_dir)
+    run.check_replaceable("sample", [SAMPLES], overwrite)
+    check_sizes(parts, sample=True, evaluate=False)
     chunks = math.ceil(cfg.num_chains / (cfg.chunk_size or cfg.num_chains))
     result = _run_chain(
         parts,
@@ -165,18 +217,21 @@ def sample(
         seed=cfg.seed,
     )
     shown = min(cfg.grid_size, cfg.num_chains)
-    tensors = {}
-    for t in result.steps:
-        _save_png(result.x[t][:shown], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
-        tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
-        tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
-    _save_tensors(tensors, folder / "samples.safetensors")
-    _save_settings(
-        parts, folder, dict(cfg.model_dump(mode="json"), steps_recorded=list(result.steps))
-    )
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
-    steps_figure({t: result.x[t][:shown] for t in result.steps}, folder / "steps.png")
+    with run.transaction("sample", _with_recipe(run, SAMPLES)) as txn:
+        folder = txn.path(SAMPLES)
+        folder.mkdir()
+        tensors = {}
+        for t in result.steps:
+            save_png(result.x[t][:shown], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
+            tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
+            tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
+        save_tensors(tensors, folder / SAMPLES_TENSORS)
+        settings = dict(cfg.model_dump(mode="json"), steps_recorded=list(result.steps))
+        _save_settings(parts, folder, settings, ["transition", "corruption"])
+        steps_figure({t: result.x[t][:shown] for t in result.steps}, folder / STEPS_FIGURE)
+        _write_recipe(parts, txn)
     return result
 
 
@@ -185,8 +240,8 @@ def interpolate(
 ) -> dict[str, torch.Tensor]:
     """Interpolate between encodings of test images, then apply chain steps (Figure 2)."""
     cfg, sampling = parts.recipe.interpolation, parts.recipe.sampling
-    folder = Path(run_dir) / "interpolation"
-    _replace_folder(folder, overwrite)
+    run = RunDir(run_dir)
+    run.check_replaceable("interpolate", [INTERPOLATION], overwrite)
     test = parts.dataset("test")
     count = min(2 * cfg.pairs, len(test) - len(test) % 2)
     if count < 2:
@@ -215,34 +270,47 @@ def interpolate(
     plain = result.x[0].reshape(pairs, points, *result.x[0].shape[1:])
     chained = result.x[cfg.steps].reshape(pairs, points, *result.x[0].shape[1:])
     rows = torch.stack([plain, chained], dim=1).flatten(0, 2)  # pair by pair: plain, then chained
-    _save_png(rows, folder / "interpolation.png", nrow=points)
     tensors = {
         "images": images.cpu().contiguous(),
         "z_path": path.cpu().float().contiguous(),
         "x_plain": plain.contiguous(),
         "x_chain": chained.contiguous(),
     }
-    _save_tensors(tensors, folder / "interpolation.safetensors")
-    _save_settings(parts, folder, dict(cfg.model_dump(mode="json"), batchnorm=sampling.batchnorm))
+    with run.transaction("interpolate", _with_recipe(run, INTERPOLATION)) as txn:
+        folder = txn.path(INTERPOLATION)
+        folder.mkdir()
+        save_png(rows, folder / INTERPOLATION_GRID, nrow=points)
+        save_tensors(tensors, folder / INTERPOLATION_TENSORS)
+        settings = dict(cfg.model_dump(mode="json"), batchnorm=sampling.batchnorm)
+        _save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
+        _write_recipe(parts, txn)
     return tensors
 
 
-def _save_settings(parts: Components, folder: Path, settings: dict) -> None:
+def _save_settings(parts: Components, folder: Path, settings: dict, kinds: list[str]) -> None:
     """What produced these pictures, for the report and for whoever reads them later."""
     spec = parts.recipe.chain_corruption
+    used = [("model", parts.recipe.model.name)]
+    if "transition" in kinds:
+        used.append(("transition", parts.recipe.sampling.transition.name))
+    if "corruption" in kinds and spec is not None:
+        used.append(("corruption", spec.name))
+    if "dataset" in kinds:
+        used.append(("dataset", parts.recipe.data.name))
+    components = parts.registry.provenance(used)
     settings = {
         **settings,
         "checkpoint": str(parts.checkpoint),
         "chain_corruption": spec.model_dump() if spec else None,
+        "components": components,
     }
-    atomic_write_bytes(folder / "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
+    write_json(folder / SETTINGS, settings)
+    RunDir(folder.parent).record_components(components)
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    atomic_write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Tensors as one safetensors file, written atomically."""
+    atomic_write_bytes(path, save(tensors))
 
 
 @dataclass(frozen=True)
@@ -267,23 +335,35 @@ def run(
     do_evaluate: bool = True,
     checkpoint: str | Path | None = None,
 ) -> RunResult:
-    """Train (unless a checkpoint is given), sample, interpolate and write the report.
+    """Train (unless a checkpoint is given), sample, interpolate, evaluate and write the report.
 
-    With a checkpoint (``checkpoint`` or ``model.checkpoint``) nothing is trained. Its own run
-    directory may be the output: then only the pictures are added (``overwrite`` replaces
-    earlier ones). Any other existing output directory is replaced only with ``overwrite``.
+    With a checkpoint (``checkpoint`` or ``model.checkpoint``) nothing is trained, and only the
+    outputs of the commands asked for are written into the run directory (``overwrite``
+    replaces those, and only those). A run that trains a new model (or resumes one) remakes its
+    pictures and metrics.
+
+    Everything that can be checked is checked before anything is written: the recipe, the
+    checkpoint and its fit to the recipe, the data's geometry, the feature extractor, the sizes,
+    and whether the outputs may be written where they would go.
     """
     from .report import write_report  # matplotlib is imported only when pictures are made
 
     started = time.perf_counter()
-    run_dir = Path(recipe.output.dir)
-    trained = None
-    if do_evaluate and recipe.evaluate.enabled:  # fail before training, not after it
-        registry = registry or get_registry()
+    registry = registry or get_registry()
+    run_dir = RunDir(recipe.output.dir)
+    evaluating = do_evaluate and recipe.evaluate.enabled
+    interpolating = do_interpolate and recipe.interpolation.enabled
+    outputs = [
+        *([SAMPLES] if do_sample else []),
+        *([INTERPOLATION] if interpolating else []),
+        *([METRICS] if evaluating else []),
+    ]
+    if evaluating:  # fail before training, not after it
         spec = recipe.evaluate.feature_extractor
         registry.create("feature_extractor", spec.name, **spec.params).check(
             build_dataset(recipe, "train", registry)
         )
+    trained = None
     if checkpoint is None and recipe.model.checkpoint is None:
         result = train(
             recipe,
@@ -295,28 +375,35 @@ def run(
         )
         trained = result.steps
         remake = True  # a new run, or one the user asked to continue: its pictures are remade
+        parts = build_components(recipe, registry=registry)
     else:
-        folder = checkpoint_for(recipe, checkpoint)
-        if run_dir.resolve() not in folder.resolve().parents:
-            prepare_run_dir(run_dir, resume=False, overwrite=overwrite)
-            atomic_write_bytes(
-                run_dir / "recipe.yaml",
-                yaml.safe_dump(recipe.resolved(), sort_keys=False).encode(),
+        if resume:
+            raise WorkflowError(
+                "--resume continues a training run; with a checkpoint to load "
+                "(--checkpoint or model.checkpoint) nothing is trained"
             )
+        parts = build_components(recipe, checkpoint=checkpoint, registry=registry)
         remake = overwrite
-    parts = build_components(recipe, checkpoint=checkpoint, registry=registry)
+        run_dir.check_replaceable("run", outputs, overwrite)
+    if interpolating or evaluating:
+        parts.dataset("test")  # the data fits the model: checked before any chain runs
+    check_sizes(parts, sample=do_sample, evaluate=evaluating)
     if do_sample:
-        sample(parts, run_dir, overwrite=remake, progress=progress)
-    if do_interpolate and recipe.interpolation.enabled:
-        interpolate(parts, run_dir, overwrite=remake, progress=progress)
+        sample(parts, run_dir.path, overwrite=remake, progress=progress)
+    if interpolating:
+        interpolate(parts, run_dir.path, overwrite=remake, progress=progress)
     metrics = None
-    if do_evaluate and recipe.evaluate.enabled:
+    if evaluating:
         from .evaluation import evaluate
 
-        if (run_dir / "metrics.json").exists() and not remake:
-            raise WorkflowError(
-                f"{str(run_dir / 'metrics.json')!r} already exists; pass --overwrite to replace it"
-            )
-        metrics = evaluate(parts, run_dir, registry=registry, progress=progress, log=log)
-    report = write_report(run_dir)
-    return RunResult(run_dir, report, trained, time.perf_counter() - started, metrics)
+        run_dir.check_replaceable("evaluate", [METRICS], remake)
+        metrics = evaluate(parts, run_dir.path, registry=registry, progress=progress, log=log)
+        used = [("metric", spec.name) for spec in recipe.evaluate.metrics]
+        used.append(("feature_extractor", recipe.evaluate.feature_extractor.name))
+        metrics["components"] = registry.provenance(used)
+        with run_dir.transaction("evaluate", _with_recipe(run_dir, METRICS)) as txn:
+            write_json(txn.path(METRICS), metrics)
+            _write_recipe(parts, txn)
+        run_dir.record_components(metrics["components"])
+    report = write_report(run_dir.path)
+    return RunResult(run_dir.path, report, trained, time.perf_counter() - started, metrics)

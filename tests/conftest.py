@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -12,6 +15,7 @@ import torch
 from torch import nn
 
 import aesampler
+from aesampler.cli import main
 
 
 def tiny_nets(
@@ -81,8 +85,29 @@ output: {dir: unused}
 """
 
 
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+@dataclasses.dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str) -> CliResult:
+    """``aesampler ARGS`` in this process, through ``aesampler.cli.main(argv)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code if isinstance(exit.code, int) else 2
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def cli_subprocess(
+    *args: str, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real console script, as a user runs it (for the few tests that need a process)."""
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -325,3 +325,119 @@ class lambda_module(nn.Module):
 
     def forward(self, x):
         return self.fn(x)
+
+
+# --- Issue #8: non-finite latents and samples ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_starting_latents_are_rejected(parts, bad):
+    z0 = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    z0[1, 0] = bad
+    z0[5, 3] = bad
+    with pytest.raises(
+        ChainInputError,
+        match=r"z0 holds NaN or inf in 2 of 8 chains \(chains 1, 5\)",
+    ):
+        Chain(*parts).run(z0, steps=2)
+
+
+def test_many_non_finite_starting_latents_list_the_first_few(parts):
+    z0 = torch.full((40, 4), float("nan"))
+    z0[::2] = 0.0  # the odd chains are bad
+    with pytest.raises(ChainInputError, match=r"20 of 40 chains \(chains 1, 3, 5, 7, 9, \.\.\.\)"):
+        Chain(*parts).run(z0, steps=1)
+
+
+class _Drift(aesampler.Transition):
+    """z -> z + 1, with the given chains of the given calls set to NaN."""
+
+    def __init__(self, poison=()):
+        super().__init__()
+        self.poison, self.calls = dict(poison), 0
+
+    def forward(self, z, *, generator=None):
+        z_next = z + 1
+        for chain in self.poison.get(self.calls, ()):
+            z_next[chain] = float("nan")
+        self.calls += 1
+        return aesampler.TransitionOutput(z=z_next)
+
+
+class _InfAbove(nn.Module):
+    """x = z, except chains whose first latent is >= limit become inf."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, z):
+        return torch.where(z[:, :1] >= self.limit, float("inf"), z)
+
+
+def test_non_finite_latents_name_the_first_bad_step_and_the_chains():
+    decoder = aesampler.ModuleDecoder(nn.Identity(), latent_shape=2)
+    chain = Chain.from_transition(_Drift({2: [1, 3], 4: [0]}), decoder)
+    seen = []
+    with pytest.raises(
+        aesampler.chain.NonFiniteChainError,
+        match=r"non-finite values \(NaN or inf\) at step 3: 2 of 4 chains in chunk 0 "
+        r"\(chains 1, 3\)",
+    ):
+        chain.run(torch.zeros(4, 2), steps=6, callback=lambda s: seen.append(s.step))
+    # Checked once per chunk, at its end: the chunk ran to the last step before the error.
+    assert seen == list(range(7))
+
+
+def test_non_finite_in_a_later_chunk_gives_global_chain_indices():
+    decoder = aesampler.ModuleDecoder(nn.Identity(), latent_shape=2)
+    # Chunks of 3: calls 0-2 are chunk 0's steps, calls 3-5 chunk 1's; poison chunk 1, step 2.
+    chain = Chain.from_transition(_Drift({4: [2]}), decoder)
+    with pytest.raises(
+        aesampler.chain.NonFiniteChainError,
+        match=r"at step 2: 1 of 3 chains in chunk 1 \(chains 5\)",
+    ):
+        chain.run(torch.zeros(6, 2), steps=3, chunk_size=3, batchnorm="running")
+
+
+def test_non_finite_samples_are_caught_too():
+    decoder = aesampler.ModuleDecoder(_InfAbove(3.0), latent_shape=2)
+    chain = Chain.from_transition(_Drift(), decoder)
+    z0 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [-5.0, 0.0]])
+    # x_t = inf once z_t[0] = z0[0] + t reaches 3: chains 1 and 2 at step 2, chain 0 at step 3.
+    with pytest.raises(aesampler.chain.NonFiniteChainError, match=r"at step 2: 2 of 4 chains"):
+        chain.run(z0, steps=4, record="all")
+    # Samples are checked where they are computed (no extra decoder pass): here only at step 4.
+    with pytest.raises(aesampler.chain.NonFiniteChainError, match=r"at step 4: 3 of 4 chains"):
+        chain.run(z0, steps=4, record=[0, 4])
+
+
+def test_one_bad_chain_poisons_its_batch_norm_chunk_and_the_error_says_so():
+    encoder, decoder = tiny_chain_parts()
+
+    class Poison(nn.Module):
+        def forward(self, x):
+            x = x.clone()
+            x[0] = float("nan")
+            return x
+
+    encoder.net.insert(0, Poison())
+    with pytest.raises(
+        aesampler.chain.NonFiniteChainError,
+        match=r"at step 1: 6 of 6 chains in chunk 0 .*batchnorm='batch'",
+    ):
+        Chain(encoder, decoder).run(n=6, steps=3, seed=0)
+
+
+def test_finite_chains_run_unchanged(parts):
+    # The checks add no randomness and change no values.
+    encoder, decoder = parts
+    chain = Chain(encoder, decoder, GaussianCorruption(0.5))
+    z0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    result = chain.run(z0, steps=4, record="all", seed=3)
+    zs, xs = _manual_chain(
+        encoder, decoder, GaussianCorruption(0.5), z0, 4, torch.Generator().manual_seed(3)
+    )
+    for t in range(5):
+        torch.testing.assert_close(result.z[t], zs[t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result.x[t], xs[t], rtol=1e-5, atol=1e-6)

@@ -278,3 +278,417 @@ def test_each_builtin_metric_on_constructed_data():
         registry.create("metric", "precision_recall", k=0)
     with pytest.raises(Exception, match="k=60 needs more than 60 samples"):
         metric("precision_recall", 0, k=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_samples: samples from anywhere
+
+
+def _images(n, seed, shape=(1, 8, 8)):
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_evaluate_samples_without_latents_skips_the_latent_metrics_with_a_note():
+    from aesampler.evaluation import evaluate_samples, format_table
+
+    samples, reference = _images(30, 1), _images(40, 2)
+    logs = []
+    report = evaluate_samples(samples, reference, bootstrap=20, log=logs.append)
+    assert report["steps"] == [0]
+    assert set(report["metrics"]) == {"frechet", "precision", "recall"}
+    assert report["skipped"] == {
+        "mmd_learned": "needs latents and reference_latents",
+        "mmd_prior": "needs latents",
+        "step_size": "needs latents",
+        "novelty": "needs train",
+    }
+    assert any("skipped metric mmd_learned" in line for line in logs)
+    assert report["lower_is_better"] == {"frechet": True, "precision": False, "recall": False}
+    assert report["diagnostics"] == {"note": "no latents given"}
+    assert report["feature_extractor"] == {"name": "pixels"}
+    assert report["reference"]["images"] == 40
+    # The numbers are the metric's own on pixel features (8 x 8 images: not pooled).
+    fake, real = samples.flatten(1).double().numpy(), reference.flatten(1).double().numpy()
+    expected = frechet_distance(*gaussian_stats(fake), *gaussian_stats(real))
+    assert report["metrics"]["frechet"]["0"]["value"] == pytest.approx(expected)
+    assert "(value [95% bootstrap interval])" in format_table(report)
+    json.dumps(report)  # what evaluate writes, evaluate_samples returns: plain JSON values
+    # NumPy arrays are accepted too and give the same numbers.
+    again = evaluate_samples(samples.numpy(), reference.numpy(), bootstrap=20, log=logs.append)
+    assert again["metrics"] == report["metrics"]
+
+
+def test_evaluate_samples_with_latents_and_train_computes_every_metric_by_step():
+    from aesampler.evaluation import evaluate_samples
+
+    generator = torch.Generator().manual_seed(3)
+    latents = {t: torch.randn(30, 4, generator=generator) for t in range(8)}
+    samples = {0: _images(30, 1), 5: _images(30, 4)}
+    report = evaluate_samples(
+        samples,
+        _images(40, 2),
+        train=_images(50, 5),
+        latents=latents,
+        reference_latents=torch.randn(40, 4, generator=generator),
+        bootstrap=10,
+        log=lambda line: None,
+    )
+    assert report["steps"] == [0, 5] and report["skipped"] == {}
+    assert set(report["metrics"]) == {
+        "mmd_learned",
+        "mmd_prior",
+        "step_size",
+        "frechet",
+        "precision",
+        "recall",
+        "novelty",
+    }
+    for cells in report["metrics"].values():
+        assert set(cells) == {"0", "5"}  # step_size at 5 uses the latents of step 6
+    moves = (latents[6] - latents[5]).norm(dim=1).double().mean().item()
+    assert report["metrics"]["step_size"]["5"]["value"] == pytest.approx(moves)
+    assert report["diagnostics"]["window"] == [4, 7] and report["diagnostics"]["chains"] == 30
+    assert report["reference"]["train_images"] == 50
+    assert report["reference"]["novelty_of_held_out_images"] > 0
+
+
+def test_evaluate_samples_takes_metric_and_feature_objects():
+    from aesampler.evaluation import Frechet, Metric, evaluate_samples
+
+    class MeanPixel(Metric):
+        space = "image"
+        lower_is_better = None
+
+        def compute(self, data, step):
+            means = data.images[step].mean(axis=1)
+            return {"mean_pixel": data.boot(lambda i: float(means[i].mean()), len(means))}
+
+    class LatentNorm(Metric):  # a latent-space metric: needs latents
+        def compute(self, data, step):
+            raise AssertionError("not called without latents")
+
+    samples = torch.full((20, 1, 8, 8), 0.25)
+    report = evaluate_samples(
+        samples,
+        _images(20, 2),
+        metrics=[MeanPixel(), Frechet(), {"name": "precision_recall", "k": 5}],
+        features=PixelFeatures(size=2),
+        bootstrap=0,
+        log=lambda line: None,
+    )
+    assert report["metrics"]["mean_pixel"]["0"] == {"value": 0.25, "low": 0.25, "high": 0.25}
+    cell = report["metrics"]["frechet"]["0"]  # bootstrap=0: no interval, low = high = value
+    assert cell["low"] == cell["value"] == cell["high"]
+    assert report["settings"]["metrics"] == ["MeanPixel", "Frechet", "precision_recall"]
+    from aesampler import AesamplerError
+
+    with pytest.raises(AesamplerError, match="metric 'LatentNorm' needs latents"):
+        evaluate_samples(samples, _images(20, 2), metrics=[LatentNorm()])
+
+
+X, REF = _images(20, 1), _images(20, 2)
+NAN = X.clone()
+NAN[3, 0, 2, 2] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"samples": X[0]}, r"samples must be images \(N, C, H, W\), got shape \(1, 8, 8\)"),
+        ({"samples": [X]}, "samples must be a torch.Tensor"),
+        ({"samples": X[:0]}, "samples is empty"),
+        ({"samples": (X * 255).to(torch.uint8)}, r"floating-point .* x.float\(\) / 255"),
+        ({"samples": X * 2}, r"samples must have pixel values in \[0, 1\]"),
+        ({"samples": NAN}, "samples: 1 of 1280 values are NaN or infinite"),
+        ({"samples": {0: X, 3: NAN}}, r"samples\[3\]: 1 of 1280 values are NaN"),
+        ({"samples": {-1: X}}, "keys must be chain steps"),
+        ({"samples": {}}, "samples is an empty dict"),
+        ({"reference": _images(20, 2, (3, 8, 8))}, r"reference has images of shape \(3, 8, 8\)"),
+        ({"train": (X, torch.zeros(5, dtype=torch.long))}, "one integer per training image"),
+        ({"train": (X, torch.zeros(20))}, "train labels must be integers"),
+        ({"train": (X, X, X)}, "a pair"),
+        ({"latents": torch.randn(19, 4)}, "latents has 19 rows but samples has 20"),
+        ({"latents": torch.randn(20)}, r"latents must have one row per sample"),
+        (
+            {"latents": torch.full((20, 4), float("inf"))},
+            "latents: 80 of 80 values are NaN or infinite",
+        ),
+        ({"samples": {0: X, 1: X}, "latents": torch.randn(20, 4)}, "latents must be a dict"),
+        ({"samples": {0: X, 1: X}, "latents": {0: torch.randn(20, 4)}}, "latents has no step 1"),
+        ({"reference_latents": torch.randn(5, 4)}, "reference_latents was given without latents"),
+        (
+            {"latents": torch.randn(20, 4), "reference_latents": torch.randn(20, 3)},
+            r"reference_latents rows have shape \(3,\)",
+        ),
+        ({"metrics": ["mmd_learned"]}, "needs latents and reference_latents, which were not"),
+        ({"metrics": ["novelty"]}, r"metric 'novelty' needs train.*pass train=\.\.\."),
+        ({"metrics": ["frechett"]}, "Did you mean 'frechet'"),
+        ({"metrics": [3]}, "metrics entries must be"),
+        ({"metrics": []}, "metrics is empty"),
+        (
+            {"metrics": [{"name": "precision_recall", "k": 20}]},
+            r"k=20 needs k \+ 1\), got 20 in samples",
+        ),
+        (
+            {"reference": REF[:1], "metrics": ["frechet"]},
+            "at least 2 samples .* got 1 in reference",
+        ),
+        ({"bootstrap": -1}, "bootstrap must be an integer >= 0"),
+        ({"bootstrap": 2.5}, "bootstrap must be an integer >= 0"),
+        ({"confidence": 1.0}, "confidence must be a number between 0 and 1"),
+        ({"seed": -3}, "seed must be an integer >= 0"),
+        ({"features": 3}, "features must be a feature extractor name"),
+        ({"features": "classifier"}, "needs labels .* pass train=\\(images, labels\\)"),
+        ({"features": "classifier", "train": X}, "needs labels"),
+        ({"device": "gpu9"}, "device 'gpu9' is not a torch device"),
+    ],
+)
+def test_evaluate_samples_rejects_bad_input_with_one_clear_error(kwargs, match):
+    from aesampler import AesamplerError
+    from aesampler.evaluation import evaluate_samples
+
+    arguments = {"samples": X, "reference": REF, "bootstrap": 5, "log": lambda line: None}
+    arguments.update(kwargs)
+    with pytest.raises(AesamplerError, match=match):
+        evaluate_samples(arguments.pop("samples"), arguments.pop("reference"), **arguments)
+
+
+def test_evaluate_samples_trains_the_classifier_on_labelled_train_images(tmp_path):
+    from aesampler.evaluation import evaluate_samples
+
+    train = digits("train", image_size=8)
+    images = torch.stack([train[i][0] for i in range(300)])
+    labels = torch.tensor([train[i][1] for i in range(300)])
+    logs = []
+    options = dict(
+        features={"name": "classifier", "epochs": 1},
+        metrics=["frechet"],
+        bootstrap=5,
+        log=logs.append,
+    )
+    report = evaluate_samples(images[:40], images[40:80], train=(images, labels), **options)
+    assert report["feature_extractor"]["name"] == "classifier"
+    assert "cache" not in report["feature_extractor"]  # no cache_dir: trained, not kept
+    assert any("trained on" in line for line in logs)
+    kept = evaluate_samples(
+        images[:40], images[40:80], train=(images, labels), cache_dir=tmp_path, **options
+    )
+    assert kept["feature_extractor"]["cache"].startswith(str(tmp_path))
+    assert kept["metrics"] == report["metrics"]  # same seed: the same classifier
+    evaluate_samples(
+        images[:40], images[40:80], train=(images, labels), cache_dir=tmp_path, **options
+    )
+    assert "cached" in logs[-1]
+
+
+def test_evaluate_computes_its_numbers_by_the_same_code_as_evaluate_samples(
+    tiny_run, tmp_path, monkeypatch
+):
+    import importlib
+
+    from aesampler import AesamplerError
+    from aesampler.evaluation import evaluate_samples
+    from aesampler.recipe.loader import load_recipe
+    from aesampler.recipe.schema import ComponentSpec
+    from aesampler.workflow import build_components
+
+    module = importlib.import_module("aesampler.evaluation.evaluate")  # not the function
+    _, run, _ = tiny_run
+    parts = build_components(load_recipe(run / "recipe.yaml"), checkpoint=run)
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        return measure(*args, **kwargs)
+
+    measure = module.measure
+    monkeypatch.setattr(module, "measure", spy)
+    report = module.evaluate(parts, tmp_path, progress=False, log=lambda line: None)
+    assert report["metrics"] == json.loads((run / "metrics.json").read_text())["metrics"]
+    samples, reference, _, _ = seen["args"]
+    given = seen["kwargs"]
+    again = evaluate_samples(
+        samples,
+        reference,
+        train=given["train"],
+        latents=given["latents"],
+        reference_latents=given["reference_latents"],
+        bootstrap=given["bootstrap"],
+        confidence=given["confidence"],
+        seed=given["seed"],
+        log=lambda line: None,
+    )
+    assert again["metrics"] == report["metrics"]
+    assert again["diagnostics"] == report["diagnostics"]
+
+    # A metric that needs more chains than the recipe runs stops before any chain is run.
+    parts.recipe.evaluate.metrics = [ComponentSpec(name="precision_recall", k=40)]
+    monkeypatch.setattr(parts.chain, "run", lambda **kw: pytest.fail("chains were run"))
+    chains = r"got 40 in the images x_t of the evaluation chains at step 0 \(evaluate.num_chains=40"
+    with pytest.raises(AesamplerError, match=chains):
+        module.evaluate(parts, tmp_path, progress=False, log=lambda line: None)
+    # So does a held-out split smaller than the metric needs (and than evaluate.reference_size).
+    parts.recipe.evaluate.metrics = [ComponentSpec(name="precision_recall", k=5)]
+    dataset = parts.dataset
+
+    class Few:
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return self.data[index]
+
+    monkeypatch.setattr(
+        parts, "dataset", lambda split: Few(dataset(split)) if split == "test" else dataset(split)
+    )
+    held_out = (
+        r"got 5 in the held-out images \(5 from the 'test' split; evaluate.reference_size=40\)"
+    )
+    with pytest.raises(AesamplerError, match=held_out):
+        module.evaluate(parts, tmp_path, progress=False, log=lambda line: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# A damaged classifier cache, and degenerate data
+
+
+def _truncate(file):
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def _wrong_shapes(file):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(file))
+    state["head.weight"] = torch.zeros(3, 3)
+    save_file(state, str(file))
+
+
+def _broken_json(file):
+    file.with_suffix(".json").write_text('{"accuracy": 0.9')
+
+
+@pytest.fixture(scope="module")
+def trained_classifier(tmp_path_factory):
+    """A classifier cache trained once: (its folder, its features of 10 digits)."""
+    folder = tmp_path_factory.mktemp("classifier")
+    train = digits("train", image_size=8)
+    classifier = ClassifierFeatures(epochs=1)
+    classifier.prepare(train, folder, torch.device("cpu"), print)
+    return folder, classifier(torch.stack([train[i][0] for i in range(10)]))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _wrong_shapes, _broken_json])
+def test_an_unreadable_classifier_cache_is_retrained_and_replaced(
+    tmp_path, damage, trained_classifier
+):
+    import shutil
+
+    folder, features = trained_classifier
+    for file in folder.iterdir():
+        shutil.copy(file, tmp_path / file.name)
+    (cache,) = tmp_path.glob("classifier-*.safetensors")
+    damage(cache)
+    train = digits("train", image_size=8)
+    cpu, logs = torch.device("cpu"), []
+    again = ClassifierFeatures(epochs=1)
+    info = again.prepare(train, tmp_path, cpu, logs.append)
+    assert re.search(rf"cache {re.escape(str(cache))} is unreadable \(\w+", logs[0])
+    assert "retraining" in logs[0] and "trained on" in logs[1]
+    assert logs[-1] == f"feature classifier: replaced the unreadable cache {cache}"
+    assert info["cache"] == str(cache) and info["accuracy"] > 0.3
+    # Seeded: the same network again; written whole, with no temporary file left behind.
+    assert torch.equal(again(torch.stack([train[i][0] for i in range(10)])), features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in folder.iterdir())
+    logs.clear()
+    ClassifierFeatures(epochs=1).prepare(train, tmp_path, cpu, logs.append)
+    assert logs[0].startswith("feature classifier: cached")  # the replacement is readable
+
+
+def test_degenerate_data_gives_defined_numbers():
+    from aesampler.evaluation.stats import median_bandwidth
+
+    same = np.ones((6, 3))
+    assert median_bandwidth(same, same) == 1.0  # not 0, which would divide by zero
+    assert mmd2_unbiased(same, same) == pytest.approx(0.0)
+    # Two points per sample: half the resamples repeat one point; no 0 / 0 in the interval.
+    data = _data(z={0: RNG.normal(size=(2, 3))}, reference_z=RNG.normal(size=(2, 3)), resamples=50)
+    registry = load_registry()
+    estimate = registry.create("metric", "mmd_learned").compute(data, 0)["mmd_learned"]
+    assert all(math.isfinite(v) for v in (estimate.value, estimate.low, estimate.high))
+    # Constant (zero-variance) features: the Fréchet distance is the squared mean difference.
+    constant = _data(
+        features=lambda step: np.full((30, 4), 0.5),
+        reference_features=np.full((40, 4), 1.5),
+        resamples=20,
+    )
+    cell = registry.create("metric", "frechet").compute(constant, 0)["frechet"]
+    assert (cell.value, cell.low, cell.high) == pytest.approx((4.0, 4.0, 4.0))
+    # A statistic of a single point has no interval: the value itself, not a SciPy error.
+    assert bootstrap(lambda i: 7.0, (1,), resamples=20, confidence=0.9, seed=0).low == 7.0
+
+
+def test_diagnostics_of_chains_that_do_not_move_are_a_note_not_nan():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from 0 / 0 either
+        still = diagnostics({t: np.ones((4, 3)) for t in range(10)})
+        assert "rhat_median" not in still and "varies within the chains" in still["note"]
+        # Chains that stopped at different places: R-hat is infinite (they never mix).
+        apart = diagnostics({t: np.arange(12.0).reshape(4, 3) for t in range(10)})
+        assert apart["rhat_median"] == math.inf
+        one = diagnostics({t: RNG.normal(size=(1, 3)) for t in range(10)})
+        assert one == {"note": "needs at least 2 chains for diagnostics, got 1"}
+    # Some constant coordinates: summarised over the others.
+    z = {t: np.column_stack([RNG.normal(size=50), np.zeros(50)]) for t in range(10)}
+    assert math.isfinite(diagnostics(z)["rhat_max"])
+
+
+def test_feature_extractors_on_unusual_images():
+    assert PixelFeatures(size=4)(torch.rand(2, 1, 8, 32)).shape == (2, 16)  # pooled to 4 x 4
+    assert PixelFeatures(size=4)(torch.rand(2, 1, 2, 32)).shape == (2, 8)  # 2 rows stay 2
+    inception = InceptionFeatures()
+    inception.net = torch.nn.Identity()  # never reached: the channels are checked first
+    with pytest.raises(FeatureError, match="1- or 3-channel images, got 2"):
+        inception(torch.rand(1, 2, 8, 8))
+
+
+def test_the_examples_in_docs_evaluation_md_run():
+    from pathlib import Path
+
+    from aesampler.evaluation import evaluate_samples
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "evaluation.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("import")]
+    assert len(blocks) == 2, "docs/evaluation.md lost an example"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/evaluation.md", "exec"), namespace)
+    assert set(namespace["report"]["skipped"]) == {
+        "mmd_learned",
+        "mmd_prior",
+        "step_size",
+        "novelty",
+    }
+
+    class Module:  # stands in for the plugin module an entry point would load
+        register_metrics = staticmethod(namespace["register_metrics"])
+
+    registry = load_registry(extra_plugins=[("mean_norm_plugin", Module())])
+    latents = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    report = evaluate_samples(
+        _images(20, 1),
+        _images(20, 2),
+        metrics=["mean_norm"],
+        latents=latents,
+        registry=registry,
+        bootstrap=0,
+    )
+    expected = latents.double().norm(dim=1).mean().item()
+    assert report["metrics"]["mean_norm"]["0"]["value"] == pytest.approx(expected)
+    assert report["lower_is_better"] == {"mean_norm": None}

@@ -1,35 +1,65 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import uuid
+import warnings
 
 import pytest
 
 import aesampler
 from aesampler import ComponentError, PluginLoadWarning, UnknownComponentError, hookspecs
-from aesampler.plugins import load_registry
+from aesampler.cli import main
+from aesampler.plugins import (
+    DISABLE_ENV,
+    PluginSettingWarning,
+    get_registry,
+    load_registry,
+    reset_registry,
+    set_builtins_only,
+)
 from aesampler.registry import Registry
 
 from . import fake_dist
 
 
+@pytest.fixture(autouse=True)
+def plugin_settings(monkeypatch):
+    """No switched-off plugins from the outside, and a fresh process-wide registry afterwards."""
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    reset_registry()
+    yield
+    set_builtins_only(False)
+    reset_registry()
+
+
 @pytest.fixture
 def third_party(tmp_path, monkeypatch):
-    """Install fake third-party distributions for one test, with unique module names."""
+    """Install fake third-party distributions for one test, with unique module names.
 
-    def install(dist_name: str, **plugins: str) -> dict[str, str]:
+    ``third_party(dist_name, version="1.0", key=source, ...)`` returns the entry-point names by
+    key; ``third_party.modules`` maps each key to its module name.
+    """
+    created: list[str] = []
+
+    def install(dist_name: str, version: str = "1.0", **plugins: str) -> dict[str, str]:
         suffix = uuid.uuid4().hex[:8]
         modules = {f"{key}_{suffix}": source for key, source in plugins.items()}
         entry_points = {f"{dist_name}.{key}": f"{key}_{suffix}" for key in plugins}
-        root = fake_dist.make_distribution(tmp_path / dist_name, dist_name, modules, entry_points)
+        root = fake_dist.make_distribution(
+            tmp_path / dist_name, dist_name, modules, entry_points, version=version
+        )
         monkeypatch.syspath_prepend(str(root))
         importlib.invalidate_caches()
-        for module in modules:
-            monkeypatch.delitem(sys.modules, module, raising=False)
+        created.extend(modules)
+        install.modules.update({key: f"{key}_{suffix}" for key in plugins})
         return {key: f"{dist_name}.{key}" for key in plugins}
 
-    return install
+    install.modules = {}
+    yield install
+    for module in created:
+        sys.modules.pop(module, None)
 
 
 def test_builtins_come_through_the_entry_point_group():
@@ -155,3 +185,283 @@ def test_registration_rejects_bad_names():
         registry.add("corruption", "Salt-Pepper", object, distribution="d", plugin="p")
     with pytest.raises(ComponentError, match="unknown component kind"):
         registry.add("sampler", "x", object, distribution="d", plugin="p")
+
+
+# --- issue #8: plugins cannot take the tool down ----------------------------------------------
+
+
+def test_a_plugin_that_exits_at_import_is_a_failure_not_an_exit(third_party):
+    names = third_party("aesampler-exits", exits=fake_dist.EXITS_AT_IMPORT, good=fake_dist.GOOD)
+    with pytest.warns(PluginLoadWarning, match="aesampler-exits.*SystemExit") as warned:
+        registry = load_registry()
+    assert len(warned) == 1
+    [failure] = registry.failures
+    assert (failure.plugin, failure.distribution) == (names["exits"], "aesampler-exits")
+    assert "SystemExit: 0" in failure.message
+    assert registry.get("corruption", "flip").distribution == "aesampler-exits"
+
+
+def test_base_exceptions_raised_in_hooks_are_failures(third_party):
+    third_party(
+        "aesampler-odd", exit_hook=fake_dist.EXITS_IN_HOOK, odd=fake_dist.CUSTOM_BASE_EXCEPTION
+    )
+    with pytest.warns(PluginLoadWarning):
+        registry = load_registry()
+    messages = {f.plugin.split(".")[-1]: f.message for f in registry.failures}
+    assert "register_corruptions raised SystemExit: 0" in messages["exit_hook"]
+    assert "register_metrics raised Odd: not an Exception" in messages["odd"]
+    assert registry.get("corruption", "gaussian").distribution == "aesampler"
+
+
+def test_ctrl_c_while_loading_still_stops(third_party):
+    third_party("aesampler-ctrlc", ctrlc=fake_dist.INTERRUPTED_AT_IMPORT)
+    with pytest.raises(KeyboardInterrupt):
+        load_registry()
+
+
+def test_the_cli_reports_a_plugin_that_exits_instead_of_exiting(third_party, capsys):
+    third_party("aesampler-exits", exits=fake_dist.EXITS_AT_IMPORT)
+    with pytest.warns(PluginLoadWarning):
+        status = main(["plugins"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert (
+        "aesampler: broken plugin 'aesampler-exits.exits' from distribution 'aesampler-exits'"
+        in err
+    )
+    assert "SystemExit" in err
+
+
+# --- switching plugins off ----------------------------------------------------------------------
+
+
+def _traced(third_party, tmp_path, monkeypatch):
+    trace = tmp_path / "imported.txt"
+    monkeypatch.setenv("AESAMPLER_TEST_TRACE", str(trace))
+    a = third_party("aesampler-traced-a", a=fake_dist.IMPORT_TRACE)
+    bc = third_party("aesampler-traced-b", b=fake_dist.IMPORT_TRACE, c=fake_dist.IMPORT_TRACE)
+    return trace, {**a, **bc}
+
+
+def _imported(trace) -> list[str]:
+    return trace.read_text().split() if trace.exists() else []
+
+
+def test_switched_off_plugins_are_never_imported(third_party, tmp_path, monkeypatch):
+    trace, names = _traced(third_party, tmp_path, monkeypatch)
+    # an entry-point name, and a distribution name spelled with '_' as pip would accept it
+    monkeypatch.setenv(DISABLE_ENV, f" {names['a']} , aesampler_traced_b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: every name matched
+        registry = load_registry()
+    assert _imported(trace) == []
+    assert not [n for n in registry.names("corruption") if n.startswith("traced")]
+    assert registry.failures == []
+    assert sorted((d.plugin, d.distribution) for d in registry.disabled) == [
+        (names["a"], "aesampler-traced-a"),
+        (names["b"], "aesampler-traced-b"),
+        (names["c"], "aesampler-traced-b"),
+    ]
+    assert {d.reason for d in registry.disabled} == {f"switched off by {DISABLE_ENV}"}
+
+
+def test_one_entry_point_of_a_distribution_can_be_switched_off(third_party, tmp_path, monkeypatch):
+    trace, names = _traced(third_party, tmp_path, monkeypatch)
+    registry = load_registry(disable=[names["b"]])
+    assert sorted(_imported(trace)) == sorted([third_party.modules["a"], third_party.modules["c"]])
+    assert [d.plugin for d in registry.disabled] == [names["b"]]
+
+
+def test_unknown_names_to_switch_off_are_a_warning_not_an_error(third_party, tmp_path, monkeypatch):
+    trace, names = _traced(third_party, tmp_path, monkeypatch)
+    monkeypatch.setenv(DISABLE_ENV, "aesampler-no-such,aesampler-traced-a")
+    with pytest.warns(
+        PluginSettingWarning, match="names no installed plugin.*'aesampler-no-such'"
+    ) as warned:
+        registry = load_registry()
+    assert "aesampler-traced-a" not in str(warned[0].message).split(":")[2]
+    assert [d.plugin for d in registry.disabled] == [names["a"]]
+    assert len(_imported(trace)) == 2
+
+
+def test_builtins_only_skips_every_third_party_plugin(third_party, tmp_path, monkeypatch):
+    trace, names = _traced(third_party, tmp_path, monkeypatch)
+    registry = load_registry(builtins_only=True)
+    assert _imported(trace) == []
+    assert {c.distribution for c in registry} == {"aesampler"}
+    assert set(names.values()) <= {d.plugin for d in registry.disabled}
+    assert "gaussian" in registry.names("corruption")
+
+
+def test_get_registry_follows_the_switches(third_party, monkeypatch):
+    third_party("aesampler-flip", good=fake_dist.GOOD)
+    assert "flip" in get_registry().names("corruption")
+    monkeypatch.setenv(DISABLE_ENV, "aesampler-flip")
+    assert "flip" not in get_registry().names("corruption")
+    monkeypatch.delenv(DISABLE_ENV)
+    assert "flip" in get_registry().names("corruption")
+    set_builtins_only(True)
+    assert "flip" not in get_registry().names("corruption")
+
+
+def test_no_plugins_flag_loads_only_builtins(third_party, capsys):
+    third_party("aesampler-flip", good=fake_dist.GOOD)
+    assert main(["--no-plugins", "plugins", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {c["distribution"] for c in payload["components"]} == {"aesampler"}
+    assert main(["plugins", "--json"]) == 0  # the flag holds for one command only
+    payload = json.loads(capsys.readouterr().out)
+    assert "aesampler-flip" in {c["distribution"] for c in payload["components"]}
+
+
+# --- all or nothing, through pluggy ---------------------------------------------------------------
+
+
+def test_a_plugin_whose_second_hook_fails_keeps_none_of_its_components(third_party):
+    third_party(
+        "aesampler-half", half=fake_dist.SECOND_HOOK_FAILS, clash=fake_dist.SECOND_HOOK_CLASHES
+    )
+    with pytest.warns(PluginLoadWarning):
+        registry = load_registry()
+    messages = {f.plugin.split(".")[-1]: f.message for f in registry.failures}
+    assert "register_transitions raised RuntimeError: second hook breaks" in messages["half"]
+    assert "corruption 'half_noise'" in messages["half"]
+    assert "registered twice" in messages["clash"]
+    assert "corruption 'clash_noise'" in messages["clash"]
+    corruptions = registry.names("corruption")
+    assert "half_noise" not in corruptions and "clash_noise" not in corruptions
+    assert registry.get("transition", "decode_corrupt_encode").distribution == "aesampler"
+
+
+def test_hooks_run_through_pluggy_with_wrappers_and_ordering(third_party):
+    third_party("aesampler-wrapped", wrapped=fake_dist.WRAPPED)
+    registry = load_registry()
+    calls = sys.modules[third_party.modules["wrapped"]].CALLS
+    assert calls == ["before", "first", "second", "after"]
+    assert {"wrapped_first", "wrapped_second"} <= set(registry.names("corruption"))
+
+
+def test_an_optional_hook_from_a_later_version_does_not_fail_the_plugin(third_party):
+    third_party("aesampler-future", future=fake_dist.FUTURE_HOOK)
+    registry = load_registry()  # a PluginLoadWarning would fail the test
+    assert registry.get("corruption", "future_proof").distribution == "aesampler-future"
+
+
+# --- provenance --------------------------------------------------------------------------------
+
+
+def test_components_record_their_distribution_version(third_party):
+    names = third_party("aesampler-flip", version="2.3.1", good=fake_dist.GOOD)
+    registry = load_registry()
+    assert registry.get("corruption", "flip").version == "2.3.1"
+    assert registry.get("corruption", "gaussian").version == aesampler.__version__
+    assert registry.provenance([("corruption", "flip")]) == {
+        "corruption": {
+            "flip": {"distribution": "aesampler-flip", "version": "2.3.1", "plugin": names["good"]}
+        }
+    }
+    everything = json.loads(json.dumps(registry.provenance()))  # plain data
+    assert everything["transition"]["decode_corrupt_encode"]["distribution"] == "aesampler"
+    assert sum(map(len, everything.values())) == len(list(registry))
+    with pytest.raises(UnknownComponentError, match="unknown corruption 'nope'"):
+        registry.provenance([("corruption", "nope")])
+    direct = load_registry(
+        extra_plugins=[("script", fake_dist_module(fake_dist.GOOD))], disable=["aesampler-flip"]
+    )
+    assert direct.get("corruption", "flip").provenance() == {
+        "distribution": "<direct>",
+        "version": None,
+        "plugin": "script",
+    }
+
+
+def fake_dist_module(source: str):
+    import textwrap
+    import types
+
+    module = types.ModuleType("direct_plugin")
+    exec(textwrap.dedent(source), module.__dict__)
+    return module
+
+
+def _last_time(distribution: str, plugin: str = "salt", version: str | None = "0.1.0") -> dict:
+    entry = {"distribution": distribution, "version": version, "plugin": plugin}
+    return {"corruption": {"salt": entry}}
+
+
+def _why_missing(registry: Registry, last: object) -> str:
+    with pytest.raises(UnknownComponentError) as error:
+        registry.get("corruption", "salt", provided_before=last)
+    return str(error.value)
+
+
+def test_a_missing_component_is_explained_by_what_provided_it_last_time(third_party, monkeypatch):
+    registry = load_registry()
+    assert _why_missing(registry, _last_time("aesampler-salt")).startswith(
+        "unknown corruption 'salt'. It was provided last time by aesampler-salt 0.1.0, "
+        "which is not installed now. Registered corruptions: gaussian (aesampler)"
+    )
+    plain = _why_missing(registry, None)
+    assert "last time" not in plain
+    for malformed in ({"corruption": "x"}, {"corruption": {"salt": 3}}, [], {"model": {}}):
+        assert _why_missing(registry, malformed) == plain
+    message = _why_missing(registry, _last_time("<direct>", plugin="my-plugin", version=None))
+    assert "provided last time by plugin 'my-plugin', passed directly" in message
+
+    names = third_party("aesampler-salt", salt=fake_dist.BROKEN_IMPORT)
+    third_party("aesampler-flip", good=fake_dist.GOOD)
+    with pytest.warns(PluginLoadWarning):
+        registry = load_registry()
+    message = _why_missing(registry, _last_time("aesampler-salt", plugin=names["salt"]))
+    assert (
+        "It was provided last time by aesampler-salt 0.1.0, which failed to load now: import of"
+        in message
+    )
+    assert "ModuleNotFoundError" in message
+
+    monkeypatch.setenv(DISABLE_ENV, "aesampler-salt")
+    registry = load_registry()
+    monkeypatch.delenv(DISABLE_ENV)
+    assert (
+        "aesampler-salt 0.1.0, which is switched off now (switched off by AESAMPLER_DISABLE_PLUGINS)"
+        in _why_missing(registry, _last_time("aesampler-salt"))
+    )
+    assert (
+        "It was provided last time by aesampler-flip 0.9, which is installed now (version 1.0) "
+        "but no longer provides it."
+        in _why_missing(registry, _last_time("aesampler-flip", version="0.9"))
+    )
+
+
+def test_a_second_plugin_of_the_same_name_fails_and_the_first_stays(tmp_path, monkeypatch):
+    suffix = uuid.uuid4().hex[:8]
+    other = """
+        import aesampler
+
+        @aesampler.hookimpl
+        def register_corruptions(register):
+            register("other_flip", aesampler.IdentityCorruption)
+    """
+    for dist, source in (("aesampler-one", fake_dist.GOOD), ("aesampler-two", other)):
+        module = f"{dist.replace('-', '_')}_{suffix}"
+        root = fake_dist.make_distribution(
+            tmp_path / dist, dist, {module: source}, {"same": module}
+        )
+        monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    with pytest.warns(PluginLoadWarning, match="already registered as 'same'"):
+        registry = load_registry()
+    [failure] = registry.failures
+    assert failure.distribution == "aesampler-two"
+    assert "(from 'aesampler-one')" in failure.message
+    assert registry.get("corruption", "flip").distribution == "aesampler-one"
+    assert "other_flip" not in registry.names("corruption")
+
+
+def test_remove_takes_a_component_out():
+    registry = Registry(hookspecs.KIND_HOOKS)
+    registry.add("corruption", "gone", aesampler.IdentityCorruption, distribution="d", plugin="p")
+    assert registry.remove("corruption", "gone").name == "gone"
+    assert registry.names("corruption") == []
+    with pytest.raises(UnknownComponentError):
+        registry.remove("corruption", "gone")

@@ -96,10 +96,14 @@ def test_sample_and_interpolate_from_a_checkpoint(tiny_run, tmp_path):
     ]
     assert not (out / "interpolation").exists() and not (out / "checkpoints").exists()
     assert (out / "report.html").is_file()
+    # Another command's outputs are added beside the earlier ones, which stay as they were.
+    samples = (out / "samples" / "samples.safetensors").read_bytes()
     done = cli("interpolate", str(recipe), "--checkpoint", str(run), "--out", str(out), "--quiet")
-    assert (
-        done.returncode == 2 and "already exists" in done.stderr
-    )  # out is not the model's own run
+    assert done.returncode == 0, done.stderr
+    assert (out / "interpolation" / "interpolation.png").is_file()
+    assert (out / "samples" / "samples.safetensors").read_bytes() == samples
+    done = cli("interpolate", str(recipe), "--checkpoint", str(run), "--out", str(out), "--quiet")
+    assert done.returncode == 2 and "interpolation' already exists" in done.stderr
     # Into the model's own run directory: only the pictures are added or, with the flag, replaced.
     done = cli("sample", str(recipe), "--out", str(run), "--quiet")
     assert done.returncode == 2 and "samples' already exists; pass --overwrite" in done.stderr
@@ -148,6 +152,12 @@ def test_the_saltpepper_plugin_recipe_runs_end_to_end(tmp_path):
         "train.grid_size=4",
         "sampling.num_chains=8",
         "interpolation.pairs=2",
+        # Overrides apply on top of the defaults: a small evaluation in pixel space.
+        "evaluate.feature_extractor.name=pixels",
+        "evaluate.num_chains=40",
+        "evaluate.reference_size=40",
+        "evaluate.train_size=200",
+        "evaluate.bootstrap=10",
     ]
     done = cli("run", str(recipe), *tiny, "--out", str(tmp_path / "run"), "--quiet")
     assert done.returncode == 0, done.stderr

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 
 import pytest
 import torch
@@ -12,10 +11,11 @@ import aesampler
 from aesampler.checkpoint import CheckpointError, find_checkpoint, load_model, load_training_state
 from aesampler.models import AAE
 from aesampler.plugins import load_registry
+from aesampler.rundir import RunDirError
 from aesampler.training import TrainingError, train
 
+from .conftest import cli
 from .helpers import tiny_recipe
-from .test_cli import EXE
 
 
 def quiet(recipe, **kwargs):
@@ -115,7 +115,7 @@ def test_a_run_directory_is_never_overwritten_without_the_flag(tmp_path):
     run = tmp_path / "run"
     quiet(tiny_recipe(run, train={"max_steps": 2}))
     before = (run / "metrics.jsonl").read_text()
-    with pytest.raises(TrainingError, match="already exists; pass --resume .* --overwrite"):
+    with pytest.raises(RunDirError, match="already exists; pass --resume .* --overwrite"):
         quiet(tiny_recipe(run, train={"max_steps": 2}))
     assert (run / "metrics.jsonl").read_text() == before
     quiet(tiny_recipe(run, train={"max_steps": 3}), overwrite=True)
@@ -199,30 +199,20 @@ def test_train_cli_end_to_end(tmp_path):
         "output: {dir: unused}\n"
     )
     out = tmp_path / "run"
-    args = [EXE, "train", str(recipe), "train.max_steps=3", "--out", str(out), "--quiet"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    args = ["train", str(recipe), "train.max_steps=3", "--out", str(out), "--quiet"]
+    done = cli(*args)
     assert done.returncode == 0, done.stderr
     assert "trained vae for 3 steps" in done.stdout and "step-00000003" in done.stdout
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    again = cli(*args)
     assert again.returncode == 2
     assert (
         again.stderr.startswith("aesampler: error: the run directory")
         and "Traceback" not in again.stderr
     )
-    resumed = subprocess.run(
-        [*args[:3], "train.max_steps=4", *args[4:], "--resume"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = cli(*args[:2], "train.max_steps=4", *args[3:], "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "trained vae for 4 steps" in resumed.stdout
-    bad = subprocess.run(
-        [EXE, "train", str(recipe), "train.epochs=0", "model.widht=3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = cli("train", str(recipe), "train.epochs=0", "model.widht=3")
     assert bad.returncode == 2
     assert (
         f"{recipe} (command line): train.epochs: Input should be greater than 0 (got 0)"

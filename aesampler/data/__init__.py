@@ -4,12 +4,22 @@
 class (-1 where the data has none). Nothing is ever downloaded.
 """
 
-from .base import SPLITS, FileImageDataset, ImageDataset, TensorImageDataset, square_resize
+from .base import (
+    SPLITS,
+    DatasetError,
+    FileImageDataset,
+    FileProblem,
+    ImageDataset,
+    TensorImageDataset,
+    square_resize,
+)
 from .sources import celeba, digits, image_folder, mnist5k, svhn
 
 __all__ = [
     "SPLITS",
+    "DatasetError",
     "FileImageDataset",
+    "FileProblem",
     "ImageDataset",
     "TensorImageDataset",
     "celeba",

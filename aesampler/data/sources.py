@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .base import DatasetError, FileImageDataset, TensorImageDataset, check_split
+from .base import (
+    DatasetError,
+    FileImageDataset,
+    OnError,
+    TensorImageDataset,
+    check_on_error,
+    check_split,
+)
 
 # Splits of data sets that ship without one are drawn once with this seed and never change.
 SPLIT_SEED = 0
@@ -111,14 +118,19 @@ def _celeba_image_dir(root: Path) -> Path:
     )
 
 
-def celeba(split: str, image_size: int = 64, root: str | None = None) -> FileImageDataset:
+def celeba(
+    split: str, image_size: int = 64, root: str | None = None, on_error: OnError = "error"
+) -> FileImageDataset:
     """CelebA, aligned and cropped: the official layout or a bare ``img_align_celeba/`` folder.
 
     The split comes from ``list_eval_partition.txt`` when it is present (beside the image folder,
     or in data.root), otherwise from the official file-number ranges: train 000001-162770, valid
     162771-182637, test 182638-202599. Images are centre-cropped to 178 × 178 and resized.
+    Every file's header is checked first; ``on_error`` says what happens to bad files (see
+    :meth:`FileImageDataset.check_files`).
     """
     check_split("celeba", split)
+    check_on_error("celeba", on_error)
     base = _root("celeba", root, "img_align_celeba/ (CelebA's aligned and cropped JPEGs)")
     image_dir = _celeba_image_dir(base)
     partition_file = next(
@@ -154,7 +166,9 @@ def celeba(split: str, image_size: int = 64, root: str | None = None) -> FileIma
         raise DatasetError(
             f"celeba: split {split!r} has no images in {str(image_dir)!r} (by {source})"
         )
-    return FileImageDataset("celeba", split, chosen, image_size, channels=3)
+    dataset = FileImageDataset("celeba", split, chosen, image_size, channels=3)
+    dataset.check_files(on_error)
+    return dataset
 
 
 def svhn(split: str, image_size: int = 32, root: str | None = None) -> TensorImageDataset:
@@ -197,14 +211,22 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def image_folder(
-    split: str, root: str | None = None, image_size: int = 64, channels: int = 3
+    split: str,
+    root: str | None = None,
+    image_size: int = 64,
+    channels: int = 3,
+    on_error: OnError = "error",
 ) -> FileImageDataset:
     """Any folder of images, searched recursively.
 
     If the folder has ``train/``, ``valid/`` and ``test/`` subfolders they are the splits;
-    otherwise a fixed 5% of the files is valid, 5% test, and the rest train.
+    otherwise a fixed 5% of the files is valid, 5% test, and the rest train. Every file's header
+    is checked first; ``on_error`` says what happens to bad files (see
+    :meth:`FileImageDataset.check_files`). Bad files are dropped after the split is drawn, so
+    they never move good files from one split to another.
     """
     check_split("image_folder", split)
+    check_on_error("image_folder", on_error)
     base = _root("image_folder", root, "images (searched recursively)")
     if all((base / s).is_dir() for s in ("train", "valid", "test")):
         paths: Sequence[Path] = _images_under(base / split)
@@ -221,4 +243,6 @@ def image_folder(
         paths = [every[i] for i in index[split]]
     if not paths:
         raise DatasetError(f"image_folder: split {split!r} has no images under {str(base)!r}")
-    return FileImageDataset("image_folder", split, paths, image_size, channels=channels)
+    dataset = FileImageDataset("image_folder", split, paths, image_size, channels=channels)
+    dataset.check_files(on_error)
+    return dataset

@@ -18,6 +18,7 @@ from .metrics import (
     PrecisionRecall,
     StepSize,
 )
+from .samples import evaluate_samples
 from .stats import Estimate
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "StepSize",
     "diagnostics",
     "evaluate",
+    "evaluate_samples",
     "format_table",
 ]

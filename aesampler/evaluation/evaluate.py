@@ -5,28 +5,35 @@
 ones, and computes every configured metric with a bootstrap interval against held-out data. It
 also reports chain diagnostics (R-hat and effective sample size over chains, per latent
 coordinate, on the second half of the trajectory).
+
+``evaluate_samples(samples, reference, ...)`` computes the same report for images that come from
+anywhere: no model, recipe or run directory. Both compute their numbers in :func:`measure`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from arviz_stats.base import array_stats
+from torch import Tensor
 from tqdm import tqdm
 
 from ..chain import sampling_mode
+from ..errors import AesamplerError
 from ..registry import Registry
-from ..rundir import atomic_write_bytes
 from .features import FeatureExtractor
 from .metrics import EvaluationData, Metric, nearest_rms_distance
 
 
-def _images(dataset, count: int, seed: int) -> torch.Tensor:
+def _images(dataset, count: int, seed: int, what: str) -> torch.Tensor:
     """Up to ``count`` images of the dataset, a fixed random subset when it holds more."""
+    if len(dataset) == 0:
+        raise AesamplerError(f"{what} holds no images")
     if len(dataset) > count:
         index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
         index = index.sort().values.tolist()
@@ -52,35 +59,199 @@ def _encode(
 MIN_DRAWS_FOR_ESS = 20
 
 
+def _summary(values: np.ndarray, name: str, extreme: str) -> dict[str, float]:
+    """Median and ``extreme`` ("min" or "max") over the coordinates where a statistic is defined.
+
+    Coordinates that never move within any chain give 0 / 0 (NaN) and are left out.
+    """
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return {}
+    return {
+        f"{name}_median": float(np.median(defined)),
+        f"{name}_{extreme}": float(getattr(np, extreme)(defined)),
+    }
+
+
 def diagnostics(z: dict[int, np.ndarray]) -> dict:
     """R-hat (rank-normalised, split) and bulk ESS over chains, per latent coordinate.
 
     Computed on the second half of the trajectory (steps T//2 .. T), the part that has had time
     to move away from the prior draws. R-hat needs at least 4 draws per chain; the ESS estimate
     needs a longer window (its autocorrelations are meaningless over a few draws, where the
-    estimator returns its upper cap), so it is reported from 20 draws per chain on.
+    estimator returns its upper cap), so it is reported from 20 draws per chain on. Coordinates
+    that do not vary within the chains have no R-hat or ESS and are left out of the summaries.
     """
     steps = sorted(z)
     window = steps[len(steps) // 2 :]
     if len(window) < 4:
         return {"note": f"needs at least 8 recorded steps for diagnostics, got {len(steps)}"}
     draws = np.stack([z[t] for t in window], axis=1)  # (chains, draws, D)
-    rhat = array_stats.rhat(draws, chain_axis=0, draw_axis=1)
-    result = {
-        "window": [window[0], window[-1]],
-        "chains": draws.shape[0],
-        "rhat_median": float(np.nanmedian(rhat)),
-        "rhat_max": float(np.nanmax(rhat)),
-    }
-    if len(window) >= MIN_DRAWS_FOR_ESS:
-        ess = array_stats.ess(draws, chain_axis=0, draw_axis=1)
-        result.update(ess_median=float(np.nanmedian(ess)), ess_min=float(np.nanmin(ess)))
+    if draws.shape[0] < 2:
+        return {"note": f"needs at least 2 chains for diagnostics, got {draws.shape[0]}"}
+    result: dict[str, Any] = {"window": [window[0], window[-1]], "chains": draws.shape[0]}
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant coordinates give 0 / 0
+        rhat = _summary(
+            np.asarray(array_stats.rhat(draws, chain_axis=0, draw_axis=1)), "rhat", "max"
+        )
+        ess = (
+            _summary(np.asarray(array_stats.ess(draws, chain_axis=0, draw_axis=1)), "ess", "min")
+            if len(window) >= MIN_DRAWS_FOR_ESS
+            else None
+        )
+    if not rhat:
+        result["note"] = "no latent coordinate varies within the chains: R-hat and ESS undefined"
+        return result
+    result.update(rhat)
+    if ess is not None:
+        result.update(ess)
     else:
         result["ess_note"] = (
-            f"ESS needs at least {MIN_DRAWS_FOR_ESS} draws per chain in the window; evaluate "
+            f"ESS needs at least {MIN_DRAWS_FOR_ESS} draws per chain in the window: record "
             f"more steps (max(evaluate.steps) >= {2 * MIN_DRAWS_FOR_ESS - 1})"
         )
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The one implementation of the numbers
+
+
+def metric_inputs(metric: Metric) -> set[str]:
+    """The optional EvaluationData inputs a metric reads: ``requires``, and z for latent space."""
+    needed = set(getattr(metric, "requires", ()))
+    if getattr(metric, "space", "latent") == "latent":
+        needed.add("z")
+    return needed
+
+
+def check_sample_sizes(
+    metrics: list[tuple[str, Metric]],
+    samples: Mapping[int, int],
+    others: Mapping[str, int | None],
+    labels: Mapping[str, str],
+) -> None:
+    """Raise if a metric needs more rows (``min_samples``) than a data set it compares has.
+
+    ``samples`` counts the samples by step; ``others`` the rows of "reference", "reference_z"
+    and "train_images" (None: not given); ``labels`` names each for the message.
+    """
+    for name, metric in metrics:
+        need = int(getattr(metric, "min_samples", 1))
+        found = [(labels["samples"].format(step=t), n) for t, n in samples.items()]
+        compared = ["reference"] if getattr(metric, "space", "latent") == "image" else []
+        compared += sorted(metric_inputs(metric) & {"reference_z", "train_images"})
+        found += [(labels[key], others[key]) for key in compared if others.get(key) is not None]
+        for label, count in found:
+            if count < need:
+                why = f" (k={metric.k} needs k + 1)" if hasattr(metric, "k") else ""
+                raise AesamplerError(
+                    f"metric {name!r} needs at least {need} samples in each set it compares"
+                    f"{why}, got {count} in {label}"
+                )
+
+
+def check_finite(x: Tensor, label: str) -> None:
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise AesamplerError(f"{label}: {bad} of {x.numel()} values are NaN or infinite")
+
+
+def _rows(x: Tensor) -> np.ndarray:
+    return x.double().numpy().reshape(len(x), -1)
+
+
+def measure(
+    samples: Mapping[int, Tensor],
+    reference: Tensor,
+    metrics: list[tuple[str, Metric]],
+    extractor: FeatureExtractor,
+    *,
+    train: Tensor | None,
+    latents: Mapping[int, Tensor] | None,
+    reference_latents: Tensor | None,
+    prior_latents: Tensor | None,
+    bootstrap: int,
+    confidence: float,
+    seed: int,
+    labels: Mapping[str, str],
+    progress: bool = False,
+) -> dict:
+    """Every metric at every step of ``samples``, with diagnostics and the novelty baseline.
+
+    The one implementation behind ``evaluate`` and ``evaluate_samples``. Tensors are on the CPU:
+    images (N, C, H, W) by step, latents (N, ...) by step (a superset of the sample steps, in
+    evaluate every step 0..T). Without ``prior_latents`` the prior draws are N(0, I), seeded
+    with ``seed + 1``, as many as the reference latents (else as the samples).
+    Returns the report's "steps", "metrics", "lower_is_better", "diagnostics" and "reference".
+    """
+    steps = sorted(samples)
+    check_sample_sizes(
+        metrics,
+        {t: len(samples[t]) for t in steps},
+        {
+            "reference": len(reference),
+            "reference_z": None if reference_latents is None else len(reference_latents),
+            "train_images": None if train is None else len(train),
+        },
+        labels,
+    )
+    for t in steps:
+        check_finite(samples[t], labels["samples"].format(step=t))
+    for t, v in (latents or {}).items():
+        check_finite(v, labels["latents"].format(step=t))
+    if latents is not None and prior_latents is None:
+        like = reference_latents if reference_latents is not None else next(iter(latents.values()))
+        prior_latents = torch.randn(
+            len(like), *like.shape[1:], generator=torch.Generator().manual_seed(seed + 1)
+        )
+
+    features: dict[int, np.ndarray] = {}
+
+    def features_at(step: int) -> np.ndarray:
+        if step not in features:
+            features[step] = extractor(samples[step]).double().numpy()
+        return features[step]
+
+    data = EvaluationData(
+        z={t: _rows(v) for t, v in latents.items()} if latents is not None else {},
+        images={t: samples[t].flatten(1).double().numpy() for t in steps},
+        features=features_at,
+        reference_z=None if reference_latents is None else _rows(reference_latents),
+        prior_z=None if prior_latents is None else _rows(prior_latents),
+        reference_features=extractor(reference).double().numpy(),
+        train_images=None if train is None else train.flatten(1).double().numpy(),
+        resamples=bootstrap,
+        confidence=confidence,
+        seed=seed,
+    )
+    values: dict[str, dict[str, dict]] = {}
+    direction: dict[str, bool | None] = {}
+    for _, metric in tqdm(metrics, desc="metrics", disable=not progress):
+        for step in steps:
+            for key, estimate in metric.compute(data, step).items():
+                values.setdefault(key, {})[str(step)] = estimate.as_dict()
+                direction[key] = metric.lower_is_better
+    novelty = None
+    if data.train_images is not None:
+        baseline = nearest_rms_distance(_rows(reference), data.train_images, data.cache)
+        novelty = float(baseline.mean())
+    return {
+        "steps": steps,
+        "metrics": values,
+        "lower_is_better": direction,
+        "diagnostics": diagnostics(data.z) if data.z else {"note": "no latents given"},
+        "reference": {
+            "images": len(reference),
+            "train_images": 0 if train is None else len(train),
+            "novelty_of_held_out_images": novelty,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained model's run
 
 
 def evaluate(
@@ -91,7 +262,12 @@ def evaluate(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Compute the recipe's ``evaluate`` metrics for the trained model in ``parts``."""
+    """Compute the recipe's ``evaluate`` metrics for the trained model in ``parts``.
+
+    Returns the report that ``aesampler evaluate`` writes to ``metrics.json`` (the caller writes
+    it: :func:`aesampler.workflow.run` does so in a run-directory transaction). ``run_dir``
+    places the default feature-classifier cache beside the run.
+    """
     recipe, registry = parts.recipe, registry or parts.registry
     cfg, sampling = recipe.evaluate, recipe.sampling
     run_dir = Path(run_dir)
@@ -103,17 +279,34 @@ def evaluate(
     )
     train_set = parts.dataset("train")
     reference_set = parts.dataset(cfg.reference_split)
+    split = repr(cfg.reference_split)
+    reference = _images(reference_set, cfg.reference_size, cfg.seed, f"the {split} split")
+    train_images = _images(train_set, cfg.train_size, cfg.seed, "the 'train' split")
+    held_out = (
+        f"the held-out images ({len(reference)} from the {split} split; "
+        f"evaluate.reference_size={cfg.reference_size})"
+    )
+    labels = {
+        "samples": "the images x_t of the evaluation chains at step {step} "
+        f"(evaluate.num_chains={cfg.num_chains})",
+        "latents": "the latents z_t of the evaluation chains at step {step}",
+        "reference": held_out,
+        "reference_z": held_out,
+        "train_images": f"the training images (evaluate.train_size={cfg.train_size})",
+    }
+    check_sample_sizes(  # before any training or sampling
+        metrics,
+        {t: cfg.num_chains for t in cfg.steps},
+        {
+            "reference": len(reference),
+            "reference_z": len(reference),
+            "train_images": len(train_images),
+        },
+        labels,
+    )
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".aesampler-cache"
     extractor_info = extractor.prepare(train_set, cache_dir, parts.device, log)
-
-    reference = _images(reference_set, cfg.reference_size, cfg.seed)
-    train_images = _images(train_set, cfg.train_size, cfg.seed)
     reference_z = _encode(parts, reference, sampling.batchnorm, cfg.seed)
-    prior_z = torch.randn(
-        len(reference_z),
-        *reference_z.shape[1:],
-        generator=torch.Generator().manual_seed(cfg.seed + 1),
-    )
 
     last = max(cfg.steps)
     all_z: dict[int, list[torch.Tensor]] = {t: [] for t in range(last + 1)}
@@ -137,47 +330,25 @@ def evaluate(
     finally:
         bar.close()
 
-    features: dict[int, np.ndarray] = {}
-
-    def features_at(step: int) -> np.ndarray:
-        if step not in features:
-            features[step] = extractor(result.x[step]).double().numpy()
-        return features[step]
-
-    data = EvaluationData(
-        z={t: torch.cat(v).double().numpy().reshape(cfg.num_chains, -1) for t, v in all_z.items()},
-        images={t: result.x[t].flatten(1).double().numpy() for t in cfg.steps},
-        features=features_at,
-        reference_z=reference_z.double().numpy().reshape(len(reference_z), -1),
-        prior_z=prior_z.double().numpy().reshape(len(prior_z), -1),
-        reference_features=extractor(reference).double().numpy(),
-        train_images=train_images.flatten(1).double().numpy(),
-        resamples=cfg.bootstrap,
+    measured = measure(
+        {t: result.x[t] for t in cfg.steps},
+        reference,
+        metrics,
+        extractor,
+        train=train_images,
+        latents={t: torch.cat(v) for t, v in all_z.items()},
+        reference_latents=reference_z,
+        prior_latents=None,
+        bootstrap=cfg.bootstrap,
         confidence=cfg.confidence,
         seed=cfg.seed,
-    )
-    values: dict[str, dict[str, dict]] = {}
-    direction: dict[str, bool | None] = {}
-    for _, metric in tqdm(metrics, desc="metrics", disable=not progress):
-        for step in cfg.steps:
-            for key, estimate in metric.compute(data, step).items():
-                values.setdefault(key, {})[str(step)] = estimate.as_dict()
-                direction[key] = metric.lower_is_better
-    baseline = nearest_rms_distance(
-        reference.flatten(1).double().numpy(), data.train_images, data.cache
+        labels=labels,
+        progress=progress,
     )
     spec = recipe.chain_corruption
     report = {
-        "steps": list(cfg.steps),
-        "metrics": values,
-        "lower_is_better": direction,
-        "diagnostics": diagnostics(data.z),
-        "reference": {
-            "split": cfg.reference_split,
-            "images": len(reference),
-            "train_images": len(train_images),
-            "novelty_of_held_out_images": float(baseline.mean()),
-        },
+        **measured,
+        "reference": {"split": cfg.reference_split, **measured["reference"]},
         "feature_extractor": extractor_info,
         "settings": cfg.model_dump(mode="json"),
         "model": {"kind": recipe.model.name, "checkpoint": str(parts.checkpoint)},
@@ -187,7 +358,6 @@ def evaluate(
             "chunk_size": sampling.chunk_size,
         },
     }
-    atomic_write_bytes(run_dir / "metrics.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 

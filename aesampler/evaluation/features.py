@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -76,8 +77,9 @@ class PixelFeatures(FeatureExtractor):
         self.size = size
 
     def features(self, x: Tensor) -> Tensor:
-        if x.shape[-1] > self.size:
-            x = F.adaptive_avg_pool2d(x, self.size)
+        height, width = x.shape[-2:]
+        if height > self.size or width > self.size:
+            x = F.adaptive_avg_pool2d(x, (min(height, self.size), min(width, self.size)))
         return x.flatten(1)
 
 
@@ -118,6 +120,11 @@ class ClassifierFeatures(FeatureExtractor):
         self.net: _SmallCNN | None = None
 
     def check(self, train_set):
+        if train_set is None:
+            raise FeatureError(
+                "the classifier feature extractor needs labels to train on, and no training "
+                "images were given; pass train=(images, labels), or use features='pixels'"
+            )
         if not train_set.num_classes:
             raise FeatureError(
                 f"the classifier feature extractor needs labels, and dataset {train_set.name!r} "
@@ -143,19 +150,41 @@ class ClassifierFeatures(FeatureExtractor):
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         file = Path(cache_dir) / f"classifier-{train_set.name}-{digest}.safetensors"
         self.net = _SmallCNN(train_set.channels, classes)
-        if file.is_file():
-            self.net.load_state_dict(load_file(str(file)))
-            info = json.loads(file.with_suffix(".json").read_text())
+        info, problem = self._load(file) if file.exists() else (None, None)
+        if info is not None:
             log(f"feature classifier: cached {file} (held-out accuracy {info['accuracy']:.3f})")
         else:
+            if problem:
+                log(f"feature classifier: cache {file} is unreadable ({problem}); retraining")
             info = self._train(train_set, device, log)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp")
-            save_file({k: v.cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp))
-            tmp.replace(file)
-            atomic_write_bytes(file.with_suffix(".json"), json.dumps(info, indent=2).encode())
+            weights = save({k: v.cpu().contiguous() for k, v in self.net.state_dict().items()})
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(file, weights)
+                atomic_write_bytes(file.with_suffix(".json"), json.dumps(info, indent=2).encode())
+            except OSError as error:
+                raise FeatureError(
+                    f"cannot write the feature classifier cache {file}: {error}; point "
+                    "evaluate.cache_dir (evaluate_samples: cache_dir) at a writable directory"
+                ) from error
+            if problem:
+                log(f"feature classifier: replaced the unreadable cache {file}")
         self.net.to(device).eval()
         return {"name": self.name, "cache": str(file), **info}
+
+    def _load(self, file: Path) -> tuple[dict | None, str | None]:
+        """Cached weights and their description, or (None, why not) for a damaged cache."""
+        assert self.net is not None
+        try:
+            self.net.load_state_dict(load_file(str(file)))
+            info = json.loads(file.with_suffix(".json").read_text())
+            if not isinstance(info, dict) or not isinstance(info.get("accuracy"), int | float):
+                raise ValueError("its JSON description has no accuracy")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            # truncated or foreign weights, shapes that do not fit, a missing or broken JSON file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return None, f"{type(error).__name__}: {reason}"[:300]
+        return info, None
 
     def _train(self, train_set: ImageDataset, device: torch.device, log) -> dict:
         generator = torch.Generator().manual_seed(self.seed)
@@ -247,6 +276,10 @@ class InceptionFeatures(FeatureExtractor):
 
     def features(self, x: Tensor) -> Tensor:
         assert self.net is not None, "prepare() first"
+        if x.shape[1] not in (1, 3):
+            raise FeatureError(
+                f"the inception feature extractor takes 1- or 3-channel images, got {x.shape[1]}"
+            )
         device = next(self.net.parameters()).device
         x = x.to(device)
         if x.shape[1] == 1:

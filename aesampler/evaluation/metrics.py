@@ -41,41 +41,57 @@ class EvaluationData:
     """Everything a metric may use, as float64 NumPy arrays (rows are samples).
 
     Attributes:
-        z: latents of every chain at every step 0..T, by step.
+        z: latents of every chain at every recorded step, by step (empty without latents).
         images: flattened pixels of x_t at the evaluated steps, by step.
         features: a function giving the feature-space rows of x_t (computed once, cached).
-        reference_z: encodings of held-out images (a sample of P̂(Z)).
-        prior_z: fresh draws from the prior N(0, I).
+        reference_z: encodings of held-out images (a sample of P̂(Z)), or None.
+        prior_z: draws from the prior (N(0, I) unless given), or None without latents.
         reference_features: feature-space rows of the held-out images.
-        train_images: flattened pixels of (up to) the training images, for novelty.
+        train_images: flattened pixels of (up to) the training images, for novelty, or None.
         resamples, confidence, seed: the bootstrap's settings.
+        cache: scratch space shared by the metrics of one evaluation (k-NN indexes, radii).
     """
 
     z: dict[int, np.ndarray]
     images: dict[int, np.ndarray]
     features: Callable[[int], np.ndarray]
-    reference_z: np.ndarray
-    prior_z: np.ndarray
+    reference_z: np.ndarray | None
+    prior_z: np.ndarray | None
     reference_features: np.ndarray
-    train_images: np.ndarray
+    train_images: np.ndarray | None
     resamples: int = 200
     confidence: float = 0.95
     seed: int = 0
     cache: dict = field(default_factory=dict)
 
     def boot(self, statistic: Callable[..., float], *sizes: int) -> Estimate:
+        """``statistic`` on all rows, with a percentile bootstrap interval.
+
+        ``statistic(*indices)`` gets one integer index array per entry of ``sizes`` (rows of the
+        arrays it compares, in that order): ``arange(n)`` for the value, then ``resamples``
+        draws of n indices with replacement, each array drawn independently of the others.
+        """
         return bootstrap(
             statistic, sizes, resamples=self.resamples, confidence=self.confidence, seed=self.seed
         )
 
 
 class Metric(abc.ABC):
-    """One or more numbers per evaluated chain step."""
+    """One or more numbers per evaluated chain step.
 
-    #: "latent" metrics read z, "image" metrics read x or its features.
+    ``compute(data, step)`` reads an :class:`EvaluationData` and returns ``{key: Estimate}``; the
+    class attributes below say what it reads and how to read its numbers (docs/evaluation.md).
+    """
+
+    #: "latent" metrics read z (and so need latents); "image" metrics read x or its features.
     space: str = "latent"
     #: whether lower values mean samples closer to the data (None: context, not a score).
     lower_is_better: bool | None = True
+    #: optional inputs read beyond what ``space`` implies (a latent metric always reads ``z``):
+    #: any of "z", "reference_z", "prior_z", "train_images".
+    requires: tuple[str, ...] = ()
+    #: the fewest rows it needs in the samples at each step and in every set it compares them with.
+    min_samples: int = 2
 
     @abc.abstractmethod
     def compute(self, data: EvaluationData, step: int) -> dict[str, Estimate]:
@@ -95,6 +111,8 @@ def _mmd(samples: np.ndarray, reference: np.ndarray, data: EvaluationData) -> Es
 class MMDLearned(Metric):
     """MMD² (RBF kernel, median-heuristic bandwidth, unbiased) from z_t to encoded held-out data."""
 
+    requires = ("reference_z",)
+
     def compute(self, data, step):
         return {"mmd_learned": _mmd(data.z[step], data.reference_z, data)}
 
@@ -103,6 +121,7 @@ class MMDPrior(Metric):
     """MMD² (RBF kernel, median-heuristic bandwidth, unbiased) from z_t to prior draws."""
 
     lower_is_better = None
+    requires = ("prior_z",)
 
     def compute(self, data, step):
         return {"mmd_prior": _mmd(data.z[step], data.prior_z, data)}
@@ -153,11 +172,12 @@ class PrecisionRecall(Metric):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         self.k = k
+        self.min_samples = k + 1  # a ball needs k neighbours besides its centre
 
     def compute(self, data, step):
         fake, real = data.features(step), data.reference_features
         if self.k >= min(len(fake), len(real)):
-            raise AesamplerError(
+            raise AesamplerError(  # evaluate and evaluate_samples check min_samples first
                 f"precision_recall: k={self.k} needs more than {self.k} samples and held-out "
                 f"images, got {len(fake)} and {len(real)}; lower k or raise evaluate.num_chains "
                 "and evaluate.reference_size"
@@ -178,6 +198,7 @@ class Novelty(Metric):
 
     space = "image"
     lower_is_better = None
+    requires = ("train_images",)
 
     def compute(self, data, step):
         distances = nearest_rms_distance(data.images[step], data.train_images, data.cache)

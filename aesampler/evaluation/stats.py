@@ -33,7 +33,11 @@ class Estimate:
 
 
 def median_bandwidth(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> float:
-    """The median pairwise Euclidean distance in the pooled sample (the median heuristic)."""
+    """The median pairwise Euclidean distance in the pooled sample (the median heuristic).
+
+    When that median is 0 (more than half of the pooled points coincide, for example samples
+    that are all identical) the bandwidth is 1 instead, so the kernel stays defined.
+    """
     pooled = np.concatenate([x, y])[:max_points]
     distances = cdist(pooled, pooled)
     upper = distances[np.triu_indices(len(pooled), k=1)]
@@ -64,13 +68,17 @@ def mmd2_from_kernels(
     The within-sample means leave out pairs of a point with itself. In a bootstrap resample a
     point can appear twice; pairs of copies are left out too (``ix``, ``iy`` index the full
     blocks), or every duplicate would add k(x, x) = 1 and bias the resampled values upwards.
+    A resample made of copies of a single point has no pair of distinct draws; its within-sample
+    mean is then that of a point mass, k(x, x) = 1, rather than 0 / 0.
     """
     ix = np.arange(len(kxx)) if ix is None else ix
     iy = np.arange(len(kyy)) if iy is None else iy
 
     def within(k: np.ndarray, index: np.ndarray) -> float:
+        block = k[np.ix_(index, index)]
         distinct = index[:, None] != index[None, :]
-        return float((k[np.ix_(index, index)] * distinct).sum() / distinct.sum())
+        pairs = distinct.sum()
+        return float((block * distinct).sum() / pairs) if pairs else float(block.mean())
 
     return within(kxx, ix) + within(kyy, iy) - 2 * float(kxy[np.ix_(ix, iy)].mean())
 
@@ -124,11 +132,13 @@ def bootstrap(
     """The statistic on all data, with a percentile bootstrap interval.
 
     ``statistic(*index_arrays)`` computes the number from the given indices into each sample;
-    each sample is resampled with replacement independently of the others.
+    each sample is resampled with replacement independently of the others. With fewer than 2
+    resamples, or a sample of a single point (whose every resample is itself), the interval is
+    the value itself.
     """
     full = [np.arange(n) for n in sizes]
     value = float(statistic(*full))
-    if resamples < 2:
+    if resamples < 2 or min(sizes) < 2:
         return Estimate(value, value, value)
 
     def on_indices(*indices: np.ndarray) -> float:

@@ -9,10 +9,35 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Numbers are strict: true is not 1 and "3" is not 3. An int passes where a float is expected.
+# Integers stop below 2**63, the largest that torch's int64 holds.
+INT_LIMIT = 2**63
+Int = Annotated[int, Strict(), Field(lt=INT_LIMIT)]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+PositiveInt = Annotated[Int, Field(gt=0)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+
+
+def check_seed(value: Any) -> Any:
+    """A seed is an integer torch's generators accept (and ``seed + 1`` still does)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < INT_LIMIT:
+        raise PydanticCustomError("seed_range", "a seed must be an integer from 0 to 2**63 - 1")
+    return value
+
+
+Seed = Annotated[int, BeforeValidator(check_seed)]
 
 
 class Section(BaseModel):
@@ -48,15 +73,15 @@ class TrainSection(Section):
         None, description="stop after this many optimiser steps (for smoke runs)"
     )
     batch_size: PositiveInt = 64
-    lr: Annotated[float, Field(gt=0)] = 2e-4
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+    lr: Annotated[Float, Field(gt=0)] = 2e-4
+    betas: tuple[Annotated[Float, Field(ge=0, lt=1)], Annotated[Float, Field(ge=0, lt=1)]] = (
         0.5,
         0.999,
     )
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
     num_workers: NonNegativeInt = 0
-    grid_size: Annotated[int, Field(ge=2)] = Field(
+    grid_size: Annotated[Int, Field(ge=2)] = Field(
         64, description="images in each per-epoch image grid"
     )
 
@@ -77,9 +102,9 @@ class SamplingSection(Section):
     )
     chunk_size: PositiveInt | None = Field(None, description="chains per batch; default all")
     batchnorm: Literal["batch", "running"] = "batch"
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
     device: str | None = Field(None, description="default: train.device")
-    grid_size: Annotated[int, Field(ge=1)] = Field(
+    grid_size: Annotated[Int, Field(ge=1)] = Field(
         64, description="chains shown in each step's image grid"
     )
 
@@ -97,14 +122,14 @@ class SamplingSection(Section):
 class InterpolationSection(Section):
     """Interpolations between encoded test images, before and after chain steps (Figure 2)."""
 
-    enabled: bool = True
+    enabled: Bool = True
     pairs: PositiveInt = Field(4, description="pairs of test images (rows of the figure)")
-    points: Annotated[int, Field(ge=2)] = Field(
+    points: Annotated[Int, Field(ge=2)] = Field(
         8, description="points per path, endpoints included"
     )
     steps: NonNegativeInt = Field(5, description="chain steps applied to the interpolated latents")
     method: Literal["slerp", "lerp"] = "slerp"
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
 
 
 DEFAULT_METRICS = (
@@ -120,7 +145,7 @@ DEFAULT_METRICS = (
 class EvaluateSection(Section):
     """Sample quality at every evaluated chain step, with bootstrap intervals."""
 
-    enabled: bool = True
+    enabled: Bool = True
     metrics: list[ComponentSpec] = Field(
         default_factory=lambda: [ComponentSpec(name=m) for m in DEFAULT_METRICS],
         description="metric names, or sections with a name and parameters",
@@ -129,13 +154,13 @@ class EvaluateSection(Section):
         default_factory=lambda: ComponentSpec(name="classifier")
     )
     steps: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 5, 10], min_length=1)
-    num_chains: Annotated[int, Field(ge=10)] = 1000
+    num_chains: Annotated[Int, Field(ge=10)] = 1000
     reference_split: Literal["train", "valid", "test"] = "test"
-    reference_size: Annotated[int, Field(ge=10)] = 1000
+    reference_size: Annotated[Int, Field(ge=10)] = 1000
     train_size: PositiveInt = Field(10000, description="training images searched for novelty")
     bootstrap: NonNegativeInt = Field(200, description="bootstrap resamples (0: no intervals)")
-    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
-    seed: NonNegativeInt = 0
+    confidence: Annotated[Float, Field(gt=0, lt=1)] = 0.95
+    seed: Seed = 0
     cache_dir: str | None = Field(
         None, description="where trained feature classifiers are cached; default: beside the run"
     )

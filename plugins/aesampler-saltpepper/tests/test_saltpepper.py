@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 
 import pytest
@@ -51,6 +52,8 @@ def test_registered_through_the_entry_point_with_its_distribution():
     registry = aesampler.load_registry()
     component = registry.get("corruption", "salt_pepper")
     assert component.distribution == "aesampler-saltpepper"
+    assert component.version == importlib.metadata.version("aesampler-saltpepper")
+    assert component.plugin == "saltpepper"
     assert component.factory is SaltPepperCorruption
     corruption = registry.create("corruption", "salt_pepper", p=0.5)
     assert isinstance(corruption, aesampler.Corruption) and corruption.p == 0.5

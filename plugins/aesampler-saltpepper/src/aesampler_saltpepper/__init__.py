@@ -42,7 +42,9 @@ class SaltPepperCorruption(aesampler.Corruption):
         if self.p == 0.0:
             return x
         # One uniform draw per pixel decides everything: u < p*salt -> salt, u < p -> pepper.
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        # Half-precision uniforms sit on a grid of about 1/256: draw those in float32.
+        precise = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=precise)
         salt = u < self.p * self.salt
         pepper = (u < self.p) & ~salt
         return torch.where(salt, torch.ones_like(x), torch.where(pepper, torch.zeros_like(x), x))
