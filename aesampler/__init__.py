@@ -23,8 +23,10 @@ from .errors import (
     AesamplerError,
     ChainInputError,
     ComponentError,
+    NonFiniteChainError,
     PluginError,
     PluginLoadWarning,
+    PluginSettingWarning,
     UnknownComponentError,
 )
 from .hookspecs import hookimpl
@@ -43,6 +45,16 @@ from .interpolate import lerp, slerp
 from .plugins import get_registry, load_registry
 from .registry import Component, Registry
 from .transitions import DecodeCorruptEncode
+
+
+def __getattr__(name: str):
+    # The evaluation stack (SciPy, scikit-learn) is imported only when it is used.
+    if name == "evaluate_samples":
+        from .evaluation import evaluate_samples
+
+        return evaluate_samples
+    raise AttributeError(f"module 'aesampler' has no attribute {name!r}")
+
 
 try:
     __version__ = version("aesampler")
@@ -67,8 +79,10 @@ __all__ = [
     "GaussianEncoder",
     "IdentityCorruption",
     "ModuleDecoder",
+    "NonFiniteChainError",
     "PluginError",
     "PluginLoadWarning",
+    "PluginSettingWarning",
     "Posterior",
     "Registry",
     "StepTensors",
@@ -77,6 +91,7 @@ __all__ = [
     "UnknownComponentError",
     "__version__",
     "default_record",
+    "evaluate_samples",
     "get_registry",
     "hookimpl",
     "lerp",

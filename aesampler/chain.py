@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import AesamplerError, ChainInputError
+from .errors import ChainInputError, NonFiniteChainError
 from .interfaces import Corruption, Decoder, Encoder, ModuleDecoder, Transition
 from .transitions import DecodeCorruptEncode
 
@@ -38,10 +38,6 @@ BatchNormMode = Literal["batch", "running"]
 BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
 _SHOWN_CHAINS = 5  # how many chain indices an error message lists
-
-
-class NonFiniteChainError(AesamplerError, FloatingPointError):
-    """A chain produced NaN or inf in its latents or samples."""
 
 
 def default_record(steps: int) -> tuple[int, ...]:

@@ -192,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_recipe_arguments(command)
         command.add_argument("--resume", action="store_true", help="continue the run in output.dir")
         command.add_argument(
-            "--overwrite", action="store_true", help="replace an existing run directory"
+            "--overwrite",
+            action="store_true",
+            help="replace aesampler's outputs in an existing run directory (never other files)",
         )
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(handler=handler)
@@ -211,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_recipe_arguments(command)
         command.add_argument("--checkpoint", metavar="PATH", help="a run directory or checkpoint")
         command.add_argument(
-            "--overwrite", action="store_true", help=f"replace earlier {name} outputs"
+            "--overwrite",
+            action="store_true",
+            help=f"replace this command's earlier outputs (only those: {name} keeps the rest)",
         )
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(handler=_cmd_run)

@@ -20,6 +20,10 @@ class ChainInputError(AesamplerError, ValueError):
     """A tensor or argument given to the chain runner is not what it expects."""
 
 
+class NonFiniteChainError(AesamplerError, FloatingPointError):
+    """A chain produced NaN or inf in its latents or samples."""
+
+
 class ComponentError(AesamplerError):
     """A registered component was asked for by a wrong name, or built with wrong parameters."""
 
@@ -34,6 +38,10 @@ class PluginError(AesamplerError):
 
 class PluginLoadWarning(UserWarning):
     """Emitted once per plugin that failed to load; the other plugins still load."""
+
+
+class PluginSettingWarning(UserWarning):
+    """A setting about plugins that names nothing installed (a typo in a plugin name)."""
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:

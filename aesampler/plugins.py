@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import ComponentError, PluginLoadWarning
+from .errors import ComponentError, PluginLoadWarning, PluginSettingWarning
 from .registry import DIRECT, DisabledPlugin, PluginFailure, Registry, normalize_distribution
 
 ENTRY_POINT_GROUP = "aesampler"
@@ -36,10 +36,6 @@ OWN_DISTRIBUTION = "aesampler"
 DISABLE_ENV = "AESAMPLER_DISABLE_PLUGINS"
 
 DISABLED_THIRD_PARTY = "third-party plugins switched off (aesampler --no-plugins, builtins_only)"
-
-
-class PluginSettingWarning(UserWarning):
-    """A setting about plugins that names nothing installed (a typo in a plugin name)."""
 
 
 def _distribution_name(entry_point: metadata.EntryPoint) -> str:

@@ -380,7 +380,7 @@ def test_non_finite_latents_name_the_first_bad_step_and_the_chains():
     chain = Chain.from_transition(_Drift({2: [1, 3], 4: [0]}), decoder)
     seen = []
     with pytest.raises(
-        aesampler.chain.NonFiniteChainError,
+        aesampler.NonFiniteChainError,
         match=r"non-finite values \(NaN or inf\) at step 3: 2 of 4 chains in chunk 0 "
         r"\(chains 1, 3\)",
     ):
@@ -394,7 +394,7 @@ def test_non_finite_in_a_later_chunk_gives_global_chain_indices():
     # Chunks of 3: calls 0-2 are chunk 0's steps, calls 3-5 chunk 1's; poison chunk 1, step 2.
     chain = Chain.from_transition(_Drift({4: [2]}), decoder)
     with pytest.raises(
-        aesampler.chain.NonFiniteChainError,
+        aesampler.NonFiniteChainError,
         match=r"at step 2: 1 of 3 chains in chunk 1 \(chains 5\)",
     ):
         chain.run(torch.zeros(6, 2), steps=3, chunk_size=3, batchnorm="running")
@@ -405,10 +405,10 @@ def test_non_finite_samples_are_caught_too():
     chain = Chain.from_transition(_Drift(), decoder)
     z0 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [-5.0, 0.0]])
     # x_t = inf once z_t[0] = z0[0] + t reaches 3: chains 1 and 2 at step 2, chain 0 at step 3.
-    with pytest.raises(aesampler.chain.NonFiniteChainError, match=r"at step 2: 2 of 4 chains"):
+    with pytest.raises(aesampler.NonFiniteChainError, match=r"at step 2: 2 of 4 chains"):
         chain.run(z0, steps=4, record="all")
     # Samples are checked where they are computed (no extra decoder pass): here only at step 4.
-    with pytest.raises(aesampler.chain.NonFiniteChainError, match=r"at step 4: 3 of 4 chains"):
+    with pytest.raises(aesampler.NonFiniteChainError, match=r"at step 4: 3 of 4 chains"):
         chain.run(z0, steps=4, record=[0, 4])
 
 
@@ -423,7 +423,7 @@ def test_one_bad_chain_poisons_its_batch_norm_chunk_and_the_error_says_so():
 
     encoder.net.insert(0, Poison())
     with pytest.raises(
-        aesampler.chain.NonFiniteChainError,
+        aesampler.NonFiniteChainError,
         match=r"at step 1: 6 of 6 chains in chunk 0 .*batchnorm='batch'",
     ):
         Chain(encoder, decoder).run(n=6, steps=3, seed=0)

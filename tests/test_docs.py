@@ -1,17 +1,28 @@
 """The docs keep up with the code: every hook and built-in is documented, examples run.
 
-Every code block of docs/plugins.md is a file, named by a marker comment just above it:
+Every code block of the pages below is a file, named by a marker comment just above it:
 ``<!-- example: PATH -->`` (the block is the whole file) or ``<!-- excerpt: PATH -->`` (the block
-is a run of whole lines of the file). The files under docs/examples are exercised below: the
-example plugin is pip-installed into a temporary folder, the Python files run, and ``.console``
-files (``$ command`` lines, each followed by lines its output must contain in that order, ``...``
-standing for anything) are replayed.
+is a run of whole lines of the file). A ``text`` block that shows no code (the chain's equations)
+is marked ``<!-- not code: WHAT -->`` instead. The files under docs/examples are exercised below:
+the example plugin is pip-installed into a temporary folder, the Python files run, YAML recipes
+are validated and used, ``.console`` files (``$ command`` lines, each followed by lines its output
+must contain in that order, ``...`` standing for anything) and ``.sh`` files (commands alone) are
+replayed, or checked against the parser and the recipes where they would train a full model or
+need data that is not here, and the listings (layouts, the run directory, ``metrics.json``, the
+command synopsis) are compared with what the code reads, writes or accepts.
+
+Commands and snippets that use ``recipes/quickstart.yaml`` or ``runs/quickstart`` run in a
+temporary folder whose ``recipes/quickstart.yaml`` is a tiny stand-in (``TINY_QUICKSTART``).
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import importlib
 import importlib.util
+import inspect
+import json
 import re
 import runpy
 import shlex
@@ -23,10 +34,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import aesampler
 from aesampler import hookspecs
-from aesampler.cli import main
+from aesampler.cli import build_parser, main
 from aesampler.plugins import DISABLE_ENV, load_registry, reset_registry, set_builtins_only
 
 from .conftest import tiny_chain_parts
@@ -34,13 +46,17 @@ from .conftest import tiny_chain_parts
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
-PLUGINS_MD = (DOCS / "plugins.md").read_text()
+#: The pages whose every code block is a file.
+PAGES = tuple(sorted(page.name for page in DOCS.glob("*.md")))  # every page of the docs
+TEXTS = {page: (DOCS / page).read_text() for page in PAGES}
+PLUGINS_MD = TEXTS["plugins.md"]
 
 MARKED_BLOCK = re.compile(
     r"^(?P<indent> *)<!-- (?P<how>example|excerpt): (?P<path>\S+) -->\n"
     r"(?P=indent)```(?P<lang>[\w-]*)\n(?P<body>.*?)^(?P=indent)```$",
     re.M | re.S,
 )
+NOT_CODE = re.compile(r"^( *)<!-- not code: [^>\n]+ -->\n\1```text\n", re.M)
 FENCE = re.compile(r"^( *)```[\w-]*\n.*?^\1```$", re.M | re.S)
 
 
@@ -48,13 +64,15 @@ def marked_blocks(text: str) -> list[tuple[str, str, str]]:
     """``(how, path, body)`` of every marked block, the body without the block's indentation."""
     blocks = []
     for match in MARKED_BLOCK.finditer(text):
-        indent = len(match["indent"])
-        body = "".join(line[indent:] for line in match["body"].splitlines(keepends=True))
+        indent, lines = len(match["indent"]), match["body"].splitlines(keepends=True)
+        # Up to the block's indentation from each line; an empty line may have none.
+        body = "".join(line[min(indent, len(line) - len(line.lstrip(" "))) :] for line in lines)
         blocks.append((match["how"], match["path"], body))
     return blocks
 
 
-BLOCKS = marked_blocks(PLUGINS_MD)
+#: ``(page, how, path, body)`` of every marked block of every page.
+BLOCKS = [(page, *block) for page in PAGES for block in marked_blocks(TEXTS[page])]
 
 
 @pytest.mark.parametrize("hook", sorted(hookspecs.KIND_HOOKS.values()))
@@ -74,24 +92,29 @@ def test_every_builtin_is_documented_under_its_hook():
             assert f"`{component.name}`" in section, component.name
 
 
-def test_every_code_block_is_a_marked_file():
-    fences = FENCE.findall(PLUGINS_MD)
-    assert len(fences) == len(BLOCKS), "a code block in docs/plugins.md has no example marker"
-    assert not re.search(r"\n\n {4}\S", FENCE.sub("", PLUGINS_MD)), (
-        "docs/plugins.md has an indented code block: make it a marked fenced block"
+@pytest.mark.parametrize("page", PAGES)
+def test_every_code_block_is_a_marked_file(page):
+    text = TEXTS[page]
+    fences = FENCE.findall(text)
+    marked = len(marked_blocks(text)) + len(NOT_CODE.findall(text))
+    assert len(fences) == marked, f"a code block in docs/{page} has no example marker"
+    assert not re.search(r"\n\n {4}\S", FENCE.sub("", text)), (
+        f"docs/{page} has an indented code block: make it a marked fenced block"
     )
 
 
-@pytest.mark.parametrize(("how", "path", "body"), BLOCKS, ids=[b[1] for b in BLOCKS])
-def test_docs_show_the_files_exactly(how, path, body):
+@pytest.mark.parametrize(
+    ("page", "how", "path", "body"), BLOCKS, ids=[f"{b[0]}:{b[2]}" for b in BLOCKS]
+)
+def test_docs_show_the_files_exactly(page, how, path, body):
     text = (ROOT / path).read_text()
     if how == "example":
-        assert body == text, f"docs/plugins.md does not show {path} as it is"
+        assert body == text, f"docs/{page} does not show {path} as it is"
     else:
         lines = text.splitlines(keepends=True)
         wanted = body.splitlines(keepends=True)
         assert any(lines[i : i + len(wanted)] == wanted for i in range(len(lines))), (
-            f"docs/plugins.md shows lines that are not in {path}"
+            f"docs/{page} shows lines that are not in {path}"
         )
 
 
@@ -106,6 +129,7 @@ def _example_files() -> set[str]:
 
 #: Every file under docs/examples and the test that makes it work.
 EXERCISED = {
+    # plugins.md
     "docs/examples/flip_plugin/pyproject.toml": "test_flip_plugin_installs_and_registers",
     "docs/examples/flip_plugin/aesampler_flip/__init__.py": "test_flip_plugin_installs_and_registers",
     "docs/examples/flip_install.console": "test_flip_plugin_installs_and_registers",
@@ -117,11 +141,37 @@ EXERCISED = {
     "docs/examples/norm_gap_metric.py": "test_example_metric",
     "docs/examples/provenance.py": "test_provenance_example",
     "docs/examples/script_plugin.py": "test_script_plugin_example",
+    # concepts.md
+    "docs/examples/chain_figure2.py": "test_figure_2_example",
+    # data.md
+    "docs/examples/data_celeba.yaml": "test_data_sections_are_read_where_aesampler_runs",
+    "docs/examples/data_image_folder.yaml": "test_data_sections_are_read_where_aesampler_runs",
+    "docs/examples/celeba_layout.txt": "test_both_celeba_layouts_are_read",
+    "docs/examples/svhn_layout.txt": "test_svhn_layout_is_read",
+    # evaluation.md
+    "docs/examples/evaluate_commands.sh": "test_evaluation_commands",
+    "docs/examples/metrics.json": "test_evaluation_commands",
+    "docs/examples/evaluate_samples.py": "test_evaluate_samples_example",
+    "docs/examples/evaluate_samples_signature.txt": "test_evaluate_samples_signature_is_the_real_one",
+    "docs/examples/mean_norm_metric.py": "test_mean_norm_metric_example",
+    # recipes.md
+    "docs/examples/cli_synopsis.txt": "test_cli_synopsis_matches_the_parser",
+    "docs/examples/recipe_from_python.py": "test_recipe_from_python_example",
+    "docs/examples/recipes/broken.yaml": "test_validation_session",
+    "docs/examples/validate_broken.console": "test_validation_session",
+    # training.md
+    "docs/examples/train_commands.sh": "test_train_commands_are_valid",
+    "docs/examples/run_directory.txt": "test_run_directory_is_as_shown",
+    "docs/examples/load_model.py": "test_load_model_example",
+    "docs/examples/resume.sh": "test_resume_example",
+    # results.md
+    "docs/examples/compare_commands.sh": "test_results_commands_are_valid",
+    "docs/examples/running_bn_commands.sh": "test_results_commands_are_valid",
 }
 
 
 def test_every_example_file_is_shown_and_exercised():
-    shown = {path for how, path, _ in BLOCKS if how == "example" and path.startswith("docs/")}
+    shown = {path for _, _, path, _ in BLOCKS if path.startswith("docs/")}
     assert _example_files() == shown == set(EXERCISED)
     for test in set(EXERCISED.values()):
         assert callable(globals().get(test)), test
@@ -186,17 +236,35 @@ def _line_pattern(expected: str) -> re.Pattern:
     return re.compile(".*".join(map(re.escape, pieces)) + r"\Z")
 
 
-def replay(console: Path, cwd: Path, target: Path, monkeypatch, capsys) -> None:
-    """Run each ``$`` line of a console file and check the output lines shown under it."""
+def script(path: Path) -> list[tuple[str, list[str]]]:
+    """The commands of a ``.console`` file (``$ `` lines), each with the output lines shown under
+    it, or of a ``.sh`` file (every line a command, shown without output)."""
     sessions: list[tuple[str, list[str]]] = []
-    for line in console.read_text().splitlines():
-        if line.startswith("$ "):
+    for line in path.read_text().splitlines():
+        if path.suffix == ".sh":
+            if line.strip():
+                sessions.append((line, []))
+        elif line.startswith("$ "):
             sessions.append((line[2:], []))
         else:
             sessions[-1][1].append(line)
+    return sessions
+
+
+def replay(
+    console: Path,
+    cwd: Path,
+    target: Path | None,
+    monkeypatch,
+    capsys,
+    sessions: list[tuple[str, list[str]]] | None = None,
+) -> None:
+    """Run each command of a console or shell file (or the ``sessions`` given) in ``cwd`` and
+    check the output lines shown under it. ``aesampler`` commands must exit with status 0, unless
+    the output shown is an error."""
     monkeypatch.chdir(cwd)
-    for command, expected in sessions:
-        words = shlex.split(command)
+    for command, expected in script(console) if sessions is None else sessions:
+        words = shlex.split(command, comments=True)
         with monkeypatch.context() as env:
             while "=" in words[0]:
                 key, value = words.pop(0).split("=", 1)
@@ -205,7 +273,12 @@ def replay(console: Path, cwd: Path, target: Path, monkeypatch, capsys) -> None:
                 [source] = [w for w in words[2:] if w != "-e"]  # -e: same package, linked
                 pip_install(cwd / source, target)
             elif words[0] == "aesampler":
-                main(words[1:])
+                status = main(words[1:])
+                failing = any(line.lstrip().startswith("aesampler: error:") for line in expected)
+                assert (status != 0) == failing, (
+                    f"{console.name}: {command!r} exited with status {status}:\n"
+                    + capsys.readouterr().err
+                )
             elif words[0] == "python":
                 runpy.run_path(words[1], run_name="__main__")
             else:
@@ -380,3 +453,372 @@ def test_every_recipe_key_is_documented():
     keys.append("model.checkpoint")
     missing = sorted({k for k in keys if f"`{k}`" not in text})
     assert missing == []
+
+
+# --- the quickstart stand-in ---------------------------------------------------------------------
+
+#: Stands in for recipes/quickstart.yaml where the docs' commands and snippets run: a DAAE as there,
+#: with the same sampling and evaluation steps and the same feature space, but tiny: 8 x 8 digits
+#: (5 steps an epoch), few chains and resamples, a feature classifier trained for one epoch.
+TINY_QUICKSTART = """\
+model: {name: aae, latent_dim: 4, width: 4, adversary_hidden: 16}
+data: {name: digits, image_size: 8}
+corruption: {name: gaussian, sigma: 0.5}
+train: {epochs: 1, batch_size: 256, grid_size: 4}
+sampling: {num_chains: 12, steps: 10, grid_size: 9}
+interpolation: {pairs: 2, points: 4}
+evaluate:
+  num_chains: 20
+  reference_size: 20
+  train_size: 100
+  bootstrap: 2
+  feature_extractor: {name: classifier, epochs: 1}
+output: {dir: runs/quickstart}
+"""
+
+
+@pytest.fixture(scope="module")
+def quickstart_template(tmp_path_factory):
+    """A folder with the stand-in recipes/quickstart.yaml, trained into runs/quickstart."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    (folder / "recipes").mkdir()
+    (folder / "recipes" / "quickstart.yaml").write_text(TINY_QUICKSTART)
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(folder)
+        assert main(["train", "recipes/quickstart.yaml", "--quiet"]) == 0
+    return folder
+
+
+@pytest.fixture
+def quickstart(quickstart_template, tmp_path, monkeypatch):
+    """A fresh working directory holding the stand-in recipe; returns a function that copies
+    the trained run into it as runs/quickstart."""
+    shutil.copytree(quickstart_template / "recipes", tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+
+    def add_run() -> None:
+        trained = quickstart_template / "runs" / "quickstart"
+        shutil.copytree(trained, tmp_path / "runs" / "quickstart")
+
+    return add_run
+
+
+# --- concepts.md ---------------------------------------------------------------------------------
+
+
+def test_figure_2_example(quickstart):
+    quickstart()
+    done = runpy.run_path(str(EXAMPLES / "chain_figure2.py"), run_name="__main__")
+    z_a, z_b, path = done["z_a"], done["z_b"], done["path"]
+    assert path.shape == (4, 8, 4)  # (B, 8, D) as the comment says
+    assert torch.equal(path[:, 0], z_a) and torch.equal(path[:, -1], z_b)
+    assert done["before"].shape == done["after"].shape == (32, 1, 8, 8)
+    assert not torch.equal(done["before"], done["after"])
+
+
+# --- data.md -------------------------------------------------------------------------------------
+
+
+def _write_images(folder: Path, names: list[str], size: tuple[int, int] = (178, 218)) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+
+
+#: One CelebA file in each official split: train, valid, test.
+CELEBA_FILES = ["000001.jpg", "162771.jpg", "182638.jpg"]
+
+
+def test_data_sections_are_read_where_aesampler_runs(tmp_path, monkeypatch):
+    from aesampler.errors import AesamplerError
+    from aesampler.recipe import build_dataset, load_recipe
+
+    monkeypatch.chdir(tmp_path)  # the recipes' relative roots are relative to this folder
+    _write_images(tmp_path / "data" / "celeba" / "img_align_celeba", CELEBA_FILES)
+    recipe = load_recipe(EXAMPLES / "data_celeba.yaml")
+    for split, name in zip(("train", "valid", "test"), CELEBA_FILES):
+        dataset = build_dataset(recipe, split)
+        assert [p.name for p in dataset.paths] == [name]
+        image, label = dataset[0]
+        assert image.shape == (3, 64, 64) and label == -1
+
+    images = tmp_path / "data" / "my-images"
+    for split in ("train", "valid", "test"):
+        _write_images(images / split, ["a.png", "b.png"], size=(20, 20))
+    (images / "train" / "broken.png").write_bytes(b"not an image")
+    recipe = load_recipe(EXAMPLES / "data_image_folder.yaml")
+    train = build_dataset(recipe, "train")
+    assert sorted(p.name for p in train.paths) == ["a.png", "b.png"]
+    assert [problem.path.name for problem in train.skipped] == ["broken.png"]
+    strict = load_recipe(EXAMPLES / "data_image_folder.yaml", ["data.on_error=error"])
+    with pytest.raises(AesamplerError, match="broken.png"):
+        build_dataset(strict, "train")
+
+
+def _layouts(listing: Path) -> list[list[str]]:
+    """The paths of each layout of a listing: a line with a description starts a layout."""
+    layouts: list[list[str]] = []
+    for line in listing.read_text().splitlines():
+        path, *rest = line.replace("…", "").split(maxsplit=1)
+        if rest or not layouts:
+            layouts.append([])
+        layouts[-1].append(path)
+    return layouts
+
+
+def test_both_celeba_layouts_are_read(tmp_path):
+    from aesampler.data.sources import celeba
+
+    layouts = _layouts(EXAMPLES / "celeba_layout.txt")
+    assert len(layouts) == 2  # a bare folder, and torchvision's layout with the partition file
+    # The partition file deals the files out differently from the official numbers, so the
+    # test sees which rule was followed.
+    partition = {"000001.jpg": "test", "162771.jpg": "train", "182638.jpg": "valid"}
+    for number, layout in enumerate(layouts):
+        root = tmp_path / f"layout{number}"
+        for path in layout:
+            assert path.startswith("root/"), path
+            where = root / path.removeprefix("root/")
+            if where.suffix == ".jpg":  # a folder of images, shown by its first one
+                _write_images(where.parent, CELEBA_FILES)
+            else:
+                assert where.name == "list_eval_partition.txt", path
+                code = {"train": 0, "valid": 1, "test": 2}
+                where.write_text("".join(f"{f} {code[s]}\n" for f, s in partition.items()))
+        uses_partition = any(p.endswith("list_eval_partition.txt") for p in layout)
+        for split, official in zip(("train", "valid", "test"), CELEBA_FILES):
+            dataset = celeba(split, image_size=8, root=str(root))
+            expected = (
+                [f for f, s in partition.items() if s == split] if uses_partition else [official]
+            )
+            assert [p.name for p in dataset.paths] == expected, (layout, split)
+
+
+def test_svhn_layout_is_read(tmp_path):
+    from scipy.io import savemat
+
+    from aesampler.data.sources import svhn
+
+    sizes = {"train_32x32.mat": 200, "test_32x32.mat": 30}
+    paths = [line.strip() for line in (EXAMPLES / "svhn_layout.txt").read_text().splitlines()]
+    assert [p.removeprefix("root/") for p in paths] == list(sizes)
+    rng = np.random.default_rng(0)
+    for path, count in zip(paths, sizes.values()):
+        images = rng.integers(0, 256, (32, 32, 3, count), dtype=np.uint8)  # SVHN's axis order
+        labels = (np.arange(count) % 10 + 1).reshape(-1, 1)  # 1..10, where 10 is the digit 0
+        savemat(tmp_path / path.removeprefix("root/"), {"X": images, "y": labels})
+    train, valid, test = (svhn(s, root=str(tmp_path)) for s in ("train", "valid", "test"))
+    assert (len(train), len(valid), len(test)) == (190, 10, 30)  # valid: a stratified 5%
+    assert sorted(valid[i][1] for i in range(10)) == list(range(10))
+    assert train[0][0].shape == (3, 32, 32)
+
+
+# --- evaluation.md -------------------------------------------------------------------------------
+
+
+def _same_shape(documented, written, where: str) -> None:
+    """``written`` has the structure ``documented`` shows; ``"..."`` stands for anything more."""
+    if isinstance(documented, dict):
+        assert isinstance(written, dict), where
+        shown = set(documented) - {"..."}
+        assert shown <= set(written), f"{where}: {sorted(shown - set(written))} not written"
+        if "..." not in documented:
+            assert shown == set(written), f"{where}: {sorted(set(written) - shown)} not shown"
+        for key in shown:
+            _same_shape(documented[key], written[key], f"{where}.{key}")
+    elif documented != "...":
+        kind = lambda v: "number" if type(v) in (int, float) else type(v).__name__  # noqa: E731
+        assert kind(documented) == kind(written), f"{where}: {written!r}"
+
+
+def test_evaluation_commands(quickstart, monkeypatch, capsys):
+    run, evaluate, compare = script(EXAMPLES / "evaluate_commands.sh")
+    replay(
+        EXAMPLES / "evaluate_commands.sh", Path.cwd(), None, monkeypatch, capsys, [run, evaluate]
+    )
+    for other in ("runs/a", "runs/b"):  # two runs to compare
+        shutil.copytree("runs/quickstart", other)
+    replay(EXAMPLES / "evaluate_commands.sh", Path.cwd(), None, monkeypatch, capsys, [compare])
+    written = json.loads(Path("runs/quickstart/metrics.json").read_text())
+    documented = json.loads((EXAMPLES / "metrics.json").read_text())
+    _same_shape(documented, written, "metrics.json")
+    assert written["steps"] == documented["steps"]
+    assert Path("runs/ab/compare.md").is_file()
+
+
+def test_evaluate_samples_example(capsys):
+    runpy.run_path(str(EXAMPLES / "evaluate_samples.py"), run_name="__main__")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["step", "frechet", "precision", "recall"]
+    source = (EXAMPLES / "evaluate_samples.py").read_text()
+    shown = source.rsplit("# ", 1)[1].strip().removesuffix(", ...}")
+    assert printed[-1].startswith(shown)
+    skipped = ast.literal_eval(printed[-1])
+    assert set(skipped) == {"mmd_learned", "mmd_prior", "step_size", "novelty"}
+
+
+def test_evaluate_samples_signature_is_the_real_one():
+    text = (EXAMPLES / "evaluate_samples_signature.txt").read_text()
+    namespace: dict = {}
+    exec(compile(f"def {text.rstrip()}:\n    pass\n", "signature", "exec"), namespace)
+    shown = inspect.signature(namespace["evaluate_samples"])
+    real = inspect.signature(aesampler.evaluate_samples)
+    describe = lambda s: [(p.name, p.kind, p.default) for p in s.parameters.values()]  # noqa: E731
+    assert describe(shown) == describe(real)
+    assert shown.return_annotation == real.return_annotation == "dict"  # both postponed
+
+
+def test_mean_norm_metric_example():
+    from aesampler.recipe.loader import validate
+
+    plugin = _example_module("mean_norm_metric")  # the module is the plugin: it holds the hook
+    registry = load_registry(extra_plugins=[("mean-norm", plugin)])
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(20, 3, generator=generator)
+    report = aesampler.evaluate_samples(
+        torch.rand(20, 1, 4, 4, generator=generator),
+        torch.rand(20, 1, 4, 4, generator=generator),
+        metrics=["mean_norm"],
+        latents=latents,
+        registry=registry,
+        bootstrap=0,
+        log=lambda line: None,
+    )
+    expected = latents.double().norm(dim=1).mean().item()
+    assert report["metrics"]["mean_norm"]["0"]["value"] == pytest.approx(expected)
+    assert report["lower_is_better"] == {"mean_norm": None}
+    recipe = {
+        "model": {"name": "aae"},
+        "data": {"name": "digits"},
+        "evaluate": {"metrics": ["mmd_learned", "frechet", "mean_norm"]},  # as the page says
+        "output": {"dir": "unused"},
+    }
+    assert validate(recipe, registry=registry).evaluate.metrics[2].name == "mean_norm"
+
+
+# --- recipes.md ----------------------------------------------------------------------------------
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_cli_synopsis_matches_the_parser():
+    """Each line names a real command and options it has, and parses once filled in."""
+    commands = _subcommands()
+    shown = []
+    for line in (EXAMPLES / "cli_synopsis.txt").read_text().splitlines():
+        words = line.split()
+        assert words[0] == "aesampler"
+        shown.append(words[1])
+        options = {o for action in commands[words[1]]._actions for o in action.option_strings}
+        assert set(re.findall(r"--[\w-]+", line)) <= options, line
+        filled = line.replace("[key.path=value ...]", "train.epochs=2")
+        filled = filled.replace("RUN_DIR ...", "runs/a runs/b")
+        for placeholder, value in [("RECIPE", "r.yaml"), ("RUN_DIR", "runs/a"), ("DIR", "out")]:
+            filled = re.sub(rf"\b{placeholder}\b", value, filled)
+        filled = filled.replace("PATH", "runs/a")
+        choices = re.search(r"\[(--[\w-]+) \| (--[\w-]+)\]", filled)
+        for choice in choices.groups() if choices else [""]:
+            one = filled.replace(choices[0], choice) if choices else filled
+            args = build_parser().parse_args(one.replace("[", "").replace("]", "").split()[1:])
+            assert args.command == words[1], one
+    assert sorted(shown) == sorted(set(commands) - {"plugins"})  # plugins: see plugins.md
+
+
+def test_recipe_from_python_example(quickstart, capsys):
+    done = runpy.run_path(str(EXAMPLES / "recipe_from_python.py"), run_name="__main__")
+    assert done["recipe"].train.epochs == 5
+    assert Path("runs/q5/report.html").is_file() and Path("runs/q5/metrics.json").is_file()
+    assert done["parts"].checkpoint.name == "step-00000025"  # 5 epochs of 5 steps
+    assert done["result"].x[10].shape == (16, 1, 8, 8)
+
+
+def test_validation_session(monkeypatch, capsys):
+    replay(EXAMPLES / "validate_broken.console", EXAMPLES, None, monkeypatch, capsys)
+
+
+# --- training.md ---------------------------------------------------------------------------------
+
+
+def test_train_commands_are_valid(monkeypatch, capsys):
+    """They train full models (one needs CelebA): their arguments and recipes are checked."""
+    monkeypatch.chdir(ROOT)
+    for command, _ in script(EXAMPLES / "train_commands.sh"):
+        words = shlex.split(command, comments=True)
+        assert build_parser().parse_args(words[1:]).command == "train"
+        assert main(["validate", *words[2:]]) == 0, capsys.readouterr().err
+
+
+def test_results_commands_are_valid(monkeypatch, capsys):
+    """They train four models for minutes each: their arguments and recipes are checked."""
+    monkeypatch.chdir(ROOT)
+    commands = [
+        shlex.split(command, comments=True)
+        for file in ("compare_commands.sh", "running_bn_commands.sh")
+        for command, _ in script(EXAMPLES / file)
+    ]
+    for words in commands:
+        args, overrides = build_parser().parse_known_args(words[1:])
+        assert all("=" in o for o in overrides), overrides  # main() takes these as overrides
+        args.overrides = [*getattr(args, "overrides", []), *overrides]
+        if args.command in ("run", "evaluate"):
+            out = [f"output.dir={args.out}"] if args.out else []
+            assert main(["validate", args.recipe, *args.overrides, *out]) == 0, (
+                capsys.readouterr().err
+            )
+    made = {Path(w[2]).stem for w in commands if w[0:2] == ["aesampler", "run"]}
+    compared = {Path(d).name for w in commands if w[1] == "compare" for d in w[2:-2]}
+    assert made == compared  # the comparison reads the runs the commands make
+
+
+def test_run_directory_is_as_shown(quickstart, monkeypatch, capsys):
+    sessions = script(EXAMPLES / "train_commands.sh")
+    assert sessions[0][0] == "aesampler train recipes/quickstart.yaml"
+    replay(EXAMPLES / "train_commands.sh", Path.cwd(), None, monkeypatch, capsys, sessions[:1])
+    top, *entries = (EXAMPLES / "run_directory.txt").read_text().splitlines()
+    patterns = []
+    for entry in entries:
+        path, description = entry.split(maxsplit=1)
+        names = description.split(", ") if path.endswith("/") else [""]
+        for name in names:
+            pattern = re.sub(r"\d{8}", r"\\d{8}", re.escape(path + name))  # any step number
+            patterns.append(re.compile(pattern + r"\Z"))
+    run_dir = Path(top)
+    written = sorted(
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and not p.name.startswith(".")  # the lock file is no output
+    )
+    for pattern in patterns:
+        assert sum(bool(pattern.match(f)) for f in written) == 1, (pattern.pattern, written)
+    assert all(any(pattern.match(f) for pattern in patterns) for f in written), written
+
+
+def test_load_model_example(quickstart):
+    quickstart()
+    done = runpy.run_path(str(EXAMPLES / "load_model.py"), run_name="__main__")
+    assert done["info"]["model"]["kind"] == "aae"
+    assert done["chain"].run(n=4, steps=2, seed=0).x[2].shape == (4, 1, 8, 8)
+
+
+def test_resume_example(quickstart, monkeypatch, capsys):
+    """Two runs, the second resumed, give the weights of one two-epoch run, bit for bit."""
+    from safetensors.torch import load_file
+
+    from aesampler.checkpoint import find_checkpoint
+
+    replay(EXAMPLES / "resume.sh", Path.cwd(), None, monkeypatch, capsys)
+    assert (
+        main(["train", "recipes/quickstart.yaml", "train.epochs=2", "--out", "runs/one", "--quiet"])
+        == 0
+    )
+    resumed, straight = (find_checkpoint(f"runs/{r}") for r in ("quickstart", "one"))
+    assert resumed.name == straight.name == "step-00000010"
+    resumed, straight = (load_file(c / "model.safetensors") for c in (resumed, straight))
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)

@@ -656,39 +656,3 @@ def test_feature_extractors_on_unusual_images():
     inception.net = torch.nn.Identity()  # never reached: the channels are checked first
     with pytest.raises(FeatureError, match="1- or 3-channel images, got 2"):
         inception(torch.rand(1, 2, 8, 8))
-
-
-def test_the_examples_in_docs_evaluation_md_run():
-    from pathlib import Path
-
-    from aesampler.evaluation import evaluate_samples
-
-    text = (Path(__file__).resolve().parent.parent / "docs" / "evaluation.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("import")]
-    assert len(blocks) == 2, "docs/evaluation.md lost an example"
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "docs/evaluation.md", "exec"), namespace)
-    assert set(namespace["report"]["skipped"]) == {
-        "mmd_learned",
-        "mmd_prior",
-        "step_size",
-        "novelty",
-    }
-
-    class Module:  # stands in for the plugin module an entry point would load
-        register_metrics = staticmethod(namespace["register_metrics"])
-
-    registry = load_registry(extra_plugins=[("mean_norm_plugin", Module())])
-    latents = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
-    report = evaluate_samples(
-        _images(20, 1),
-        _images(20, 2),
-        metrics=["mean_norm"],
-        latents=latents,
-        registry=registry,
-        bootstrap=0,
-    )
-    expected = latents.double().norm(dim=1).mean().item()
-    assert report["metrics"]["mean_norm"]["0"]["value"] == pytest.approx(expected)
-    assert report["lower_is_better"] == {"mean_norm": None}

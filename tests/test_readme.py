@@ -1,17 +1,50 @@
-"""The README's promises: its Python example runs, and CI runs exactly its test command."""
+"""The README's promises: its code blocks run or are checked, and CI runs exactly its test command."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
+#: The README's code blocks, each found by what stands before it.
+PYTHON_EXAMPLE = re.compile(r"<!-- readme-example.*?-->\n```python\n(.*?)```", re.S)
+SAMPLING_SNIPPET = re.compile(r"Sample the trained model from Python.*?```python\n(.*?)```", re.S)
+TEST_COMMAND = re.compile(r"<!-- test-command.*?-->\n {4}(.*)\n")
+INSTALL_COMMAND = re.compile(r"^ {4}(pip install -e \. && (aesampler .*))$", re.M)
+CHAIN_FORMULA = re.compile(r"^ {4}z0 ~ P\(Z\);.*$", re.M)  # the paper's chain: not code
+
+
+def test_every_readme_code_block_is_run_or_checked():
+    """A code block the tests below do not know would be neither run nor checked."""
+    fence = re.compile(r"^```\w*\n(.*?)^```$", re.M | re.S)
+    assert sorted(fence.findall(README)) == sorted(
+        [PYTHON_EXAMPLE.search(README)[1], SAMPLING_SNIPPET.search(README)[1]]
+    )
+    # An indented block follows a blank line, or a comment such as the test-command marker.
+    indented = re.findall(r"(?:\n\n|-->\n)((?: {4}.*\n)+)", fence.sub("", README))
+    known = [CHAIN_FORMULA.search(README)[0], INSTALL_COMMAND.search(README)[1]]
+    known.append(TEST_COMMAND.search(README)[1])
+    assert sorted(block.strip() for block in indented) == sorted(k.strip() for k in known)
+
+
+def test_readme_install_command_is_valid(monkeypatch, capsys):
+    """`pip install -e .` is what CI does too (with the test extras); the aesampler command is
+    parsed and its recipe validated here (running it takes minutes: test_readme_sampling_snippet
+    runs the same recipe, shrunk)."""
+    from aesampler.cli import build_parser, main
+
+    words = shlex.split(INSTALL_COMMAND.search(README)[2])
+    assert build_parser().parse_args(words[1:]).command == "run"
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", *words[2:]]) == 0, capsys.readouterr().err
+
 
 def test_readme_python_example_runs(capsys):
-    match = re.search(r"<!-- readme-example.*?-->\n```python\n(.*?)```", README, re.S)
+    match = PYTHON_EXAMPLE.search(README)
     assert match, "README lost its marked Python example"
     exec(compile(match.group(1), "README.md", "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out.splitlines()
@@ -38,7 +71,7 @@ def test_readme_sampling_snippet_runs_on_a_trained_run(tmp_path):
     from aesampler.recipe import load_recipe
     from aesampler.training import train
 
-    match = re.search(r"Sample the trained model from Python.*?```python\n(.*?)```", README, re.S)
+    match = SAMPLING_SNIPPET.search(README)
     assert match, "README lost its sampling snippet"
     run = tmp_path / "quickstart"
     tiny = ["model.width=4", "model.latent_dim=8", "train.max_steps=2", "train.grid_size=4"]

@@ -1,0 +1,2 @@
+aesampler train recipes/quickstart.yaml train.epochs=1
+aesampler train recipes/quickstart.yaml train.epochs=2 --resume
