@@ -10,6 +10,14 @@ every BatchNorm layer normalises with the statistics of the current chunk of cha
 ``"running"`` it uses the population statistics learned in training. In both modes the modules'
 parameters, buffers and train/eval flags are exactly what they were before the run.
 
+Randomness (see :func:`start_generator` and :func:`block_generator`): a run has one integer base
+seed. The starting latents of all chains are drawn at once, before any chunking, from a CPU
+generator derived from (seed, "start"). The noise of the transitions is drawn group by group,
+each group with its own generator on the modules' device derived from (seed, group index): with
+``batchnorm="running"`` a group is a fixed block of ``block_size`` consecutive chains, so every
+chain's trajectory is independent of ``chunk_size``; with ``batchnorm="batch"`` a group is a
+chunk, the batch whose statistics BatchNorm uses.
+
 Non-finite numbers stop the run: a z0 with NaN or inf is refused before anything runs, and NaN or
 inf appearing in z_t or x_t raises :class:`NonFiniteChainError` naming the first such step. The
 check costs no host-device synchronisation per step: per-chain flags accumulate on the device and
@@ -22,10 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -37,7 +46,77 @@ from .transitions import DecodeCorruptEncode
 BatchNormMode = Literal["batch", "running"]
 BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
+#: Chains per noise block with ``batchnorm="running"`` (see :func:`block_generator`).
+DEFAULT_BLOCK_SIZE = 256
 _SHOWN_CHAINS = 5  # how many chain indices an error message lists
+_MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator accepts
+_SEED_DRAW_HIGH = 2**63 - 1  # a seed drawn from a generator is in [0, 2**63 - 1)
+# The spawn keys of numpy.random.SeedSequence(seed, spawn_key=...) that separate the streams.
+_START_KEY = (0,)
+_NOISE_KEY = 1
+
+
+if TYPE_CHECKING:
+    from .samplers import Sampler
+
+
+class StartSampler(Protocol):
+    """What ``Chain.run(start=...)`` needs: :class:`aesampler.samplers.Sampler` is one."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` latents (n, *latent_shape) on the CPU, all randomness from ``generator``."""
+        ...
+
+
+def _derived_seed(seed: int, key: tuple[int, ...]) -> int:
+    """A 64-bit seed for the stream ``key`` of the run seeded with ``seed``.
+
+    ``numpy.random.SeedSequence`` keeps its algorithm stable across numpy versions, hashes the
+    seed (padded to 128 bits) and the spawn key separately, so distinct (seed, key) pairs give
+    unrelated seeds, and the result depends on nothing else.
+    """
+    state = np.random.SeedSequence(seed, spawn_key=key).generate_state(1, dtype=np.uint64)
+    return int(state[0])
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+        raise ChainInputError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
+    return seed
+
+
+def start_generator(seed: int) -> torch.Generator:
+    """The CPU generator from which a run with ``seed`` draws the starting latents of all chains.
+
+    Seeded with ``SeedSequence(seed, spawn_key=(0,)).generate_state(1, uint64)[0]``. Without a
+    ``start`` sampler, z0 is ``torch.randn(n, *latent_shape, generator=start_generator(seed))``
+    (float32), then converted to the modules' dtype and moved to their device chunk by chunk.
+    """
+    return torch.Generator().manual_seed(_derived_seed(_check_seed(seed), _START_KEY))
+
+
+def block_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator on ``device`` of noise group ``index`` in a run with ``seed``.
+
+    Seeded with ``SeedSequence(seed, spawn_key=(1, index)).generate_state(1, uint64)[0]``: it
+    depends on (seed, index) alone. With ``batchnorm="running"`` group ``index`` is the block of
+    chains ``[index * block_size, (index + 1) * block_size)``; with ``batchnorm="batch"`` it is
+    chunk ``index``. The group's transition at every step draws all its noise from it.
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
+    key = (_NOISE_KEY, index)
+    return torch.Generator(device=device).manual_seed(_derived_seed(_check_seed(seed), key))
+
+
+def seed_from_generator(generator: torch.Generator | None = None) -> int:
+    """The base seed of a run given ``generator=``: one draw from it, which advances it.
+
+    ``torch.randint(2**63 - 1, (), generator=generator, device=generator.device)``; with None,
+    from PyTorch's default CPU generator (so ``torch.manual_seed`` makes unseeded runs repeat).
+    """
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(_SEED_DRAW_HIGH, (), generator=generator, device=device))
 
 
 def default_record(steps: int) -> tuple[int, ...]:
@@ -45,7 +124,6 @@ def default_record(steps: int) -> tuple[int, ...]:
     return tuple(sorted({s for s in PAPER_STEPS if s <= steps} | {steps}))
 
 
-@dataclass(frozen=True)
 class ChainStep:
     """What the per-step callback receives.
 
@@ -55,13 +133,44 @@ class ChainStep:
         step: t, the chain step; 0 is the prior draw.
         z: z_t for the chunk, on the modules' device (do not modify it).
         x: d(z_t) for the chunk if it was computed at this step, else None.
+
+    With ``batchnorm="running"`` a chunk may hold several noise blocks, each run by its own call
+    of the transition; ``z`` and ``x`` then join the blocks on first access only, so a callback
+    that does not look at them (a progress bar) costs no copy.
     """
 
-    chunk: int
-    start: int
-    step: int
-    z: Tensor
-    x: Tensor | None
+    __slots__ = ("_x", "_z", "chunk", "start", "step")
+
+    def __init__(
+        self,
+        chunk: int,
+        start: int,
+        step: int,
+        z: Tensor | Sequence[Tensor],
+        x: Tensor | Sequence[Tensor] | None,
+    ):
+        self.chunk, self.start, self.step = chunk, start, step
+        self._z, self._x = z, x
+
+    @property
+    def z(self) -> Tensor:
+        if not isinstance(self._z, Tensor):
+            self._z = _joined(self._z)
+        return self._z
+
+    @property
+    def x(self) -> Tensor | None:
+        if self._x is not None and not isinstance(self._x, Tensor):
+            self._x = _joined(self._x)
+        return self._x
+
+    def __repr__(self) -> str:
+        shape = tuple(self.z.shape)
+        return f"ChainStep(chunk={self.chunk}, start={self.start}, step={self.step}, z={shape})"
+
+
+def _joined(parts: Sequence[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
 class StepTensors(Mapping[int, Tensor]):
@@ -189,6 +298,47 @@ def _chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+#: A group of chains run by one call of the transition: (noise generator index, start, stop).
+_Group = tuple[int, int, int]
+
+
+def _plan(
+    n: int, chunk_size: int | None, batchnorm: BatchNormMode, block_size: int
+) -> list[list[_Group]]:
+    """The chunks of a run, each a list of the groups its transition calls run.
+
+    Batch BN: balanced chunks of at most ``chunk_size`` chains, one group each (index: the
+    chunk's). Running BN: blocks of ``block_size`` chains (the last may be smaller), and chunks of
+    ``max(1, chunk_size // block_size)`` whole blocks, so a chain's block never depends on
+    ``chunk_size``.
+    """
+    if batchnorm == "batch":
+        bounds = _chunk_bounds(n, n if chunk_size is None else chunk_size)
+        return [[(i, start, stop)] for i, (start, stop) in enumerate(bounds)]
+    blocks = [(i, a, min(a + block_size, n)) for i, a in enumerate(range(0, n, block_size))]
+    per = len(blocks) if chunk_size is None else max(1, chunk_size // block_size)
+    return [blocks[i : i + per] for i in range(0, len(blocks), per)]
+
+
+def chunk_bounds(
+    n: int,
+    chunk_size: int | None = None,
+    *,
+    batchnorm: BatchNormMode = "batch",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> list[tuple[int, int]]:
+    """The (start, stop) chain ranges of the chunks ``Chain.run`` uses with these arguments.
+
+    ``len(chunk_bounds(...)) * (steps + 1)`` is how many times the run calls its callback.
+    """
+    n = _check_int("n", n, 1)
+    chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+    block_size = _check_int("block_size", block_size, 1)
+    if batchnorm not in BATCHNORM_MODES:
+        raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+    return [(g[0][1], g[-1][2]) for g in _plan(n, chunk_size, batchnorm, block_size)]
+
+
 class Chain:
     """Markov-chain sampling from a generative autoencoder (Creswell et al., §3).
 
@@ -252,9 +402,11 @@ class Chain:
         z0: Tensor | None = None,
         *,
         n: int | None = None,
+        start: Sampler | StartSampler | None = None,
         steps: int = 10,
         record: Iterable[int] | Literal["all"] | None = None,
         chunk_size: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         batchnorm: BatchNormMode = "batch",
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -265,20 +417,34 @@ class Chain:
 
         Args:
             z0: starting latents, shape (N, *latent_shape), on the modules' device and in their
-                dtype. If None, ``n`` chains start from prior draws z0 ~ N(0, I) (this needs the
-                decoder's ``latent_shape``).
+                dtype. If None, ``n`` chains start from draws of ``start``.
             n: the number of chains when z0 is None.
+            start: where chains start when z0 is None: any object with ``sample(n, generator)``
+                returning (n, *latent_shape) on the CPU, such as an
+                :class:`aesampler.samplers.Sampler` (fitted). Default: the prior N(0, I), which
+                needs the decoder's ``latent_shape``. All n starting latents are drawn at once
+                from :func:`start_generator` (seed), then moved to the modules' device and dtype,
+                so z0 never depends on ``chunk_size``. Mutually exclusive with ``z0``.
             steps: the number of transitions to run.
             record: steps to record, each in [0, steps], or ``"all"``. Default: 0, 1, 5, 10 (those
                 not above ``steps``) and ``steps``.
-            chunk_size: run the chains in chunks of at most this many (balanced sizes); memory
-                then grows with N only through what is recorded. With ``batchnorm="batch"`` a
-                chunk is the batch whose statistics BatchNorm uses. Default: all at once.
+            chunk_size: run at most this many chains at a time; memory then grows with N only
+                through what is recorded. With ``batchnorm="batch"`` chunks are balanced and a
+                chunk is the batch whose statistics BatchNorm uses, so results depend on it. With
+                ``batchnorm="running"`` a chunk is ``max(1, chunk_size // block_size)`` whole
+                noise blocks and results are bit-identical for every ``chunk_size``. Default:
+                all chains at once.
+            block_size: with ``batchnorm="running"``, the number of consecutive chains that
+                share a noise generator (:func:`block_generator`) and one call of the transition
+                per step. It changes the results (with the noise) and is the least number of
+                chains in flight. Unused with ``batchnorm="batch"``.
             batchnorm: ``"batch"`` (minibatch statistics, the paper's choice) or ``"running"``
                 (population statistics).
-            seed: seed for a fresh generator on the modules' device: equal seeds give
+            seed: the run's base seed, an integer in [0, 2**64 - 1]: equal seeds give
                 bit-identical runs on the same device. Mutually exclusive with ``generator``.
-            generator: a generator on the modules' device to draw all noise from.
+            generator: a generator (on any device) that the base seed is drawn from, once
+                (:func:`seed_from_generator`). With neither ``seed`` nor ``generator`` the base
+                seed is drawn from PyTorch's default CPU generator.
             out_device: where the recorded tensors go; default the modules' device.
             callback: called after every step of every chunk with a :class:`ChainStep`.
 
@@ -297,12 +463,30 @@ class Chain:
             raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
         if seed is not None and generator is not None:
             raise ChainInputError("pass either seed or generator, not both")
+        if z0 is not None and start is not None:
+            raise ChainInputError(
+                "pass either z0 (the starting latents) or start (a sampler to draw them), not both"
+            )
+        if start is not None and not callable(getattr(start, "sample", None)):
+            raise ChainInputError(
+                "start must have a sample(n, generator) method, such as an "
+                f"aesampler.samplers.Sampler; got {type(start).__name__}"
+            )
+        if seed is not None:
+            seed = _check_seed(seed)
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
+        chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+        block_size = _check_int("block_size", block_size, 1)
 
         device, dtype = _module_device_dtype(self._roots)
-        z0, n, latent_shape, device, dtype = self._check_start(z0, n, device, dtype)
-        chunk_size = n if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
-        bounds = _chunk_bounds(n, chunk_size)
-        if batchnorm == "batch" and min(b - a for a, b in bounds) < 2 and self._has_batchnorm():
+        if z0 is not None:
+            z0, n, device, dtype = self._check_z0(z0, n, device, dtype)
+        else:
+            n = self._check_n(n, start)
+        plan = _plan(n, chunk_size, batchnorm, block_size)
+        smallest = min(group[0][2] - group[0][1] for group in plan)
+        if batchnorm == "batch" and smallest < 2 and self._has_batchnorm():
             raise ChainInputError(
                 "batchnorm='batch' normalises over the chains of a chunk, and a chunk here holds "
                 f"1 chain (n={n}, chunk_size={chunk_size}): run at least 2 chains per chunk, or "
@@ -310,51 +494,50 @@ class Chain:
             )
         out_device = device if out_device is None else torch.device(out_device)
 
-        if seed is not None:
-            seed = _check_int("seed", seed, 0)
-            generator = torch.Generator(device=device).manual_seed(seed)
-        elif generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
-            if torch.device(generator.device).type != device.type:
-                raise ChainInputError(
-                    f"generator is on {generator.device} but the chain runs on {device}; "
-                    f"create it with torch.Generator(device={str(device)!r})"
-                )
+        if seed is None:
+            seed = seed_from_generator(generator)
+        if z0 is None:
+            # Drawn once for all chains on the CPU; moved to the device chunk by chunk.
+            z0, device, dtype = self._draw_start(start, n, seed, device, dtype)
+        device = device or torch.device("cpu")
 
         z_out: dict[int, Tensor] = {}
         x_out: dict[int, Tensor] = {}
         record_set = set(record_steps)
         check_finite = device.type != "meta"  # meta tensors hold no values to check
         with sampling_mode(self._roots, batchnorm), torch.inference_mode():
-            for chunk, (start, stop) in enumerate(bounds):
-                first_bad = _FirstNonFinite(stop - start, device)
-                if z0 is None:
-                    z = torch.randn(
-                        (stop - start, *latent_shape),
-                        generator=generator,
-                        device=device,
-                        dtype=dtype,
-                    )
-                else:
-                    z = z0[start:stop]
+            for chunk, groups in enumerate(plan):
+                first, last = groups[0][1], groups[-1][2]
+                first_bad = _FirstNonFinite(last - first, device)
+                rows = [slice(a - first, b - first) for _, a, b in groups]
+                z_chunk = z0[first:last].to(device)
+                zs = [z_chunk[r] for r in rows] if len(groups) > 1 else [z_chunk]
+                generators = [_noise_generator(seed, index, device) for index, _, _ in groups]
                 for t in range(steps + 1):
-                    out = self.transition(z, generator=generator) if t < steps else None
-                    x = out.x if out is not None else None
+                    outs = (
+                        [self.transition(z, generator=g) for z, g in zip(zs, generators)]
+                        if t < steps
+                        else None
+                    )
+                    xs = [out.x for out in outs] if outs is not None else [None] * len(zs)
                     if t in record_set:
-                        if x is None:
-                            x = self.decoder(z)
-                        _store(z_out, t, z, start, stop, n, out_device)
-                        _store(x_out, t, x, start, stop, n, out_device)
+                        for i, (_, a, b) in enumerate(groups):
+                            if xs[i] is None:
+                                xs[i] = self.decoder(zs[i])
+                            _store(z_out, t, zs[i], a, b, n, out_device)
+                            _store(x_out, t, xs[i], a, b, n, out_device)
                     if check_finite:
-                        first_bad.update(t, z, x)
+                        for r, z, x in zip(rows, zs, xs):
+                            first_bad.update(t, z, x, rows=r)
                     if callback is not None:
-                        callback(ChainStep(chunk=chunk, start=start, step=t, z=z, x=x))
-                    if out is not None:
-                        _check_next(out.z, z, t)
-                        z = out.z
+                        x_parts = None if any(x is None for x in xs) else xs
+                        callback(ChainStep(chunk, first, t, zs, x_parts))
+                    if outs is not None:
+                        for out, z in zip(outs, zs):
+                            _check_next(out.z, z, t)
+                        zs = [out.z for out in outs]
                 if check_finite:
-                    self._raise_if_non_finite(first_bad, chunk, start, batchnorm)
+                    self._raise_if_non_finite(first_bad, chunk, first, batchnorm)
         return ChainResult(z=StepTensors("z", z_out), x=StepTensors("x", x_out), steps=record_steps)
 
     def _has_batchnorm(self) -> bool:
@@ -407,30 +590,71 @@ class Chain:
             )
         return tuple(sorted(set(values)))
 
-    def _check_start(
+    def _check_n(self, n: int | None, start: object) -> int:
+        if n is None:
+            raise ChainInputError(
+                "pass z0 (the starting latents) or n (the number of chains, drawn from "
+                + ("start)" if start is not None else "the prior)")
+            )
+        n = _check_int("n", n, 1)
+        if start is None and self.decoder.latent_shape is None:
+            raise ChainInputError(
+                "cannot draw z0 from the prior: the decoder has no latent_shape; pass z0 or a "
+                "start sampler, or build the decoder as ModuleDecoder(net, latent_shape=...)"
+            )
+        return n
+
+    def _draw_start(
         self,
-        z0: Tensor | None,
+        start: StartSampler | None,
+        n: int,
+        seed: int,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+    ) -> tuple[Tensor, torch.device, torch.dtype]:
+        """z0 for all n chains on the CPU, in the modules' dtype, from ``start_generator(seed)``."""
+        generator = start_generator(seed)
+        if start is None:
+            latent_shape = tuple(self.decoder.latent_shape)
+            z0 = torch.randn((n, *latent_shape), generator=generator, dtype=torch.float32)
+            dtype = dtype or torch.float32
+            return z0.to(dtype), device or torch.device("cpu"), dtype
+        with torch.no_grad():
+            z0 = start.sample(n, generator)
+        what = f"the start sampler ({type(start).__name__})"
+        if not isinstance(z0, Tensor):
+            raise ChainInputError(f"{what} returned {type(z0).__name__}, not a torch.Tensor")
+        if z0.dim() < 2 or z0.shape[0] != n:
+            raise ChainInputError(
+                f"{what} was asked for {n} latents and returned shape {tuple(z0.shape)}; "
+                f"expected ({n}, *latent_shape)"
+            )
+        if not z0.is_floating_point():
+            raise ChainInputError(f"{what} returned dtype {z0.dtype}; latents must be floating")
+        latent_shape = self.decoder.latent_shape
+        if latent_shape is not None and tuple(z0.shape[1:]) != tuple(latent_shape):
+            raise ChainInputError(
+                f"{what} draws latents of shape {tuple(z0.shape[1:])} but the decoder expects "
+                f"{tuple(latent_shape)}"
+            )
+        dtype = dtype or z0.dtype
+        z0 = z0.detach().to(device="cpu" if z0.device.type != "meta" else z0.device, dtype=dtype)
+        if z0.device.type != "meta":
+            bad = _non_finite_rows(z0)
+            if bad:
+                raise ChainInputError(
+                    f"{what} drew NaN or inf in {len(bad)} of {n} chains ({_chain_list(bad)}): "
+                    "every starting latent must be finite"
+                )
+        return z0, device or torch.device("cpu"), dtype
+
+    def _check_z0(
+        self,
+        z0: Tensor,
         n: int | None,
         device: torch.device | None,
         dtype: torch.dtype | None,
-    ) -> tuple[Tensor | None, int, tuple[int, ...], torch.device, torch.dtype]:
-        if z0 is None:
-            if n is None:
-                raise ChainInputError("pass z0 (the starting latents) or n (the number of chains)")
-            n = _check_int("n", n, 1)
-            latent_shape = self.decoder.latent_shape
-            if latent_shape is None:
-                raise ChainInputError(
-                    "cannot draw z0 from the prior: the decoder has no latent_shape; pass z0, or "
-                    "build the decoder as ModuleDecoder(net, latent_shape=...)"
-                )
-            return (
-                None,
-                n,
-                tuple(latent_shape),
-                device or torch.device("cpu"),
-                dtype or torch.float32,
-            )
+    ) -> tuple[Tensor, int, torch.device, torch.dtype]:
         if not isinstance(z0, Tensor):
             raise ChainInputError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
         if z0.dim() < 2 or z0.shape[0] == 0:
@@ -458,13 +682,24 @@ class Chain:
         if n is not None and n != z0.shape[0]:
             raise ChainInputError(f"n={n} disagrees with z0, which holds {z0.shape[0]} chains")
         if z0.device.type != "meta":
-            bad = (~torch.isfinite(z0).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+            bad = _non_finite_rows(z0)
             if bad:
                 raise ChainInputError(
                     f"z0 holds NaN or inf in {len(bad)} of {z0.shape[0]} chains "
                     f"({_chain_list(bad)}): every starting latent must be finite"
                 )
-        return z0, z0.shape[0], tuple(z0.shape[1:]), z0.device, z0.dtype
+        return z0, z0.shape[0], z0.device, z0.dtype
+
+
+def _non_finite_rows(z: Tensor) -> list[int]:
+    """The chains of z holding NaN or inf (one host read: called once per run, before it)."""
+    return (~torch.isfinite(z).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+
+
+def _noise_generator(seed: int, index: int, device: torch.device) -> torch.Generator | None:
+    if device.type == "meta":
+        return None  # meta tensors hold no values, and meta has no generators
+    return block_generator(seed, index, device)
 
 
 def _as_decoder(decoder: Decoder | nn.Module) -> Decoder:
@@ -510,21 +745,24 @@ class _FirstNonFinite:
         self.chains = chains
         self.first = torch.full((chains,), math.inf, device=device)
 
-    def update(self, t: int, *values: Tensor | None) -> None:
+    def update(self, t: int, *values: Tensor | None, rows: slice | None = None) -> None:
+        """Note step t for the chains ``rows`` of the chunk (default all), given their values."""
+        first = self.first if rows is None else self.first[rows]
+        chains = first.shape[0]
         peak = None
         for value in values:
             if value is None or not value.is_floating_point() or value.numel() == 0:
                 continue  # only floating-point values can be NaN or inf
-            if value.dim() >= 2 and value.shape[0] == self.chains:
+            if value.dim() >= 2 and value.shape[0] == chains:
                 row_peak = value.flatten(1).abs().amax(dim=1)
-            elif value.dim() == 1 and value.shape[0] == self.chains:
+            elif value.dim() == 1 and value.shape[0] == chains:
                 row_peak = value.abs()
             else:  # not one row per chain: a bad value counts against every chain
-                row_peak = value.abs().amax().expand(self.chains)
+                row_peak = value.abs().amax().expand(chains)
             peak = row_peak if peak is None else torch.maximum(peak, row_peak)
         if peak is not None:
             step = torch.where(torch.isfinite(peak), math.inf, float(t))
-            torch.minimum(self.first, step, out=self.first)
+            torch.minimum(first, step, out=first)  # a view: writes into self.first
 
     def read(self) -> tuple[int, list[int]] | None:
         """(first bad step, the chunk's chains bad at that step), or None if all were finite."""

@@ -126,7 +126,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare_runs
 
-    text = compare_runs([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    text = compare_runs(
+        [Path(d) for d in args.run_dirs],
+        Path(args.out) if args.out else None,
+        overwrite=args.overwrite,
+    )
     print(text)
     return 0
 
@@ -232,10 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="put the metrics of several runs side by side",
         description="Read metrics.json of each run directory; print one table per metric (rows: "
-        "steps, columns: runs) and write compare.md and compare.png into --out.",
+        "steps, columns: runs) and write compare.md and compare.png into --out (files of those "
+        "names already there are replaced only with --overwrite).",
     )
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--out", metavar="DIR", help="where compare.md and compare.png go")
+    compare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace compare.md and compare.png if --out already holds them",
+    )
     compare.set_defaults(handler=_cmd_compare)
 
     report = sub.add_parser("report", help="(re)write report.html for a run directory")

@@ -25,6 +25,10 @@ components or none: if one of its hooks raises (any exception but ``KeyboardInte
 ``SystemExit`` included), the components its other hooks registered are removed as well and the
 plugin is reported as failed. A hook that no specification below knows fails its plugin unless
 it is marked ``optionalhook=True``.
+
+Which kind each hook registers is said once, in :data:`aesampler.kinds.KINDS`; :data:`KIND_HOOKS`
+is derived from it, and importing this module checks that every kind there has its hook
+specification here and every specification here its kind.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pluggy
+
+from . import kinds
 
 PROJECT = "aesampler"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -117,12 +123,45 @@ def register_feature_extractors(register: Register) -> None:
     """
 
 
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Register start samplers: where chains start (the recipe's ``sampling.start``).
+
+    The factory is called with the recipe's parameters and returns an
+    :class:`aesampler.samplers.Sampler`. The host calls ``fit(context)`` once with an
+    :class:`aesampler.samplers.SamplerContext` (``latent_shape``, ``encodings(split)``: draws from
+    Q(z|x) of a data split's images, (N, *latent_shape) on the CPU, computed once; ``seed``,
+    ``device``, ``model``, ``log``), then ``sample(n, generator)``, which returns ``n`` latents
+    (n, *latent_shape) on the CPU, drawing all randomness from ``generator``. What ``fit``
+    learned comes back from ``state_dict()`` as named plain CPU tensors (saved as safetensors in
+    the run directory) and goes in again through ``load_state_dict(state)``, which raises
+    :class:`aesampler.samplers.SamplerError` for a state that does not fit. Class attributes:
+    ``fits`` (True when ``fit`` learns a state worth saving and reloading) and ``describes`` (a
+    few words for captions saying what step 0 shows).
+    """
+
+
 #: Component kind -> the hook through which plugins register components of that kind.
-KIND_HOOKS: dict[str, str] = {
-    "model": "register_models",
-    "dataset": "register_datasets",
-    "corruption": "register_corruptions",
-    "transition": "register_transitions",
-    "metric": "register_metrics",
-    "feature_extractor": "register_feature_extractors",
-}
+KIND_HOOKS: dict[str, str] = {kind.name: kind.hook for kind in kinds.KINDS}
+
+
+def _specified_hooks() -> set[str]:
+    """The names of the hook specifications in this module."""
+    marker = f"{PROJECT}_spec"  # the attribute pluggy's HookspecMarker sets
+    return {name for name, obj in globals().items() if callable(obj) and hasattr(obj, marker)}
+
+
+def check_kinds_have_hooks() -> None:
+    """Raise RuntimeError unless the kinds' hooks and this module's specifications match."""
+    specified = _specified_hooks()
+    missing = sorted(set(KIND_HOOKS.values()) - specified)
+    stray = sorted(specified - set(KIND_HOOKS.values()))
+    if missing or stray:
+        raise RuntimeError(
+            "aesampler.hookspecs does not match aesampler.kinds.KINDS: "
+            f"kinds without a hook specification: {missing or 'none'}; "
+            f"hook specifications without a kind: {stray or 'none'}"
+        )
+
+
+check_kinds_have_hooks()

@@ -112,7 +112,7 @@ class _Loader:
         self.disabled_by = DISABLE_ENV if disable is None else "load_registry(disable=...)"
         self.builtins_only = builtins_only
         self.pm = make_plugin_manager()
-        self.registry = Registry(hookspecs.KIND_HOOKS)
+        self.registry = Registry()  # every kind of aesampler.kinds.KINDS
         # plugin name -> (distribution, version) of every plugin registered with pluggy
         self.origin: dict[str, tuple[str, str | None]] = {}
 

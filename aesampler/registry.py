@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import kinds as _kinds
 from .errors import ComponentError, UnknownComponentError, did_you_mean
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*\Z")
@@ -87,7 +88,8 @@ class Registry:
     """Components by kind and name.
 
     Args:
-        kinds: the component kinds this registry accepts.
+        kinds: the component kinds this registry accepts, in the order it lists them; default:
+            every kind of :data:`aesampler.kinds.KINDS`, in table order.
 
     Attributes:
         failures: plugins that failed to load or to register; none of their components is here.
@@ -96,7 +98,9 @@ class Registry:
             switched off), with its version; used to explain a component that is missing now.
     """
 
-    def __init__(self, kinds: Mapping[str, str] | list[str]):
+    def __init__(self, kinds: Iterable[str] | None = None):
+        if kinds is None:
+            kinds = _kinds.names()
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in kinds}
         self.failures: list[PluginFailure] = []
         self.disabled: list[DisabledPlugin] = []

@@ -7,10 +7,14 @@ archived and the report still shows everything. Plots are drawn with matplotlib'
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
+import math
 import re
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,6 +27,7 @@ from torchvision.utils import make_grid
 from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError
 from .rundir import (
+    CHECKPOINTS,
     IMAGES,
     INTERPOLATION,
     INTERPOLATION_GRID,
@@ -44,16 +49,133 @@ class ReportError(AesamplerError):
     """A file the report or a comparison reads is missing or damaged."""
 
 
-def _save_figure(figure: Figure, path: Path) -> None:
+MAX_PANELS = 30
+"""At most this many plots in one figure (the tables still show every metric)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking what the report reads: each document is checked against the keys it must hold.
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """An int or float that can be formatted and plotted as a float (NaN and inf included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:  # an integer beyond the range of a float
+        return False
+    return True
+
+
+def _is_finite(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _or_null(kind: tuple[str, Callable]) -> tuple[str, Callable]:
+    return f"{kind[0]} or null", lambda v: v is None or kind[1](v)
+
+
+INT = ("a whole number", _is_int)
+COUNT = ("a whole number from 0", lambda v: _is_int(v) and v >= 0)
+NUMBER = ("a number", _is_number)
+TEXT = ("text", lambda v: isinstance(v, str))
+OBJECT = ("an object", lambda v: isinstance(v, dict))
+FRACTION = ("a number between 0 and 1", lambda v: _is_finite(v) and 0 < v < 1)
+STEPS = ("a list of step numbers", lambda v: isinstance(v, list) and all(COUNT[1](s) for s in v))
+WINDOW = (
+    "a list of two step numbers",
+    lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(s) for s in v),
+)
+
+
+def _shown(value) -> str:
+    try:
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _problem(document: dict, fields: list[tuple[str, tuple[str, Callable], bool]]) -> str | None:
+    """What is wrong with ``document`` (a JSON object), or None.
+
+    ``fields`` are (dotted key, (description, test), required). A key inside an object that is
+    absent is checked only if the object is there (its own entry says whether it must be).
+    """
+    for key, (description, test), required in fields:
+        *parents, name = key.split(".")
+        holder = document
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict):
+            continue
+        if name not in holder:
+            if required:
+                return f"{key!r} is missing"
+            continue
+        if not test(holder[name]):
+            return f"{key!r} is not {description} (it holds {_shown(holder[name])})"
+    return None
+
+
+def _read_json(path: Path, what: str):
+    """``read_json``, with the JSON documents it lets through as Python errors made clear."""
+    try:
+        return read_json(path, what)
+    except RecursionError:
+        raise ReportError(f"{str(path)!r} ({what}) nests too deeply to be read") from None
+    except ValueError as error:  # a number too long to convert, and the like
+        raise ReportError(f"{str(path)!r} ({what}) cannot be read: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+@contextlib.contextmanager
+def _drawing(source: str) -> Iterator[None]:
+    """Numbers matplotlib cannot draw become one error naming ``source`` (and no warnings)."""
+    try:
+        with warnings.catch_warnings():  # overflow warnings would repeat the error below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    except (ValueError, OverflowError) as error:
+        raise ReportError(f"cannot plot the numbers in {source}: {error}") from None
+
+
+def _png(figure: Figure, source: str, tight_layout: bool = False) -> bytes:
+    """The figure as PNG bytes."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    with _drawing(source):
+        if tight_layout:
+            figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _save_figure(figure: Figure, path: Path, source: str = "the run directory") -> None:
+    data = _png(figure, source)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, data)
 
 
-def steps_figure(samples: dict[int, torch.Tensor], path: Path) -> None:
-    """The same chains at each recorded step, side by side, one panel per step."""
+def _panels(count: int, columns: int) -> tuple[int, int]:
+    """Rows and columns of a grid of ``count`` plots, at most ``columns`` wide."""
+    columns = max(1, min(columns, count))
+    return max(1, -(-count // columns)), columns
+
+
+def steps_figure(samples: dict[int, torch.Tensor], path: Path, start: str = "prior") -> None:
+    """The same chains at each recorded step, side by side, one panel per step.
+
+    ``start`` names the sampler that drew step 0 (its recipe name).
+    """
     steps = sorted(samples)
     figure = Figure(figsize=(2.6 * len(steps), 2.9))
     for i, t in enumerate(steps):
@@ -61,43 +183,73 @@ def steps_figure(samples: dict[int, torch.Tensor], path: Path) -> None:
         grid = make_grid(x.float().clamp(0, 1), nrow=max(1, round(len(x) ** 0.5)), padding=1)
         axis = figure.add_subplot(1, len(steps), i + 1)
         axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        axis.set_title("step 0 (prior)" if t == 0 else f"step {t}")
+        axis.set_title(f"step 0 ({start})" if t == 0 else f"step {t}")
         axis.axis("off")
     _save_figure(figure, path)
 
 
 def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The step and epoch records of the training log; lines that are not records are skipped."""
     file = run_dir / TRAIN_LOG
     if not file.is_file():
         return [], []
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise ReportError(
+            f"cannot read {str(file)!r} (the training log): {error.strerror}"
+        ) from None
     steps, epochs = [], []
-    for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        except (ValueError, RecursionError):
+            continue  # a line cut short by a crash, or one that is not a record
+        if not isinstance(record, dict) or not _is_finite(record.get("step")):
+            continue
+        if not _is_int(record["step"]):
             continue
         (steps if record.get("event") == "step" else epochs).append(record)
     return steps, epochs
 
 
-def loss_figure(steps: list[dict], epochs: list[dict], path: Path) -> None:
-    keys = [k for k in steps[0] if k not in ("event", "step", "epoch")]
-    figure = Figure(figsize=(4.2 * len(keys), 3.2))
-    for i, key in enumerate(keys):
-        axis = figure.add_subplot(1, len(keys), i + 1)
-        axis.plot([r["step"] for r in steps], [r[key] for r in steps], lw=0.8, label="train (step)")
-        valid = [(r["step"], r[f"valid/{key}"]) for r in epochs if f"valid/{key}" in r]
-        if valid:
-            axis.plot(*zip(*valid), "o-", ms=3, label="valid (epoch)")
-            axis.legend(fontsize=8)
-        axis.set_title(key)
-        axis.set_xlabel("optimiser step")
-        if key == "reconstruction":
-            axis.set_ylabel("nats per image")
-            axis.set_yscale("log")
-    _save_figure(figure, path)
+def loss_figure(
+    steps: list[dict], epochs: list[dict], path: Path, source: str = "the training log"
+) -> bool:
+    """Each loss against the optimiser step; False (and no file) when no loss has a number.
+
+    A key is drawn from the step records that hold a finite number for it (records may differ
+    in their keys); any other value is skipped.
+    """
+    keys = dict.fromkeys(k for r in steps for k in r if k not in ("event", "step", "epoch"))
+    series: dict[str, tuple[list, list]] = {}
+    for key in keys:
+        train = [(r["step"], r[key]) for r in steps if _is_finite(r.get(key))]
+        if train:
+            name = f"valid/{key}"
+            valid = [(r["step"], r[name]) for r in epochs if _is_finite(r.get(name))]
+            series[key] = (train, valid)
+    if not series:
+        return False
+    shown = list(series)[:MAX_PANELS]
+    rows, columns = _panels(len(shown), 4)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows))
+    with _drawing(source):
+        for i, key in enumerate(shown):
+            train, valid = series[key]
+            axis = figure.add_subplot(rows, columns, i + 1)
+            axis.plot(*zip(*train), lw=0.8, label="train (step)")
+            if valid:
+                axis.plot(*zip(*valid), "o-", ms=3, label="valid (epoch)")
+                axis.legend(fontsize=8)
+            axis.set_title(key)
+            axis.set_xlabel("optimiser step")
+            if key == "reconstruction":
+                axis.set_ylabel("nats per image")
+                if any(v > 0 for _, v in train + valid):  # a log axis needs a positive value
+                    axis.set_yscale("log")
+    _save_figure(figure, path, source)
+    return True
 
 
 def _figure(src: str, caption: str) -> str:
@@ -110,13 +262,37 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _settings(folder: Path) -> dict:
+SAMPLING_FIELDS = [
+    ("num_chains", COUNT, True),
+    ("steps", COUNT, True),
+    ("checkpoint", TEXT, True),
+    ("batchnorm", TEXT, True),
+    ("seed", INT, True),
+    ("chain_corruption", _or_null(OBJECT), False),
+    ("start", _or_null(OBJECT), False),
+    ("start_describes", TEXT, False),
+]
+"""What the report reads from ``samples/settings.json`` (written by ``aesampler sample``)."""
+
+INTERPOLATION_FIELDS = [("method", TEXT, True), ("steps", COUNT, True)]
+"""What the report reads from ``interpolation/settings.json``."""
+
+
+def _settings(folder: Path, fields: list, command: str) -> dict:
+    """``folder/settings.json`` checked for ``fields``, or {} when there is none."""
     file = folder / SETTINGS
     if not file.is_file():
         return {}
-    settings = read_json(file, "settings of the outputs in that folder")
-    if not isinstance(settings, dict):
-        raise ReportError(f"{str(file)!r} does not hold settings (a JSON object)")
+    settings = _read_json(file, "settings of the outputs in that folder")
+    if isinstance(settings, dict):
+        problem = _problem(settings, fields)
+    else:
+        problem = "it does not hold a JSON object"
+    if problem:
+        raise ReportError(
+            f"{str(file)!r} does not hold the settings aesampler writes: {problem}; re-create it "
+            f"with aesampler {command} {str(folder.parent)!r} --overwrite"
+        )
     return settings
 
 
@@ -143,61 +319,100 @@ pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem
 """
 
 
-def metrics_figure(runs: dict[str, dict], path: Path) -> None:
-    """Each metric against the chain step, one line (with its interval band) per run."""
+def _metrics_png(runs: dict[str, dict], source: str) -> bytes:
+    """Each metric against the chain step, one line (with its interval band) per run.
+
+    Reports as :func:`read_quality` returns them. At most ``MAX_PANELS`` metrics are drawn;
+    steps whose value or interval is not a finite number are left out.
+    """
     keys = list(dict.fromkeys(k for report in runs.values() for k in report["metrics"]))
-    columns = min(3, len(keys))
-    rows = -(-len(keys) // columns)
+    keys = keys[:MAX_PANELS]
+    rows, columns = _panels(len(keys), 3)
     figure = Figure(figsize=(4.2 * columns, 3.1 * rows))
-    for i, key in enumerate(keys):
-        axis = figure.add_subplot(rows, columns, i + 1)
-        for label, report in runs.items():
-            cells = report["metrics"].get(key, {})
-            steps = [s for s in report["steps"] if str(s) in cells]
-            if not steps:
-                continue
-            value = [cells[str(s)]["value"] for s in steps]
-            low = [cells[str(s)]["low"] for s in steps]
-            high = [cells[str(s)]["high"] for s in steps]
-            (line,) = axis.plot(steps, value, "o-", ms=3, label=label)
-            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-        better = next(
-            (r["lower_is_better"].get(key) for r in runs.values() if key in r["metrics"]), None
-        )
-        axis.set_title(
-            key + {True: " (lower is better)", False: " (higher is better)"}.get(better, "")
-        )
-        axis.set_xlabel("chain step")
-        if len(runs) > 1 and i == 0:
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    _save_figure(figure, path)
-
-
-def _quality_section(report: dict, name: str, assets: Path) -> str:
-    metrics_figure({name: report}, assets / "metrics.png")
-    keys = list(report["metrics"])
-    level = round(100 * report["settings"]["confidence"])
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["step", *keys])
-    body = ""
-    for step in report["steps"]:
-        cells = []
-        for key in keys:
-            c = report["metrics"][key].get(str(step))
-            cells.append(
-                f"{c['value']:.4g} <small>[{c['low']:.3g}, {c['high']:.3g}]</small>" if c else "–"
+    if not keys:
+        figure.text(0.5, 0.5, "no metrics", ha="center", va="center")
+    with _drawing(source):
+        for i, key in enumerate(keys):
+            axis = figure.add_subplot(rows, columns, i + 1)
+            for label, report in runs.items():
+                cells = report["metrics"].get(key, {})
+                points = [
+                    (s, c["value"], c["low"], c["high"])
+                    for s in report["steps"]
+                    if (c := cells.get(str(s))) and all(_is_finite(c[f]) for f in INTERVAL)
+                ]
+                if not points:
+                    continue
+                steps, value, low, high = zip(*points)
+                (line,) = axis.plot(steps, value, "o-", ms=3, label=label)
+                axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+            better = next(
+                (r["lower_is_better"].get(key) for r in runs.values() if key in r["metrics"]), None
             )
-        body += f"<tr><th>{step}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+            axis.set_title(
+                key + {True: " (lower is better)", False: " (higher is better)"}.get(better, "")
+            )
+            axis.set_xlabel("chain step")
+            if len(runs) > 1 and i == 0 and axis.lines:
+                axis.legend(fontsize=8)
+    return _png(figure, source, tight_layout=True)
+
+
+def metrics_figure(runs: dict[str, dict], path: Path, source: str = "metrics.json") -> None:
+    """Draw :func:`_metrics_png` into ``path``."""
+    data = _metrics_png(runs, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
+def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
+    keys = list(report["metrics"])
+    parts = ["<h2>Sample quality by chain step</h2>"]
+    if keys:
+        metrics_figure({name: report}, assets / "metrics.png", source)
+        more = len(keys) - MAX_PANELS
+        parts.append(
+            _figure(
+                f"{REPORT_ASSETS}/metrics.png",
+                "Metrics against the chain step, with bootstrap intervals."
+                + (f" The table also shows {more} more metrics." if more > 0 else ""),
+            )
+        )
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in ["step", *keys])
+        body = ""
+        for step in report["steps"]:
+            cells = []
+            for key in keys:
+                c = report["metrics"][key].get(str(step))
+                cells.append(
+                    f"{c['value']:.4g} <small>[{c['low']:.3g}, {c['high']:.3g}]</small>"
+                    if c
+                    else "–"
+                )
+            body += f"<tr><th>{step}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        parts.append(f"<table><tr>{head}</tr>{body}</table>")
+    else:
+        parts.append("<p>metrics.json holds no metric values (no metric was evaluated).</p>")
+    settings, reference = report["settings"], report["reference"]
+    level = round(100 * settings["confidence"])
     diag = report.get("diagnostics", {})
     extractor = report.get("feature_extractor", {})
+    novelty = reference["novelty_of_held_out_images"]
     notes = [
-        f"{report['settings']['num_chains']} chains against {report['reference']['images']} "
-        f"held-out images ({report['reference']['split']} split); intervals: {level}% percentile "
-        f"bootstrap ({report['settings']['bootstrap']} resamples).",
+        f"{settings['num_chains']} chains against {reference['images']} held-out images "
+        f"({reference['split']} split); intervals: {level}% percentile bootstrap "
+        f"({settings['bootstrap']} resamples).",
         f"Image metrics in the features of: {_spec(extractor)}.",
         "Novelty of held-out images (their distance to the nearest training image): "
-        f"{report['reference']['novelty_of_held_out_images']:.4g}.",
+        + (f"{novelty:.4g}." if novelty is not None else "not measured (no training images)."),
     ]
+    start = report.get("chain", {}).get("start")
+    if isinstance(start, dict):
+        spec = {k: v for k, v in start.items() if k != "describes"}
+        notes.append(
+            f"Step 0: {start.get('describes', 'latents')} (sampler {_spec(spec)}). "
+            "mmd_prior compares with the prior N(0, I) whatever the chains start from."
+        )
     if "rhat_median" in diag:
         ess = (
             f"bulk ESS median {diag['ess_median']:.0f} (min {diag['ess_min']:.0f})"
@@ -209,43 +424,68 @@ def _quality_section(report: dict, name: str, assets: Path) -> str:
             f"{diag['chains']} chains: R-hat median {diag['rhat_median']:.3f} (max "
             f"{diag['rhat_max']:.3f}); {ess}."
         )
-    return (
-        "<h2>Sample quality by chain step</h2>"
-        + _figure(
-            f"{REPORT_ASSETS}/metrics.png",
-            "Metrics against the chain step, with bootstrap intervals.",
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    return "".join(parts)
+
+
+INTERVAL = ("value", "low", "high")
+
+QUALITY_FIELDS = [
+    ("steps", STEPS, True),
+    ("metrics", OBJECT, True),
+    ("lower_is_better", OBJECT, False),
+    ("settings", OBJECT, True),
+    ("settings.confidence", FRACTION, True),
+    ("settings.num_chains", COUNT, True),
+    ("settings.bootstrap", COUNT, True),
+    ("reference", OBJECT, True),
+    ("reference.images", COUNT, True),
+    ("reference.split", TEXT, True),
+    ("reference.novelty_of_held_out_images", _or_null(NUMBER), True),
+    ("diagnostics", OBJECT, False),
+    ("feature_extractor", OBJECT, False),
+    ("chain", OBJECT, False),
+    ("chain.start", _or_null(OBJECT), False),
+]
+"""Every key of ``metrics.json`` that the report and ``compare`` read, with its type."""
+
+
+def _quality_problem(report) -> str | None:
+    if not isinstance(report, dict):
+        return "it does not hold a JSON object"
+    fields = list(QUALITY_FIELDS)
+    diag = report.get("diagnostics")
+    if isinstance(diag, dict) and "rhat_median" in diag:  # the report shows these together
+        fields += [
+            ("diagnostics.rhat_median", NUMBER, True),
+            ("diagnostics.rhat_max", NUMBER, True),
+            ("diagnostics.window", WINDOW, True),
+            ("diagnostics.chains", COUNT, True),
+            ("diagnostics.ess_median", NUMBER, False),
+            ("diagnostics.ess_note", TEXT, False),
+        ]
+        if "ess_median" in diag:
+            fields.append(("diagnostics.ess_min", NUMBER, True))
+    problem = _problem(report, fields)
+    if problem:
+        return problem
+    for key, cells in report["metrics"].items():
+        ok = isinstance(cells, dict) and all(
+            isinstance(c, dict) and all(_is_number(c.get(f)) for f in INTERVAL)
+            for c in cells.values()
         )
-        + f"<table><tr>{head}</tr>{body}</table>"
-        + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    )
+        if not ok:
+            return f"metric {key!r} does not hold value/low/high numbers by step"
+    for key, better in report.get("lower_is_better", {}).items():
+        if better is not None and not isinstance(better, bool):
+            return f"'lower_is_better.{key}' is not true, false or null (it holds {_shown(better)})"
+    return None
 
 
 def read_quality(path: Path) -> dict:
     """A ``metrics.json`` written by ``aesampler evaluate``, checked for what reports read."""
-    report = read_json(path, "sample-quality metrics")
-    problem = None
-    if not isinstance(report, dict):
-        problem = "it does not hold a JSON object"
-    elif not isinstance(report.get("steps"), list) or not all(
-        isinstance(s, int) for s in report["steps"]
-    ):
-        problem = "'steps' is not a list of step numbers"
-    elif not isinstance(report.get("metrics"), dict):
-        problem = "'metrics' is not an object"
-    elif not isinstance(report.get("settings"), dict) or not isinstance(
-        report["settings"].get("confidence"), (int, float)
-    ):
-        problem = "'settings.confidence' is missing"
-    else:
-        for key, cells in report["metrics"].items():
-            ok = isinstance(cells, dict) and all(
-                isinstance(c, dict)
-                and all(isinstance(c.get(f), (int, float)) for f in ("value", "low", "high"))
-                for c in cells.values()
-            )
-            if not ok:
-                problem = f"metric {key!r} does not hold value/low/high numbers by step"
-                break
+    report = _read_json(path, "sample-quality metrics")
+    problem = _quality_problem(report)
     if problem:
         raise ReportError(
             f"{str(path)!r} is not aesampler sample-quality metrics: {problem}; re-create it "
@@ -255,17 +495,57 @@ def read_quality(path: Path) -> dict:
     return report
 
 
-def compare_runs(run_dirs: list[Path], out: Path | None = None) -> str:
-    """Side-by-side metrics of several runs: a Markdown table per metric, and a plot."""
-    runs = {}
+COMPARE_FILES = ("compare.md", "compare.png")
+
+
+def _check_compare_out(out: Path, overwrite: bool) -> None:
+    """Raise unless ``compare.md`` and ``compare.png`` may be written into ``out``."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {str(out)!r} is a file, not a folder")
+    for name in COMPARE_FILES:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            raise ReportError(
+                f"{str(target)!r} is a folder, where compare writes a file; move it away, or "
+                "choose another --out folder"
+            )
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise ReportError(
+                f"{str(target)!r} already exists; pass --overwrite to replace "
+                f"{' and '.join(COMPARE_FILES)} in {str(out)!r}, or choose another --out folder"
+            )
+
+
+def compare_runs(run_dirs: list[Path], out: Path | None = None, overwrite: bool = False) -> str:
+    """Side-by-side metrics of several runs: a Markdown table per metric, and a plot.
+
+    With ``out``, ``compare.md`` and ``compare.png`` are written there; files of those names
+    that exist already are replaced only with ``overwrite``.
+    """
+    if out is not None:
+        out = Path(out)
+        _check_compare_out(out, overwrite)
+    runs: dict[str, dict] = {}
+    files = []
     for run_dir in run_dirs:
         file = Path(run_dir) / METRICS
         if not file.is_file():
             raise ReportError(
                 f"{str(file)!r} does not exist: run aesampler evaluate {run_dir} first"
             )
-        runs[Path(run_dir).name] = read_quality(file)
+        label = Path(run_dir).name or str(run_dir)
+        if label in runs:  # two runs of one name: tell them apart by the path given
+            label = str(run_dir)
+        while label in runs:
+            label += "'"
+        runs[label] = read_quality(file)
+        files.append(file)
     keys = list(dict.fromkeys(k for r in runs.values() for k in r["metrics"]))
+    if not keys:
+        raise ReportError(
+            f"no metric values to compare: {', '.join(repr(str(f)) for f in files)} hold none "
+            "(their 'metrics' are empty)"
+        )
     steps = sorted({s for r in runs.values() for s in r["steps"]})
     parts = []
     for key in keys:
@@ -284,15 +564,18 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None) -> str:
         parts.append("\n".join(lines))
     text = "\n\n".join(parts) + "\n"
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise ReportError(f"--out {str(out)!r} is a file, not a folder")
+        picture = _metrics_png(runs, ", ".join(repr(str(f)) for f in files))
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ReportError(f"cannot create {str(out)!r}: {error.strerror}") from None
         atomic_write_bytes(out / "compare.md", text.encode())
-        metrics_figure(runs, out / "compare.png")
+        atomic_write_bytes(out / "compare.png", picture)
     return text
+
+
+RECIPE_SECTIONS = ("model", "data", "corruption")
+"""The sections of ``recipe.yaml`` whose keys the report lists (each a mapping, or null)."""
 
 
 def _read_recipe(run_dir: Path) -> tuple[str, dict]:
@@ -302,13 +585,26 @@ def _read_recipe(run_dir: Path) -> tuple[str, dict]:
     try:
         text = file.read_bytes().decode("utf-8")
         recipe = yaml.safe_load(text)
+    except OSError as error:
+        raise ReportError(f"cannot read {str(file)!r}: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ReportError(f"{str(file)!r} is not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
         raise ReportError(f"{str(file)!r} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise ReportError(f"{str(file)!r} nests too deeply to be a recipe") from None
     if recipe is not None and not isinstance(recipe, dict):
         raise ReportError(f"{str(file)!r} does not hold a recipe (a mapping of sections)")
-    return text, recipe or {}
+    recipe = recipe or {}
+    for key in RECIPE_SECTIONS:
+        section = recipe.get(key)
+        if section is not None and not isinstance(section, dict):
+            raise ReportError(
+                f"{str(file)!r} is not a recipe aesampler wrote: its section {key!r} is not a "
+                f"mapping of keys to values (it holds {_shown(section)}); it was edited or "
+                "damaged"
+            )
+    return text, recipe
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -325,24 +621,39 @@ def write_report(run_dir: str | Path) -> Path:
         return _write_report(run.path, txn.path(REPORT), txn.path(REPORT_ASSETS))
 
 
+_SAMPLE_GRID = re.compile(r"step-(\d+)\.png")
+"""The grid of the samples at one chain step (``samples/step-006.png``)."""
+
+
+def _checkpoint_row(run_dir: Path) -> tuple[str, str] | None:
+    """The checkpoint line of the summary: None when the run holds no checkpoint."""
+    try:
+        info = read_info(find_checkpoint(run_dir))
+    except CheckpointError as error:
+        if (run_dir / CHECKPOINTS).exists():
+            return ("checkpoint", f"unreadable: {error}")
+        return None  # the chains ran from a checkpoint elsewhere
+    except (ValueError, RecursionError) as error:  # JSON that json.loads cannot hold
+        return ("checkpoint", f"unreadable: {type(error).__name__}")
+    return ("checkpoint", f"step {info.get('step', '?')}, epoch {info.get('epoch', '?')}")
+
+
 def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
     recipe_text, recipe = _read_recipe(run_dir)
     sections: list[str] = []
 
     summary: list[tuple[str, str]] = []
-    model = recipe.get("model", {}) if recipe else {}
+    model = recipe.get("model") or {}
     if model:
         summary.append(
             ("model", ", ".join(f"{k}={_fmt(v)}" for k, v in model.items() if v is not None))
         )
     for key in ("data", "corruption"):
-        summary.append((key, _spec(recipe.get(key) if recipe else None)))
-    try:
-        info = read_info(find_checkpoint(run_dir))
-        summary.append(("checkpoint", f"step {info['step']}, epoch {info['epoch']}"))
-    except CheckpointError:
-        pass
-    sampling = _settings(run_dir / SAMPLES)
+        summary.append((key, _spec(recipe.get(key))))
+    checkpoint = _checkpoint_row(run_dir)
+    if checkpoint:
+        summary.append(checkpoint)
+    sampling = _settings(run_dir / SAMPLES, SAMPLING_FIELDS, "sample")
     if sampling:
         corruption = sampling.get("chain_corruption")
         summary.append(
@@ -351,29 +662,38 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
                 f"{sampling['num_chains']} chains from {sampling['checkpoint']}, "
                 f"{sampling['steps']} steps, chain corruption "
                 f"{_spec(corruption)}, BN statistics: {sampling['batchnorm']}, "
-                f"seed {sampling['seed']}",
+                f"seed {sampling['seed']}, start: {_spec(sampling.get('start'))}",
             )
         )
     sections.append("<h2>Run</h2>" + _table(summary))
 
-    samples = sorted((run_dir / SAMPLES).glob("step-*.png"))
+    samples = sorted(
+        (int(match.group(1)), file.name)
+        for file in (run_dir / SAMPLES).glob("step-*.png")
+        if (match := _SAMPLE_GRID.fullmatch(file.name)) and file.is_file()
+    )
     if samples:
         figures = []
-        for file in samples:
-            t = int(re.search(r"step-(\d+)", file.name).group(1))
+        start = sampling.get("start_describes", "decoded prior draws")
+        origin = (
+            "draws from the prior N(0, I)"
+            if start == "decoded prior draws"
+            else f"{start} (sampler {_spec(sampling.get('start'))})"
+        )
+        for t, name in samples:
             after = f"after {t} transition{'s' * (t != 1)}"
-            caption = "step 0: decoded prior draws" if t == 0 else f"step {t}: {after}"
-            figures.append(_figure(f"{SAMPLES}/{file.name}", caption))
+            caption = f"step 0: {start}" if t == 0 else f"step {t}: {after}"
+            figures.append(_figure(f"{SAMPLES}/{name}", caption))
         sections.append(
             "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
-            "places: step 0 decodes draws from the prior N(0, I); step t decodes the latents "
+            f"places: step 0 decodes {html.escape(origin)}; step t decodes the latents "
             "after t decode–corrupt–encode transitions. Raw tensors: "
             "<code>samples/samples.safetensors</code>.</p>"
             f'<div class="grids">{"".join(figures)}</div>'
         )
     interpolation = run_dir / INTERPOLATION / INTERPOLATION_GRID
     if interpolation.is_file():
-        cfg = _settings(run_dir / INTERPOLATION)
+        cfg = _settings(run_dir / INTERPOLATION, INTERPOLATION_FIELDS, "interpolate")
         caption = (
             f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
             f"first row decodes the interpolated latents, the second row the same latents after "
@@ -384,19 +704,21 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
         )
     quality = run_dir / METRICS
     if quality.is_file():
-        sections.append(_quality_section(read_quality(quality), run_dir.name, assets))
+        report = read_quality(quality)
+        sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
     steps, epochs = _read_metrics(run_dir)
     if steps:
-        loss_figure(steps, epochs, assets / "losses.png")
+        plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))
         last = epochs[-1] if epochs else {}
         rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
+        figure = _figure(
+            f"{REPORT_ASSETS}/losses.png",
+            "Losses per optimiser step (nats per image for the reconstruction) and on the "
+            "validation split after each epoch.",
+        )
         sections.append(
             "<h2>Training</h2>"
-            + _figure(
-                f"{REPORT_ASSETS}/losses.png",
-                "Losses per optimiser step (nats per image for the reconstruction) and on the "
-                "validation split after each epoch.",
-            )
+            + (figure if plotted else "<p>The training log holds no loss values.</p>")
             + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
         )
         grids = sorted((run_dir / IMAGES).glob("epoch-*-samples.png"))

@@ -28,6 +28,7 @@ Layout (names are the constants below)::
     samples/                 grids, steps.png, samples.safetensors, settings.json   (sample)
     interpolation/           interpolation.png, .safetensors, settings.json         (interpolate)
     metrics.json             sample quality at every evaluated step                 (evaluate)
+    samplers/NAME-KEY/       what a start sampler fitted, by its settings and model (fit)
     report.html, report/     the HTML report and its plots                          (report)
 """
 
@@ -57,6 +58,7 @@ CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 INTERPOLATION = "interpolation"
 METRICS = "metrics.json"
+SAMPLERS = "samplers"
 REPORT = "report.html"
 REPORT_ASSETS = "report"
 # Inside output folders.
@@ -64,6 +66,7 @@ SETTINGS = "settings.json"
 SAMPLES_TENSORS = "samples.safetensors"
 INTERPOLATION_TENSORS = "interpolation.safetensors"
 INTERPOLATION_GRID = "interpolation.png"
+SAMPLER_STATE = "state.safetensors"
 STEPS_FIGURE = "steps.png"
 
 #: What each command writes (and so what its ``--overwrite`` may replace).
@@ -73,15 +76,18 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "interpolate": (INTERPOLATION,),
     "evaluate": (METRICS,),
     "report": (REPORT, REPORT_ASSETS),
+    # What start samplers fitted (sample, evaluate and run fit them), one folder each, kept.
+    "fit": (SAMPLERS,),
 }
 
 FORMAT = "aesampler-run"
 VERSION = 1
 _STAGING = ".aesampler-new-"
 _BACKUP = ".aesampler-old-"
-# Temporary names that carry the writing process's id: ``.name.tmp-PID`` (atomic writes),
-# ``.tmp-step-NNNNNNNN-PID`` (checkpoints), staging and backup folders.
-_TEMPORARY = re.compile(r"^(?:\..+\.tmp-|\.tmp-.+-|\.aesampler-(?:new|old)-.+-)(\d+)$")
+_TXN_LOCK = ".aesampler-txn-"
+_COMMAND = r"[a-z]+"
+_BACKUP_NAME = re.compile(rf"^{re.escape(_BACKUP)}{_COMMAND}-\d+-\d+$")
+_LOCK_NAME = re.compile(rf"^{re.escape(_TXN_LOCK)}{_COMMAND}-\d+-\d+\.lock$")
 
 
 class RunDirError(AesamplerError):
@@ -174,13 +180,16 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (ids below 1 are never a writer's)."""
+    if not isinstance(pid, int) or pid < 1:
+        return False
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's live process
+    except (PermissionError, OverflowError):  # someone else's live process
         return True
     return True
 
@@ -192,15 +201,100 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+_ALL_ENTRIES = {entry for entries in OUTPUTS.values() for entry in entries}
+
+# Temporary names aesampler itself makes, by folder, each ending in the writer's process id.
+_TOP_TEMPORARY = re.compile(
+    r"^(?:\.(?:"
+    + "|".join(re.escape(e) for e in sorted({*_ALL_ENTRIES, MANIFEST}))
+    + r")\.tmp-|"
+    + re.escape(_STAGING)
+    + "(?:"
+    + "|".join(re.escape(e) for e in sorted(_ALL_ENTRIES))
+    + r")-)(\d+)$"
+)
+_INNER_TEMPORARY = {
+    CHECKPOINTS: re.compile(r"^(?:\.tmp-step-\d{8,}-|\.latest\.tmp-)(\d+)$"),
+    IMAGES: re.compile(r"^\.epoch-\d{3,}-[a-z]+\.png\.tmp-(\d+)$"),
+    SAMPLERS: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
+}
+
+# One lock per run directory and process, re-entrant: flock locks belong to open files, so a
+# second open of the lock file in the same process would wait for the first forever.
+_HELD: dict[str, tuple[Any, int]] = {}
+
+
+def _check_manifest(document: Any, path: Path) -> dict[str, Any]:
+    """The manifest, if every part of it is what aesampler writes; else one clear error."""
+
+    def bad(problem: str) -> RunDirError:
+        return RunDirError(
+            f"{str(path)!r} is damaged or was edited ({problem}); aesampler will not act on it. "
+            "Restore it, or move the run's files to a new folder"
+        )
+
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise RunDirError(
+            f"{str(path)!r} is not an aesampler run manifest (no format {FORMAT!r}); "
+            f"aesampler will not write into {str(path.parent)!r}"
+        )
+    if document.get("version") != VERSION:
+        raise RunDirError(
+            f"{str(path)!r} has manifest version {document.get('version')!r}; this aesampler "
+            f"reads version {VERSION}"
+        )
+    entries = document.setdefault("entries", {})
+    if not isinstance(entries, dict):
+        raise bad("'entries' is not an object")
+    for name, about in entries.items():
+        if name not in _ALL_ENTRIES or not isinstance(about, dict):
+            raise bad(f"'entries' lists {name!r}, which is not an output aesampler writes")
+    pending = document.setdefault("pending", {})
+    if not isinstance(pending, dict):
+        raise bad("'pending' is not an object")
+    for txn_id, record in pending.items():
+        ok = (
+            isinstance(record, dict)
+            and record.get("command") in OUTPUTS
+            and isinstance(record.get("pid"), int)
+            and not isinstance(record.get("pid"), bool)
+            and record["pid"] > 0
+            and isinstance(record.get("backup"), str)
+            and _BACKUP_NAME.match(record["backup"]) is not None
+            and isinstance(record.get("lock"), str)
+            and _LOCK_NAME.match(record["lock"]) is not None
+            and all(
+                isinstance(record.get(key), list)
+                and all(isinstance(e, str) and e in _ALL_ENTRIES for e in record[key])
+                for key in ("entries", "replace", "existed", "direct")
+            )
+            and isinstance(record.get("swapping", []), list)
+            and all(e in _ALL_ENTRIES for e in record.get("swapping", []))
+        )
+        if not ok:
+            raise bad(f"the open transaction {txn_id!r} is not one aesampler records")
+    components = document.setdefault("components", {})
+    if not isinstance(components, dict) or not all(
+        isinstance(names, dict) and all(isinstance(v, dict) for v in names.values())
+        for names in components.values()
+    ):
+        raise bad("'components' is not an object of objects")
+    return document
+
+
 class RunDir:
     """One run directory: what aesampler wrote there, and safe ways to write more.
 
     Args:
-        path: the directory (it need not exist yet).
+        path: the directory (it need not exist yet). A leading ``~`` is the home folder.
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -226,24 +320,16 @@ class RunDir:
     def is_aesampler(self) -> bool:
         return self.manifest_path.is_file()
 
+    def is_legacy_run(self) -> bool:
+        """A training run made by an aesampler older than manifests (no manifest yet)."""
+        return not self.is_aesampler() and (self.path / CHECKPOINTS / "latest").is_file()
+
     def manifest(self) -> dict[str, Any]:
-        """The manifest (an empty one when the directory has none yet)."""
+        """The manifest (an empty one when the directory has none yet), checked."""
         if not self.manifest_path.is_file():
             return {"format": FORMAT, "version": VERSION, "entries": {}, "pending": {}}
         document = read_json(self.manifest_path, "the run directory's manifest")
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise RunDirError(
-                f"{str(self.manifest_path)!r} is not an aesampler run manifest (no format "
-                f"{FORMAT!r}); aesampler will not write into {str(self.path)!r}"
-            )
-        if document.get("version") != VERSION:
-            raise RunDirError(
-                f"{str(self.manifest_path)!r} has manifest version {document.get('version')!r}; "
-                f"this aesampler reads version {VERSION}"
-            )
-        document.setdefault("entries", {})
-        document.setdefault("pending", {})
-        return document
+        return _check_manifest(document, self.manifest_path)
 
     def owned(self) -> dict[str, dict[str, Any]]:
         """Entry name -> what the manifest says about it (the command that wrote it, when)."""
@@ -257,12 +343,23 @@ class RunDir:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialise manifest updates between processes writing into the same directory."""
-        with open(self.path / LOCK, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """Serialise manifest updates and recovery between processes (re-entrant)."""
+        key = str(self.path.resolve())
+        if key in _HELD:
+            handle, depth = _HELD[key]
+            _HELD[key] = (handle, depth + 1)
             try:
                 yield
             finally:
+                _HELD[key] = (handle, _HELD[key][1] - 1)
+            return
+        with open(self.path / LOCK, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            _HELD[key] = (handle, 1)
+            try:
+                yield
+            finally:
+                del _HELD[key]
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _update(self, change) -> dict[str, Any]:
@@ -283,17 +380,46 @@ class RunDir:
 
         self._update(change)
 
+    def adopt_training(self) -> None:
+        """Take a pre-manifest training run's outputs as aesampler's (it has a checkpoint)."""
+        if not self.is_legacy_run():
+            return
+
+        def change(document):
+            document.setdefault("created", _now())
+            for entry in OUTPUTS["train"]:
+                if _exists(self.path / entry):
+                    document["entries"][entry] = {"command": "train", "written": "adopted"}
+
+        self._update(change)
+
     # -- opening ---------------------------------------------------------------------------
+
+    def _refuse_inside_an_output(self) -> None:
+        """Refuse a directory inside an output of another run (that run would replace it)."""
+        here = self.path.resolve()
+        for ancestor in here.parents:
+            manifest = ancestor / MANIFEST
+            if manifest.is_file():
+                entry = here.relative_to(ancestor).parts[0]
+                owned = RunDir(ancestor).owned()
+                if entry in owned or entry in _ALL_ENTRIES:
+                    raise RunDirError(
+                        f"{str(self.path)!r} lies inside {str(ancestor / entry)!r}, an output of "
+                        f"the run {str(ancestor)!r} that aesampler replaces; choose an output.dir "
+                        "outside it"
+                    )
 
     def create(self) -> bool:
         """Make the directory and its manifest; True if this call created the directory.
 
         A directory that exists must be empty or already aesampler's; a run directory made by
-        an aesampler without manifests (it has ``checkpoints/latest``) is adopted: its old files
-        are not listed as aesampler's, so ``--overwrite`` will not replace them.
+        an aesampler without manifests (it has ``checkpoints/latest``) is adopted: only its
+        training outputs are taken as aesampler's.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"the output directory {str(self.path)!r} is a file, not a folder")
+        self._refuse_inside_an_output()
         created = not self.path.exists()
         if not created and not self.is_aesampler() and not self.is_empty():
             self._refuse_foreign()
@@ -303,13 +429,15 @@ class RunDir:
             raise RunDirError(
                 f"cannot create the output directory {str(self.path)!r}: {error.strerror}"
             ) from None
-        if not self.is_aesampler():
+        if self.is_legacy_run():
+            self.adopt_training()
+        elif not self.is_aesampler():
             self._update(lambda document: document.setdefault("created", _now()))
         return created
 
     def _refuse_foreign(self) -> None:
         """Raise unless the folder is aesampler's, or a run made before manifests existed."""
-        if (self.path / CHECKPOINTS / "latest").is_file():
+        if self.is_legacy_run():
             return
         raise RunDirError(
             f"{str(self.path)!r} is not empty and was not made by aesampler (it holds no "
@@ -326,14 +454,17 @@ class RunDir:
         self.recover()
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"the output directory {str(self.path)!r} is a file, not a folder")
+        self._refuse_inside_an_output()
         if not self.path.exists() or self.is_empty():
             return
         if not self.is_aesampler():
             self._refuse_foreign()
         owned = self.owned() if self.is_aesampler() else {}
+        if not owned and self.is_legacy_run():
+            owned = {e: {} for e in OUTPUTS["train"] if _exists(self.path / e)}
         for entry in entries:
             target = self.path / entry
-            if not (target.exists() or target.is_symlink()):
+            if not _exists(target):
                 continue
             if entry not in owned:
                 raise RunDirError(
@@ -352,6 +483,42 @@ class RunDir:
                     f"{str(target)!r} already exists; pass --overwrite to replace it (only "
                     f"{entry}), or choose another output.dir (--out)"
                 )
+
+    @contextlib.contextmanager
+    def new_folder(self, entry: str, name: str, command: str) -> Iterator[Path]:
+        """A staging folder that becomes ``entry/name`` when the block ends without error.
+
+        For entries that collect folders (``samplers/``): the first one is written in a
+        transaction that creates the entry; later ones are renamed into the existing entry.
+        An existing ``entry/name`` is replaced; nothing else in the entry is touched.
+        """
+        self.recover()
+        if not _exists(self.path / entry):
+            with self.transaction(command, [entry]) as txn:
+                staged = txn.path(entry) / name
+                staged.mkdir(parents=True)
+                yield staged
+            return
+        target = self.path / entry
+        if entry not in self.owned() or target.is_symlink() or not target.is_dir():
+            raise RunDirError(
+                f"{str(target)!r} exists but the manifest {MANIFEST} does not list it as "
+                "aesampler's output; move it away, or choose another output.dir (--out)"
+            )
+        staged = target / f".tmp-{name}-{os.getpid()}"
+        _remove(staged)
+        staged.mkdir()
+        try:
+            yield staged
+            final = target / name
+            if _exists(final):
+                _remove(final)
+            fault_point(f"swap in {entry}/{name}")
+            os.replace(staged, final)
+            fsync_dir(target)
+        except BaseException:
+            _remove(staged)
+            raise
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -372,65 +539,120 @@ class RunDir:
         txn.begin()
         try:
             yield txn
+            txn.commit()
         except BaseException:
             txn.rollback()
             raise
-        txn.commit()
+        finally:
+            txn.release()
 
     def recover(self) -> list[str]:
         """Roll back transactions of processes that died; delete their temporary files.
 
-        Returns a line per thing done. Every command calls this before it writes.
+        A transaction is alive while its process holds the lock on its lock file; one whose
+        lock can be taken is a dead writer's (whatever process now has its id). Returns a line
+        per thing done. Every command calls this before it writes.
         """
         if not self.path.is_dir() or not self.is_aesampler():
             return []  # only a directory aesampler has marked as its own is ever tidied
         done: list[str] = []
-        for txn_id, record in self.manifest()["pending"].items():
-            if not _pid_alive(int(record.get("pid", -1))):
-                done += Transaction.from_record(self, txn_id, record).rollback()
-        # Temporary files of dead writers: at the top level, and inside aesampler's own entries.
-        places = [self.path] + [
-            self.path / entry for entry in self.owned() if (self.path / entry).is_dir()
-        ]
-        for place in places:
-            for root, folders, files in os.walk(place):
-                for name in [*folders, *files]:
-                    match = _TEMPORARY.match(name)
-                    if match and not _pid_alive(int(match.group(1))):
-                        _remove(Path(root) / name)
-                        done.append(f"removed {Path(root, name).relative_to(self.path)}")
-                if Path(root) == self.path:
-                    folders.clear()  # the top level only; owned entries are walked themselves
-                else:
-                    folders[:] = [f for f in folders if not _TEMPORARY.match(f)]
+        with self._locked():
+            for txn_id, record in self.manifest()["pending"].items():
+                txn = Transaction.from_record(self, txn_id, record)
+                if txn.owner_is_alive():
+                    continue
+                done += txn.rollback()
+                txn.release()
+            done += self._sweep()
+        return done
+
+    def _sweep(self) -> list[str]:
+        """Delete temporary files of dead writers: only names aesampler makes, no links."""
+        done = []
+        places: list[tuple[Path, re.Pattern]] = [(self.path, _TOP_TEMPORARY)]
+        owned = self.owned()
+        for entry, pattern in _INNER_TEMPORARY.items():
+            folder = self.path / entry
+            if entry in owned and folder.is_dir() and not folder.is_symlink():
+                places.append((folder, pattern))
+        for folder, pattern in places:
+            for item in folder.iterdir():
+                match = pattern.match(item.name)
+                if match and not _pid_alive(int(match.group(1))):
+                    _remove(item)
+                    done.append(f"removed {item.relative_to(self.path)}")
+        # Lock files and backups of transactions that are no longer open (a backup whose drop
+        # failed after its transaction committed).
+        pending = self.manifest()["pending"].values()
+        in_use = {r["lock"] for r in pending} | {r["backup"] for r in pending}
+        for item in self.path.iterdir():
+            if item.name in in_use or item.is_symlink():
+                continue
+            if _LOCK_NAME.match(item.name) and not _held(item):
+                item.unlink(missing_ok=True)  # a lock nobody holds (a transaction about to
+                # record itself holds its lock first, so it is never taken from under it)
+            elif _BACKUP_NAME.match(item.name):
+                _remove(item)
+                done.append(f"removed {item.name}, left by a committed transaction")
         return done
 
 
+def _held(lock: Path) -> bool:
+    """Whether some process holds the flock on this file."""
+    try:
+        handle = open(lock, "a")  # noqa: SIM115 (closed below)
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 class Transaction:
-    """An open replacement of some run-directory entries (see :meth:`RunDir.transaction`)."""
+    """An open replacement of some run-directory entries (see :meth:`RunDir.transaction`).
+
+    The manifest records it while it is open: its entries, which of them existed before it
+    began, which it writes in place, and its backup folder. Rollback follows one rule that is
+    safe to repeat: an entry with a copy in the backup gets that copy back; an entry that did not
+    exist before is removed; anything else is left alone.
+    """
 
     def __init__(self, run_dir: RunDir, command: str, entries: list[str], replace: list[str]):
-        unknown = [e for e in entries if e not in _ALL_ENTRIES]
+        unknown = [e for e in [*entries, *replace] if e not in _ALL_ENTRIES]
         if unknown:
-            raise ValueError(f"not run-directory entries: {unknown}")
+            raise RunDirError(f"not run-directory entries: {unknown}")
+        if command not in OUTPUTS:
+            raise RunDirError(f"not a command that writes a run directory: {command!r}")
         self.run_dir = run_dir
         self.command = command
         self.entries = entries
         self.replace = [e for e in replace if e not in entries]
         self.pid = os.getpid()
-        self.id = f"{command}-{self.pid}-{time.monotonic_ns()}"
-        self.backup = run_dir.path / f"{_BACKUP}{command}-{self.pid}"
-        self.created_dir = False
+        serial = time.monotonic_ns()
+        self.id = f"{command}-{self.pid}-{serial}"
+        self.backup = run_dir.path / f"{_BACKUP}{command}-{self.pid}-{serial}"
+        self.lock = run_dir.path / f"{_TXN_LOCK}{command}-{self.pid}-{serial}.lock"
+        self.existed: set[str] = set()
         self.direct_entries: set[str] = set()
+        self.swapping: set[str] = set()
+        self.created_dir = False
         self._open = False
+        self._lock_handle = None
 
     @classmethod
     def from_record(cls, run_dir: RunDir, txn_id: str, record: dict) -> Transaction:
-        txn = cls(run_dir, record["command"], record["entries"], record.get("replace", []))
-        txn.id, txn.pid = txn_id, int(record["pid"])
+        txn = cls(run_dir, record["command"], record["entries"], record["replace"])
+        txn.id, txn.pid = txn_id, record["pid"]
         txn.backup = run_dir.path / record["backup"]
-        txn.created_dir = bool(record.get("created_dir"))
-        txn.direct_entries = set(record.get("direct", []))
+        txn.lock = run_dir.path / record["lock"]
+        txn.existed = set(record["existed"])
+        txn.direct_entries = set(record["direct"])
+        txn.created_dir = record.get("created_dir") is True
+        txn.swapping = set(record.get("swapping", []))
         txn._open = True
         return txn
 
@@ -441,19 +663,38 @@ class Transaction:
             "started": _now(),
             "entries": self.entries,
             "replace": self.replace,
-            "backup": self.backup.name,
-            "created_dir": self.created_dir,
+            "existed": sorted(self.existed),
             "direct": sorted(self.direct_entries),
+            "backup": self.backup.name,
+            "lock": self.lock.name,
+            "created_dir": self.created_dir,
+            "swapping": sorted(self.swapping),
         }
 
     def _staging(self, entry: str) -> Path:
         return self.run_dir.path / f"{_STAGING}{entry}-{self.pid}"
 
+    def owner_is_alive(self) -> bool:
+        """Whether the process that opened this transaction still holds its lock."""
+        return _held(self.lock)
+
     def begin(self) -> None:
         self.created_dir = self.run_dir.create()
+        self._lock_handle = open(self.lock, "a")  # noqa: SIM115 (closed by release)
+        fcntl.flock(self._lock_handle, fcntl.LOCK_EX)
+        root = self.run_dir.path
+        self.existed = {e for e in [*self.entries, *self.replace] if _exists(root / e)}
         record = self._record()
         self.run_dir._update(lambda d: d["pending"].__setitem__(self.id, record))
         self._open = True
+
+    def release(self) -> None:
+        """Give up the transaction's lock and remove its lock file."""
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+        self.lock.unlink(missing_ok=True)
 
     def path(self, entry: str) -> Path:
         """Where to write ``entry``: a staging name, renamed into place at commit."""
@@ -466,15 +707,15 @@ class Transaction:
         if entry not in self.entries:
             raise ValueError(f"{entry!r} is not an entry of this transaction: {self.entries}")
         if entry not in self.direct_entries:
+            self._move_to_backup(entry)
             self.direct_entries.add(entry)
             record = self._record()
             self.run_dir._update(lambda d: d["pending"].__setitem__(self.id, record))
-            self._move_to_backup(entry)
         return self.run_dir.path / entry
 
     def _move_to_backup(self, entry: str) -> None:
         final = self.run_dir.path / entry
-        if final.exists() or final.is_symlink():
+        if _exists(final) and not _exists(self.backup / entry):
             self.backup.mkdir(exist_ok=True)
             fault_point(f"back up {entry}")
             os.replace(final, self.backup / entry)
@@ -484,67 +725,94 @@ class Transaction:
         if not self._open:
             return
         root = self.run_dir.path
-        for entry in self.replace:
-            self._move_to_backup(entry)
-        for entry in self.entries:
-            if entry in self.direct_entries:
-                continue
-            staged = self._staging(entry)
-            if not (staged.exists() or staged.is_symlink()):
-                continue  # nothing was written for it: the old one stays
-            self._move_to_backup(entry)
-            fault_point(f"swap in {entry}")
-            os.replace(staged, root / entry)
-        fsync_dir(root)
-        written = [e for e in self.entries if (root / e).exists()]
-
-        def change(document):
+        with self.run_dir._locked():
+            for entry in [*self.entries, *self.replace]:
+                target = root / entry
+                if entry in self.existed or entry in self.direct_entries:
+                    continue
+                if _exists(target):  # it appeared while we worked: someone else's
+                    raise RunDirError(
+                        f"{str(target)!r} appeared while aesampler was writing it; nothing was "
+                        "replaced. Move it away and run again"
+                    )
+            # Record what is about to be swapped in: a rollback removes only what it wrote.
+            self.swapping = {
+                e
+                for e in self.entries
+                if e not in self.direct_entries and _exists(self._staging(e))
+            }
+            record = self._record()
+            self.run_dir._update(lambda d: d["pending"].__setitem__(self.id, record))
             for entry in self.replace:
-                document["entries"].pop(entry, None)
-            for entry in written:
-                document["entries"][entry] = {"command": self.command, "written": _now()}
-            document["pending"].pop(self.id, None)
+                self._move_to_backup(entry)
+            for entry in self.entries:
+                if entry not in self.swapping:
+                    continue  # written in place, or nothing was written: the old one stays
+                staged = self._staging(entry)
+                self._move_to_backup(entry)
+                fault_point(f"swap in {entry}")
+                os.replace(staged, root / entry)
+            fsync_dir(root)
+            written = [e for e in self.entries if _exists(root / e)]
 
-        fault_point("commit manifest")
-        self.run_dir._update(change)
-        self._open = False
+            def change(document):
+                for entry in self.replace:
+                    document["entries"].pop(entry, None)
+                for entry in written:
+                    document["entries"][entry] = {"command": self.command, "written": _now()}
+                document["pending"].pop(self.id, None)
+
+            fault_point("commit manifest")
+            self.run_dir._update(change)
+            self._open = False
         if self.backup.exists():
             fault_point("drop backup")
-            shutil.rmtree(self.backup)
+            # Committed all the same if this fails: the next command's recovery retries.
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.backup)
 
     def rollback(self) -> list[str]:
-        """Remove what this transaction wrote and put the old entries back."""
+        """Remove what this transaction wrote and put the old entries back (repeatable)."""
         if not self._open:
             return []
         root = self.run_dir.path
         done = []
-        for entry in self.entries:
-            staged = self._staging(entry)
-            if staged.exists() or staged.is_symlink():
-                _remove(staged)
-            if entry in self.direct_entries and (root / entry).exists():
-                _remove(root / entry)
-                done.append(f"removed the unfinished {entry} of an interrupted {self.command}")
-        if self.backup.is_dir():
-            for old in self.backup.iterdir():
-                if (root / old.name).exists():
-                    _remove(root / old.name)
-                os.replace(old, root / old.name)
-                done.append(f"restored {old.name} from before an interrupted {self.command}")
-            self.backup.rmdir()
-        self._open = False
-        manifest = self.run_dir.manifest()
-        manifest["pending"].pop(self.id, None)
-        leftover = [p for p in root.iterdir() if p.name not in (MANIFEST, LOCK)]
-        if self.created_dir and not manifest["pending"] and not leftover:
-            shutil.rmtree(root)  # it did not exist before this transaction: leave no trace
-            done.append(f"removed {root}, made by an interrupted {self.command}")
-        else:
+        with self.run_dir._locked():
+            for entry in self.entries:
+                staged = self._staging(entry)
+                if _exists(staged):
+                    _remove(staged)
+            for entry in [*self.entries, *self.replace]:
+                kept = self.backup / entry
+                if _exists(kept):
+                    if _exists(root / entry):
+                        _remove(root / entry)
+                    os.replace(kept, root / entry)
+                    done.append(f"restored {entry} from before an interrupted {self.command}")
+                elif (
+                    entry not in self.existed
+                    and (entry in self.direct_entries or entry in self.swapping)
+                    and not _exists(self._staging(entry))
+                    and _exists(root / entry)
+                ):
+                    _remove(root / entry)
+                    done.append(f"removed the unfinished {entry} of an interrupted {self.command}")
+            if self.backup.is_dir():
+                shutil.rmtree(self.backup)
             self.run_dir._update(lambda d: d["pending"].pop(self.id, None))
+            self._open = False
+            manifest = self.run_dir.manifest()
+            leftover = [
+                p
+                for p in root.iterdir()
+                if p.name not in (MANIFEST, LOCK) and not _LOCK_NAME.match(p.name)
+            ]
+            empty = not manifest["entries"] and not manifest["pending"] and not leftover
+            if self.created_dir and empty:
+                # The directory did not exist before this transaction made it: leave no trace.
+                shutil.rmtree(root)
+                done.append(f"removed {root}, made by an interrupted {self.command}")
         return done
-
-
-_ALL_ENTRIES = {entry for entries in OUTPUTS.values() for entry in entries}
 
 
 def _now() -> str:

@@ -49,7 +49,16 @@ from .errors import AesamplerError
 from .plugins import get_registry
 from .recipe import Recipe, build_corruption, build_dataset, build_model
 from .registry import Registry
-from .rundir import IMAGES, OUTPUTS, RECIPE, TRAIN_LOG, RunDir, atomic_write_bytes, save_png
+from .rundir import (
+    CHECKPOINTS,
+    IMAGES,
+    OUTPUTS,
+    RECIPE,
+    TRAIN_LOG,
+    RunDir,
+    atomic_write_bytes,
+    save_png,
+)
 
 
 class TrainingError(AesamplerError):
@@ -111,6 +120,12 @@ def train(
     cfg = recipe.train
     if resume and overwrite:
         raise TrainingError("--resume and --overwrite contradict each other; choose one")
+    if recipe.model.checkpoint is not None:
+        raise TrainingError(
+            f"model.checkpoint is set ({recipe.model.checkpoint!r}): that model is loaded, not "
+            "trained; sample or evaluate it (aesampler sample/evaluate/run), or remove "
+            "model.checkpoint to train a new model"
+        )
     device = resolve_device(cfg.device)
     run = RunDir(recipe.output.dir)
 
@@ -136,8 +151,8 @@ def train(
     start = _Start()
     if resume:
         start = _resume_state(run, model, optimizers, device)
-        atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
         _truncate_log(run / TRAIN_LOG, start.step)
+        atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
         where = f"step {start.step} (epoch {start.epoch + 1}, batch {start.skip})"
         log(f"resuming {run.path} at {where}")
         parts = (model, optimizers, corruption, train_set, valid_set)
@@ -196,8 +211,22 @@ def _resume_state(run: RunDir, model, optimizers, device: torch.device) -> _Star
     """Load the run's checkpoint into ``model`` and ``optimizers``; nothing is written."""
     if not run.exists() or run.is_empty():
         raise TrainingError(f"cannot resume: {str(run.path)!r} does not exist or is empty")
+    if not (run / CHECKPOINTS / "latest").is_file():
+        raise TrainingError(
+            f"cannot resume: {str(run.path)!r} is not a training run of aesampler (it has no "
+            f"{CHECKPOINTS}/latest)"
+        )
+    if not run.is_aesampler():
+        run.adopt_training()  # a run made before manifests: its training outputs are ours
     run.recover()
-    folder = find_checkpoint(run.path)
+    owned = run.owned()
+    for entry in (RECIPE, TRAIN_LOG):
+        if (run / entry).exists() and entry not in owned:
+            raise TrainingError(
+                f"cannot resume: {str(run / entry)!r} is not listed as aesampler's in the run's "
+                "manifest, and resuming would rewrite it; move it away"
+            )
+    folder = find_checkpoint(run / CHECKPOINTS)
     info = read_info(folder)
     if info["model"] != {"kind": model.kind, "architecture": model.architecture}:
         raise TrainingError(
@@ -243,8 +272,9 @@ def _truncate_log(path: Path, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
-            kept.append(line)
+        at = record.get("step") if isinstance(record, dict) else None
+        if isinstance(at, int) and not isinstance(at, bool) and at <= step:
+            kept.append(line)  # lines without a valid step number are dropped too
     atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
 
 

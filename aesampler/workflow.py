@@ -20,19 +20,22 @@ Files written into the run directory:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save
+from safetensors.torch import load_file, save
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .chain import Chain, ChainResult, default_record, sampling_mode
-from .checkpoint import CheckpointError, find_checkpoint, load_model
+from .chain import Chain, ChainResult, chunk_bounds, default_record, sampling_mode
+from .checkpoint import MODEL_WEIGHTS, CheckpointError, find_checkpoint, load_model
 from .data import ImageDataset
 from .errors import AesamplerError
 from .interpolate import lerp, slerp
@@ -47,6 +50,8 @@ from .rundir import (
     INTERPOLATION_TENSORS,
     METRICS,
     RECIPE,
+    SAMPLER_STATE,
+    SAMPLERS,
     SAMPLES,
     SAMPLES_TENSORS,
     SETTINGS,
@@ -57,6 +62,7 @@ from .rundir import (
     save_png,
     write_json,
 )
+from .samplers import Sampler, SamplerContext, encode_images
 from .training import resolve_device, train
 
 
@@ -74,6 +80,13 @@ class Components:
     device: torch.device
     checkpoint: Path
     registry: Registry
+    _start: Sampler | None = field(default=None, init=False, repr=False)
+
+    def start_sampler(self, log: Callable[[str], None] = print) -> Sampler:
+        """The recipe's ``sampling.start`` sampler, fitted (or loaded from the run directory)."""
+        if self._start is None:
+            self._start = fit_start_sampler(self, log)
+        return self._start
 
     def dataset(self, split: str) -> ImageDataset:
         """A split of the recipe's data, checked against the geometry the model was trained on."""
@@ -88,6 +101,77 @@ class Components:
                 "data.image_size (and the data) to match"
             )
         return dataset
+
+
+def fit_start_sampler(parts: Components, log: Callable[[str], None] = print) -> Sampler:
+    """Build ``sampling.start`` and fit it, or load what it fitted before for this model.
+
+    A sampler that fits (``fits = True``) saves its state in the run directory under
+    ``samplers/NAME-KEY/``, KEY a hash of its settings, the model's weights, the data and the
+    batch-norm mode; a later command with the same KEY loads it instead of fitting again.
+    """
+    recipe, sampling = parts.recipe, parts.recipe.sampling
+    spec = sampling.start
+    sampler = parts.registry.create("sampler", spec.name, **spec.params)
+    if not isinstance(sampler, Sampler):
+        raise WorkflowError(
+            f"sampler {spec.name!r} returned {type(sampler).__name__}, not an "
+            "aesampler.samplers.Sampler"
+        )
+
+    def encode(split: str) -> torch.Tensor:
+        loader = DataLoader(parts.dataset(split), batch_size=256)
+        batches = (x for x, _ in loader)
+        return encode_images(
+            parts.model,
+            batches,
+            batchnorm=sampling.batchnorm,
+            seed=sampling.seed,
+            device=parts.device,
+        )
+
+    context = SamplerContext(
+        parts.model.decoder.latent_shape,
+        encode,
+        seed=sampling.seed,
+        device=parts.device,
+        model=parts.model,
+        log=log,
+    )
+    if not sampler.fits:
+        sampler.fit(context)
+        return sampler
+    identity = {
+        "sampler": spec.model_dump(mode="json"),
+        "weights": hashlib.sha256((parts.checkpoint / MODEL_WEIGHTS).read_bytes()).hexdigest(),
+        "data": recipe.data.model_dump(mode="json"),
+        "batchnorm": sampling.batchnorm,
+        "seed": sampling.seed,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    run = RunDir(recipe.output.dir)
+    folder = run / SAMPLERS / f"{spec.name}-{key}"
+    if (folder / SAMPLER_STATE).is_file():
+        try:
+            state = load_file(str(folder / SAMPLER_STATE))
+        except Exception as error:  # a damaged file: fit again over it
+            log(f"the fitted state {folder / SAMPLER_STATE} is unreadable ({error}); refitting")
+        else:
+            sampler.load_state_dict(state)
+            sampler.latent_shape = context.latent_shape
+            log(f"start sampler {spec.name!r}: loaded what it fitted from {folder}")
+            return sampler
+    started = time.perf_counter()
+    sampler.fit(context)
+    log(f"start sampler {spec.name!r}: fitted in {time.perf_counter() - started:.1f}s")
+    with run.new_folder(SAMPLERS, folder.name, "fit") as staged:
+        save_tensors(
+            {k: v.contiguous() for k, v in sampler.state_dict().items()}, staged / SAMPLER_STATE
+        )
+        components = parts.registry.provenance([("sampler", spec.name)])
+        write_json(staged / SETTINGS, {**identity, "components": components})
+    run.record_components(components)
+    return sampler
 
 
 def checkpoint_for(recipe: Recipe, override: str | Path | None = None) -> Path:
@@ -192,34 +276,43 @@ def _write_recipe(parts: Components, txn: Transaction) -> None:
 
 
 def sample(
-    parts: Components, run_dir: Path, *, overwrite: bool = False, progress: bool = True
+    parts: Components,
+    run_dir: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
 ) -> ChainResult:
     """Run ``sampling.num_chains`` chains from the prior and save grids and tensors.
 
-    The chains run before anything is written; the outputs then replace ``samples/`` in one
-    transaction (the old ones survive any failure).
+    The outputs replace ``samples/`` in one transaction, open from the moment the check passed:
+    the old samples survive any failure, and nothing that appears at ``samples/`` meanwhile is
+    replaced.
     """
     cfg = parts.recipe.sampling
     run = RunDir(run_dir)
     run.check_replaceable("sample", [SAMPLES], overwrite)
     check_sizes(parts, sample=True, evaluate=False)
-    chunks = math.ceil(cfg.num_chains / (cfg.chunk_size or cfg.num_chains))
-    result = _run_chain(
-        parts,
-        "chains",
-        chunks * (cfg.steps + 1),
-        progress,
-        n=cfg.num_chains,
-        steps=cfg.steps,
-        record=cfg.record,
-        chunk_size=cfg.chunk_size,
-        batchnorm=cfg.batchnorm,
-        seed=cfg.seed,
-    )
+    start = parts.start_sampler(log)
+    chunks = len(chunk_bounds(cfg.num_chains, cfg.chunk_size, batchnorm=cfg.batchnorm))
     shown = min(cfg.grid_size, cfg.num_chains)
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
+    # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
     with run.transaction("sample", _with_recipe(run, SAMPLES)) as txn:
+        result = _run_chain(
+            parts,
+            "chains",
+            chunks * (cfg.steps + 1),
+            progress,
+            n=cfg.num_chains,
+            start=start,
+            steps=cfg.steps,
+            record=cfg.record,
+            chunk_size=cfg.chunk_size,
+            batchnorm=cfg.batchnorm,
+            seed=cfg.seed,
+        )
         folder = txn.path(SAMPLES)
         folder.mkdir()
         tensors = {}
@@ -228,9 +321,14 @@ def sample(
             tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
             tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
         save_tensors(tensors, folder / SAMPLES_TENSORS)
-        settings = dict(cfg.model_dump(mode="json"), steps_recorded=list(result.steps))
-        _save_settings(parts, folder, settings, ["transition", "corruption"])
-        steps_figure({t: result.x[t][:shown] for t in result.steps}, folder / STEPS_FIGURE)
+        settings = dict(
+            cfg.model_dump(mode="json"),
+            steps_recorded=list(result.steps),
+            start_describes=start.describes,
+        )
+        _save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
+        shown_steps = {t: result.x[t][:shown] for t in result.steps}
+        steps_figure(shown_steps, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
         _write_recipe(parts, txn)
     return result
 
@@ -242,41 +340,42 @@ def interpolate(
     cfg, sampling = parts.recipe.interpolation, parts.recipe.sampling
     run = RunDir(run_dir)
     run.check_replaceable("interpolate", [INTERPOLATION], overwrite)
-    test = parts.dataset("test")
-    count = min(2 * cfg.pairs, len(test) - len(test) % 2)
-    if count < 2:
-        raise WorkflowError(
-            f"interpolation needs at least 2 test images; the test split has {len(test)}"
-        )
-    picks = torch.linspace(0, len(test) - 1, count).round().long()  # spread over the split
-    images = torch.stack([test[int(i)][0] for i in picks]).to(parts.device)  # (2P, C, H, W)
-    with sampling_mode([parts.model], sampling.batchnorm), torch.inference_mode():
-        z = parts.model.encoder(images).mean  # (2P, D): encodings of the test images
-    start, end = z[0::2], z[1::2]  # (P, D) each
-    weights = torch.linspace(0, 1, cfg.points)
-    path = (slerp if cfg.method == "slerp" else lerp)(start, end, weights)  # (P, T, D)
-    pairs, points = path.shape[:2]
-    result = _run_chain(
-        parts,
-        "interpolation",
-        cfg.steps + 1,
-        progress,
-        path.reshape(pairs * points, *path.shape[2:]),
-        steps=cfg.steps,
-        record=[0, cfg.steps],
-        batchnorm=sampling.batchnorm,
-        seed=cfg.seed,
-    )
-    plain = result.x[0].reshape(pairs, points, *result.x[0].shape[1:])
-    chained = result.x[cfg.steps].reshape(pairs, points, *result.x[0].shape[1:])
-    rows = torch.stack([plain, chained], dim=1).flatten(0, 2)  # pair by pair: plain, then chained
-    tensors = {
-        "images": images.cpu().contiguous(),
-        "z_path": path.cpu().float().contiguous(),
-        "x_plain": plain.contiguous(),
-        "x_chain": chained.contiguous(),
-    }
     with run.transaction("interpolate", _with_recipe(run, INTERPOLATION)) as txn:
+        test = parts.dataset("test")
+        count = min(2 * cfg.pairs, len(test) - len(test) % 2)
+        if count < 2:
+            raise WorkflowError(
+                f"interpolation needs at least 2 test images; the test split has {len(test)}"
+            )
+        picks = torch.linspace(0, len(test) - 1, count).round().long()  # spread over the split
+        images = torch.stack([test[int(i)][0] for i in picks]).to(parts.device)  # (2P, C, H, W)
+        with sampling_mode([parts.model], sampling.batchnorm), torch.inference_mode():
+            z = parts.model.encoder(images).mean  # (2P, D): encodings of the test images
+        start, end = z[0::2], z[1::2]  # (P, D) each
+        weights = torch.linspace(0, 1, cfg.points)
+        path = (slerp if cfg.method == "slerp" else lerp)(start, end, weights)  # (P, T, D)
+        pairs, points = path.shape[:2]
+        result = _run_chain(
+            parts,
+            "interpolation",
+            cfg.steps + 1,
+            progress,
+            path.reshape(pairs * points, *path.shape[2:]),
+            steps=cfg.steps,
+            record=[0, cfg.steps],
+            batchnorm=sampling.batchnorm,
+            seed=cfg.seed,
+        )
+        plain = result.x[0].reshape(pairs, points, *result.x[0].shape[1:])
+        chained = result.x[cfg.steps].reshape(pairs, points, *result.x[0].shape[1:])
+        # Pair by pair: the plain row, then the chained row.
+        rows = torch.stack([plain, chained], dim=1).flatten(0, 2)
+        tensors = {
+            "images": images.cpu().contiguous(),
+            "z_path": path.cpu().float().contiguous(),
+            "x_plain": plain.contiguous(),
+            "x_chain": chained.contiguous(),
+        }
         folder = txn.path(INTERPOLATION)
         folder.mkdir()
         save_png(rows, folder / INTERPOLATION_GRID, nrow=points)
@@ -295,6 +394,8 @@ def _save_settings(parts: Components, folder: Path, settings: dict, kinds: list[
         used.append(("transition", parts.recipe.sampling.transition.name))
     if "corruption" in kinds and spec is not None:
         used.append(("corruption", spec.name))
+    if "sampler" in kinds:
+        used.append(("sampler", parts.recipe.sampling.start.name))
     if "dataset" in kinds:
         used.append(("dataset", parts.recipe.data.name))
     components = parts.registry.provenance(used)
@@ -389,7 +490,7 @@ def run(
         parts.dataset("test")  # the data fits the model: checked before any chain runs
     check_sizes(parts, sample=do_sample, evaluate=evaluating)
     if do_sample:
-        sample(parts, run_dir.path, overwrite=remake, progress=progress)
+        sample(parts, run_dir.path, overwrite=remake, progress=progress, log=log)
     if interpolating:
         interpolate(parts, run_dir.path, overwrite=remake, progress=progress)
     metrics = None
@@ -397,11 +498,11 @@ def run(
         from .evaluation import evaluate
 
         run_dir.check_replaceable("evaluate", [METRICS], remake)
-        metrics = evaluate(parts, run_dir.path, registry=registry, progress=progress, log=log)
         used = [("metric", spec.name) for spec in recipe.evaluate.metrics]
         used.append(("feature_extractor", recipe.evaluate.feature_extractor.name))
-        metrics["components"] = registry.provenance(used)
         with run_dir.transaction("evaluate", _with_recipe(run_dir, METRICS)) as txn:
+            metrics = evaluate(parts, run_dir.path, registry=registry, progress=progress, log=log)
+            metrics["components"] = registry.provenance(used)
             write_json(txn.path(METRICS), metrics)
             _write_recipe(parts, txn)
         run_dir.record_components(metrics["components"])

@@ -164,17 +164,6 @@ WRAPPED = """
         register("wrapped_first", aesampler.IdentityCorruption)
 """
 
-FUTURE_HOOK = """
-    import aesampler
-
-    @aesampler.hookimpl(optionalhook=True)
-    def register_samplers(register):
-        register("never_called", object)
-
-    @aesampler.hookimpl
-    def register_corruptions(register):
-        register("future_proof", aesampler.IdentityCorruption)
-"""
 
 # Importing it leaves a trace, so a test can tell that a switched-off plugin was never imported.
 IMPORT_TRACE = """

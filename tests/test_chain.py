@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -10,7 +11,14 @@ from torch import nn
 
 import aesampler
 from aesampler import Chain, ChainInputError, GaussianCorruption
-from aesampler.chain import _chunk_bounds
+from aesampler.chain import (
+    _chunk_bounds,
+    block_generator,
+    chunk_bounds,
+    seed_from_generator,
+    start_generator,
+)
+from aesampler.samplers import PriorSampler
 
 from .conftest import tiny_chain_parts
 
@@ -19,25 +27,33 @@ def _state(*modules: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(k, v.detach().clone()) for m in modules for k, v in m.state_dict().items()]
 
 
-def _manual_chain(encoder, decoder, corruption, z0, steps, generator):
-    """The paper's chain written out by hand on copies of the modules, BN in batch mode."""
+def _manual_chain(encoder, decoder, corruption, z0, steps, seed, groups=None, batchnorm="batch"):
+    """The paper's chain written out by hand on copies of the modules.
+
+    ``groups`` lists the (noise index, start, stop) chain ranges run together, each with its own
+    generator ``block_generator(seed, index)``: the chunks with batch BN, the noise blocks with
+    running BN. Default: all chains in one group, index 0.
+    """
     enc, dec = copy.deepcopy(encoder), copy.deepcopy(decoder)
     for module in (enc, dec):
         module.eval()
         for m in module.modules():
-            if isinstance(m, nn.BatchNorm1d):
+            if isinstance(m, nn.BatchNorm1d) and batchnorm == "batch":
                 m.train()  # minibatch statistics (this copy's buffers may change: it is a copy)
-    zs, xs = [z0], []
-    z = z0
+    zs, xs = [[] for _ in range(steps + 1)], [[] for _ in range(steps + 1)]
     with torch.no_grad():
-        for _ in range(steps):
-            x = dec(z)
-            xs.append(x)
-            x_tilde = corruption(x, generator=generator) if corruption is not None else x
-            z = enc(x_tilde).sample(generator)
-            zs.append(z)
-        xs.append(dec(z))
-    return zs, xs
+        for index, start, stop in groups or [(0, 0, len(z0))]:
+            generator = block_generator(seed, index)
+            z = z0[start:stop]
+            zs[0].append(z)
+            for t in range(steps):
+                x = dec(z)
+                xs[t].append(x)
+                x_tilde = corruption(x, generator=generator) if corruption is not None else x
+                z = enc(x_tilde).sample(generator)
+                zs[t + 1].append(z)
+            xs[steps].append(dec(z))
+    return [torch.cat(z) for z in zs], [torch.cat(x) for x in xs]
 
 
 @settings(max_examples=25, deadline=None)
@@ -49,12 +65,25 @@ def _manual_chain(encoder, decoder, corruption, z0, steps, generator):
     chunk=st.integers(2, 8),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     stochastic=st.booleans(),
+    batchnorm=st.sampled_from(["batch", "running"]),
+    block=st.integers(1, 4),
 )
-def test_recorded_shapes_and_dtypes(n, latent, image, steps, chunk, dtype, stochastic):
+def test_recorded_shapes_and_dtypes(
+    n, latent, image, steps, chunk, dtype, stochastic, batchnorm, block
+):
     encoder, decoder = tiny_chain_parts(latent, image, stochastic, dtype)
     chain = Chain(encoder, decoder, GaussianCorruption(0.5))
-    assume(min(b - a for a, b in _chunk_bounds(n, chunk)) >= 2)  # batch-mode BN needs 2 per chunk
-    result = chain.run(n=n, steps=steps, record="all", chunk_size=chunk, seed=1)
+    if batchnorm == "batch":  # batch-mode BN needs 2 chains per chunk
+        assume(min(b - a for a, b in _chunk_bounds(n, chunk)) >= 2)
+    result = chain.run(
+        n=n,
+        steps=steps,
+        record="all",
+        chunk_size=chunk,
+        block_size=block,
+        batchnorm=batchnorm,
+        seed=1,
+    )
     assert result.steps == tuple(range(steps + 1))
     assert set(result.z) == set(result.x) == set(range(steps + 1))
     for t in result.steps:
@@ -74,15 +103,27 @@ def test_default_record_is_the_papers_steps(parts):
 
 @pytest.mark.parametrize("stochastic", [False, True])
 @pytest.mark.parametrize("sigma", [0.0, 0.5])
-def test_step_m_is_m_transitions_from_z0(stochastic, sigma):
+@pytest.mark.parametrize(
+    ("batchnorm", "sizes", "groups"),
+    [
+        # One chunk, one generator: block_generator(seed, 0).
+        ("batch", {}, None),
+        # Batch BN: chunk c draws its noise from block_generator(seed, c).
+        ("batch", {"chunk_size": 3}, [(0, 0, 3), (1, 3, 6)]),
+        # Running BN: block b (4 chains here) from block_generator(seed, b), whatever the chunks.
+        ("running", {"block_size": 4}, [(0, 0, 4), (1, 4, 6)]),
+        ("running", {"block_size": 4, "chunk_size": 1}, [(0, 0, 4), (1, 4, 6)]),
+    ],
+)
+def test_step_m_is_m_transitions_from_z0(stochastic, sigma, batchnorm, sizes, groups):
     encoder, decoder = tiny_chain_parts(latent=3, image=(2, 3, 3), stochastic=stochastic)
     corruption = GaussianCorruption(sigma)
     z0 = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
     steps = 6
-    result = Chain(encoder, decoder, corruption).run(z0, steps=steps, record="all", seed=11)
-    zs, xs = _manual_chain(
-        encoder, decoder, corruption, z0, steps, torch.Generator().manual_seed(11)
+    result = Chain(encoder, decoder, corruption).run(
+        z0, steps=steps, record="all", seed=11, batchnorm=batchnorm, **sizes
     )
+    zs, xs = _manual_chain(encoder, decoder, corruption, z0, steps, 11, groups, batchnorm)
     for t in range(steps + 1):
         torch.testing.assert_close(result.z[t], zs[t], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(result.x[t], xs[t], rtol=1e-5, atol=1e-6)
@@ -113,7 +154,7 @@ def test_parameters_buffers_and_flags_unchanged(batchnorm, was_training):
     flags = [m.training for m in [*encoder.modules(), *decoder.modules()]]
     before = _state(encoder, decoder)
     Chain(encoder, decoder, GaussianCorruption(0.5)).run(
-        n=9, steps=5, chunk_size=4, batchnorm=batchnorm, seed=0
+        n=9, steps=5, chunk_size=4, block_size=2, batchnorm=batchnorm, seed=0
     )
     after = _state(encoder, decoder)
     assert [k for k, _ in before] == [k for k, _ in after]
@@ -181,8 +222,48 @@ def test_seeded_runs_are_identical_and_seeds_differ():
         assert torch.equal(a.z[t], b.z[t]) and torch.equal(a.x[t], b.x[t])
     assert not torch.equal(a.z[0], c.z[0])
     assert not torch.equal(a.z[5], c.z[5])
-    g = chain.run(n=6, steps=5, record="all", generator=torch.Generator().manual_seed(123))
-    assert torch.equal(a.z[5], g.z[5])
+
+
+def test_a_generator_gives_the_base_seed_by_one_draw():
+    encoder, decoder = tiny_chain_parts(stochastic=True)
+    chain = Chain(encoder, decoder, GaussianCorruption(0.5))
+    drawn = torch.randint(2**63 - 1, (), generator=torch.Generator().manual_seed(123)).item()
+    assert seed_from_generator(torch.Generator().manual_seed(123)) == drawn
+    generator = torch.Generator().manual_seed(123)
+    g = chain.run(n=6, steps=5, record="all", generator=generator)
+    s = chain.run(n=6, steps=5, record="all", seed=drawn)
+    for t in g.steps:
+        assert torch.equal(g.z[t], s.z[t]) and torch.equal(g.x[t], s.x[t])
+    # The generator advanced by exactly that one draw: a second run gets the next seed.
+    after = torch.Generator().manual_seed(123)
+    torch.randint(2**63 - 1, (), generator=after)
+    assert torch.equal(generator.get_state(), after.get_state())
+    # With neither seed nor generator, the draw is from PyTorch's default CPU generator.
+    torch.manual_seed(5)
+    u = chain.run(n=6, steps=2, record="all")
+    torch.manual_seed(5)
+    v = chain.run(n=6, steps=2, seed=seed_from_generator())
+    assert torch.equal(u.z[2], v.z[2])
+
+
+def test_seed_derivation_is_documented_and_stable():
+    def derived(seed, *key):
+        return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0])
+
+    assert start_generator(5).initial_seed() == derived(5, 0) == 15658875773272509128
+    for seed, index in [(0, 0), (5, 0), (5, 1), (2**64 - 1, 123456)]:
+        g = block_generator(seed, index)
+        assert g.initial_seed() == derived(seed, 1, index)
+        assert g.device.type == "cpu"
+    # Every stream is its own: the starts, each block, each seed.
+    seeds = {start_generator(5).initial_seed(), start_generator(6).initial_seed()}
+    seeds |= {block_generator(s, b).initial_seed() for s in (5, 6) for b in range(50)}
+    assert len(seeds) == 102
+    for bad in (-1, 2**64, 1.5, True):
+        with pytest.raises(ChainInputError, match="seed must be an integer"):
+            block_generator(bad, 0)
+    with pytest.raises(ChainInputError, match="index must be an integer >= 0"):
+        block_generator(0, -1)
 
 
 def test_chunks_are_balanced_and_bound_the_batch(parts):
@@ -197,14 +278,93 @@ def test_chunks_are_balanced_and_bound_the_batch(parts):
     assert result.x[3].shape[0] == 10
 
 
-def test_chunking_does_not_change_running_mode_results(parts):
-    encoder, decoder = parts
-    z0 = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
-    chain = Chain(encoder, decoder)
-    whole = chain.run(z0, steps=5, batchnorm="running")
-    chunked = chain.run(z0, steps=5, batchnorm="running", chunk_size=3)
-    for t in whole.steps:
-        torch.testing.assert_close(whole.z[t], chunked.z[t])
+@pytest.mark.parametrize("block_size", [3, 256])
+def test_chunking_does_not_change_running_mode_results(block_size):
+    # Issue #9: z0 is drawn once for all chains, and each noise block has its own generator, so
+    # every recorded step is bit-identical whatever the chunk size.
+    encoder, decoder = tiny_chain_parts(stochastic=True)
+    chain = Chain(encoder, decoder, GaussianCorruption(0.5))
+    runs = {
+        chunk_size: chain.run(
+            n=10,
+            steps=6,
+            record="all",
+            chunk_size=chunk_size,
+            block_size=block_size,
+            batchnorm="running",
+            seed=7,
+        )
+        for chunk_size in (None, 1, 7, 50)
+    }
+    whole = runs[None]
+    prior = torch.randn(10, 4, generator=start_generator(7))
+    assert torch.equal(whole.z[0], prior)
+    assert not torch.equal(whole.z[6], whole.z[5])
+    for chunk_size, run in runs.items():
+        for t in whole.steps:
+            assert torch.equal(whole.z[t], run.z[t]), (chunk_size, t)
+            assert torch.equal(whole.x[t], run.x[t]), (chunk_size, t)
+    # The block size does change the noise (the blocks' generators), not z0.
+    other = chain.run(n=10, steps=6, record="all", block_size=5, batchnorm="running", seed=7)
+    assert torch.equal(other.z[0], prior) and not torch.equal(other.z[6], whole.z[6])
+
+
+def test_batch_mode_z0_does_not_depend_on_chunking():
+    encoder, decoder = tiny_chain_parts(stochastic=True)
+    chain = Chain(encoder, decoder, GaussianCorruption(0.5))
+    runs = [
+        chain.run(n=10, steps=3, chunk_size=chunk_size, batchnorm="batch", seed=7)
+        for chunk_size in (None, 2, 7, 50)
+    ]
+    prior = torch.randn(10, 4, generator=start_generator(7))
+    for run in runs:
+        assert torch.equal(run.z[0], prior)
+    # Later steps do depend on the chunks: they are the batches of the BN statistics.
+    assert not torch.equal(runs[0].z[3], runs[1].z[3])
+    # One chunk of all chains is noise group 0, as in running mode with one block.
+    assert torch.equal(runs[0].z[3], runs[3].z[3])
+
+
+def test_chunk_plan():
+    assert chunk_bounds(10, 4) == [(0, 4), (4, 7), (7, 10)]  # batch BN: balanced
+    assert chunk_bounds(10) == [(0, 10)]
+    assert chunk_bounds(10, 4, batchnorm="running", block_size=3) == [
+        (0, 3),
+        (3, 6),
+        (6, 9),
+        (9, 10),
+    ]
+    assert chunk_bounds(10, 7, batchnorm="running", block_size=3) == [(0, 6), (6, 10)]
+    assert chunk_bounds(10, 1, batchnorm="running", block_size=3) == chunk_bounds(
+        10, 3, batchnorm="running", block_size=3
+    )
+    assert chunk_bounds(10, batchnorm="running", block_size=3) == [(0, 10)]
+    assert chunk_bounds(600, 300, batchnorm="running") == [(0, 256), (256, 512), (512, 600)]
+    with pytest.raises(ChainInputError, match="block_size must be an integer >= 1"):
+        chunk_bounds(10, batchnorm="running", block_size=0)
+
+
+def test_callback_joins_the_blocks_of_a_chunk():
+    encoder, decoder = tiny_chain_parts(stochastic=True)
+    chain = Chain(encoder, decoder, GaussianCorruption(0.5))
+    events, calls = [], []
+    chain.transition.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    result = chain.run(
+        n=10,
+        steps=3,
+        record="all",
+        chunk_size=7,
+        block_size=3,
+        batchnorm="running",
+        seed=0,
+        callback=lambda step: events.append((step.chunk, step.start, step.step, step.z, step.x)),
+    )
+    # One transition call per block and step: blocks 3, 3 | 3, 1.
+    assert calls == [3, 3] * 3 + [3, 1] * 3
+    assert [e[:3] for e in events] == [(c, 6 * c, t) for c in range(2) for t in range(4)]
+    for chunk, start, t, z, x in events:
+        stop = (6, 10)[chunk]
+        assert torch.equal(z, result.z[t][start:stop]) and torch.equal(x, result.x[t][start:stop])
 
 
 def test_callback_sees_every_step_of_every_chunk(parts):
@@ -254,6 +414,13 @@ def test_unrecorded_step_names_the_recorded_ones(parts):
         ({"n": 5, "chunk_size": 4}, None),
         ({"n": 1}, "at least 2 chains per chunk"),
         ({"n": 4, "generator": 5}, "generator must be a torch.Generator"),
+        ({"n": 4, "seed": -1}, r"seed must be an integer in \[0, 2\*\*64 - 1\]"),
+        ({"n": 4, "seed": 2**64}, "seed must be an integer in"),
+        ({"n": 4, "block_size": 0}, "block_size must be an integer >= 1"),
+        ({"n": 4, "batchnorm": "running", "block_size": 1.5}, "block_size must be an integer"),
+        ({"z0": torch.randn(4, 4), "start": PriorSampler()}, "either z0 .* or start"),
+        ({"n": 4, "start": torch.randn(4, 4)}, "start must have a sample"),
+        ({"start": PriorSampler()}, r"or n \(the number of chains, drawn from start\)"),
     ],
 )
 def test_bad_run_arguments_give_one_clear_error(parts, kwargs, message):
@@ -397,7 +564,18 @@ def test_non_finite_in_a_later_chunk_gives_global_chain_indices():
         aesampler.NonFiniteChainError,
         match=r"at step 2: 1 of 3 chains in chunk 1 \(chains 5\)",
     ):
-        chain.run(torch.zeros(6, 2), steps=3, chunk_size=3, batchnorm="running")
+        chain.run(torch.zeros(6, 2), steps=3, chunk_size=3, block_size=3, batchnorm="running")
+
+
+def test_non_finite_in_a_later_block_of_a_chunk():
+    decoder = aesampler.ModuleDecoder(nn.Identity(), latent_shape=2)
+    # One chunk of three blocks of 2: call 3 * t + b is block b's step t; poison block 1, step 1.
+    chain = Chain.from_transition(_Drift({4: [1]}), decoder)
+    with pytest.raises(
+        aesampler.NonFiniteChainError,
+        match=r"at step 2: 1 of 6 chains in chunk 0 \(chains 3\)",
+    ):
+        chain.run(torch.zeros(6, 2), steps=3, block_size=2, batchnorm="running")
 
 
 def test_non_finite_samples_are_caught_too():
@@ -435,9 +613,76 @@ def test_finite_chains_run_unchanged(parts):
     chain = Chain(encoder, decoder, GaussianCorruption(0.5))
     z0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
     result = chain.run(z0, steps=4, record="all", seed=3)
-    zs, xs = _manual_chain(
-        encoder, decoder, GaussianCorruption(0.5), z0, 4, torch.Generator().manual_seed(3)
-    )
+    zs, xs = _manual_chain(encoder, decoder, GaussianCorruption(0.5), z0, 4, 3)
     for t in range(5):
         torch.testing.assert_close(result.z[t], zs[t], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(result.x[t], xs[t], rtol=1e-5, atol=1e-6)
+
+
+# --- Issue #9: start samplers --------------------------------------------------------------------
+
+
+class _Fixed:
+    """A start sampler that returns given latents and notes how it was called."""
+
+    def __init__(self, latents):
+        self.latents, self.calls = latents, []
+
+    def sample(self, n, generator=None):
+        self.calls.append((n, generator))
+        return self.latents[:n].clone()
+
+
+@pytest.mark.parametrize("batchnorm", ["batch", "running"])
+def test_a_start_sampler_gives_z0(parts, batchnorm):
+    latents = torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
+    start = _Fixed(latents)
+    chain = Chain(*parts, GaussianCorruption(0.5))
+    result = chain.run(n=9, start=start, steps=2, chunk_size=4, batchnorm=batchnorm, seed=3)
+    assert torch.equal(result.z[0], latents)
+    # Drawn once, for all chains, from the run's start generator.
+    [(n, generator)] = start.calls
+    assert n == 9 and generator.device.type == "cpu"
+    assert generator.initial_seed() == start_generator(3).initial_seed()
+    # The noise is what it would be from the same latents given as z0.
+    given = chain.run(latents, steps=2, chunk_size=4, batchnorm=batchnorm, seed=3)
+    assert torch.equal(result.z[2], given.z[2]) and torch.equal(result.x[2], given.x[2])
+
+
+def test_the_prior_sampler_is_the_default_start(parts):
+    chain = Chain(*parts)
+    prior = PriorSampler()
+    prior.latent_shape = (4,)
+    a = chain.run(n=12, start=prior, steps=1, seed=4)
+    b = chain.run(n=12, steps=1, seed=4)
+    assert torch.equal(a.z[0], b.z[0]) and torch.equal(a.x[1], b.x[1])
+
+
+def test_start_draws_take_the_models_dtype_and_a_decoder_needs_no_latent_shape():
+    encoder, decoder = tiny_chain_parts(dtype=torch.float64)
+    latents = torch.randn(5, 4)  # float32, as samplers draw
+    result = Chain(encoder, decoder).run(n=5, start=_Fixed(latents), steps=1, seed=0)
+    assert result.z[0].dtype == torch.float64 and torch.equal(result.z[0], latents.double())
+    plain = aesampler.ModuleDecoder(nn.Identity())  # no latent_shape: the draws decide it
+    shrink = aesampler.DeterministicEncoder(lambda_module(lambda x: x / 2))
+    result = Chain(shrink, plain).run(n=3, start=_Fixed(torch.ones(3, 2)), steps=2, seed=0)
+    assert torch.equal(result.z[2], torch.full((3, 2), 0.25))
+
+
+@pytest.mark.parametrize(
+    ("latents", "message"),
+    [
+        ([[0.0] * 4] * 4, r"returned list, not a torch.Tensor"),
+        (torch.zeros(3, 4), r"asked for 4 latents and returned shape \(3, 4\)"),
+        (torch.zeros(4, 5), r"draws latents of shape \(5,\) but the decoder expects \(4,\)"),
+        (torch.zeros(4, 4, dtype=torch.int64), "latents must be floating"),
+        (torch.tensor([[0.0] * 4, [float("nan")] * 4] * 2), r"NaN or inf in 2 of 4 chains"),
+    ],
+)
+def test_bad_start_draws_give_one_clear_error(parts, latents, message):
+    class Returns:
+        def sample(self, n, generator=None):
+            return latents
+
+    with pytest.raises(ChainInputError, match=r"the start sampler \(Returns\).*" + message):
+        Chain(*parts).run(n=4, start=Returns(), steps=1, seed=0)

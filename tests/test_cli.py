@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import aesampler
 
 from . import fake_dist
 from .conftest import EXE
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,3 +78,32 @@ def test_usage_errors_exit_2():
     done = run("no-such-command")
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_plugins_lists_every_kind_of_the_table_in_its_order():
+    from aesampler import kinds
+
+    done = run("plugins")
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[0] for line in done.stdout.splitlines()[1:]]
+    assert list(dict.fromkeys(listed)) == [kind.name for kind in kinds.KINDS]
+    rows = {tuple(line.split()[:3]) for line in done.stdout.splitlines()[1:]}
+    assert {
+        ("sampler", "prior", "aesampler"),
+        ("sampler", "encodings", "aesampler"),
+        ("sampler", "ex_post_gmm", "aesampler"),
+    } <= rows
+
+
+def test_validate_checks_the_start_sampler():
+    quickstart = str(ROOT / "recipes" / "quickstart.yaml")
+    gmm = "sampling.start.name=ex_post_gmm"
+    done = run("validate", quickstart, gmm, "sampling.start.components=5")
+    assert done.returncode == 0, done.stderr
+    assert "valid (model aae, data mnist5k)" in done.stdout
+    done = run("validate", quickstart, gmm, "sampling.start.components=0")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].strip() == (
+        f"{quickstart} (command line): sampling.start: sampler 'ex_post_gmm' (aesampler) "
+        "rejected its parameters {'components': 0}: components must be a positive integer, got 0"
+    )

@@ -141,8 +141,10 @@ EXERCISED = {
     "docs/examples/norm_gap_metric.py": "test_example_metric",
     "docs/examples/provenance.py": "test_provenance_example",
     "docs/examples/script_plugin.py": "test_script_plugin_example",
+    "docs/examples/diagonal_gaussian_sampler.py": "test_example_sampler",
     # concepts.md
     "docs/examples/chain_figure2.py": "test_figure_2_example",
+    "docs/examples/chain_start.py": "test_chain_start_example",
     # data.md
     "docs/examples/data_celeba.yaml": "test_data_sections_are_read_where_aesampler_runs",
     "docs/examples/data_image_folder.yaml": "test_data_sections_are_read_where_aesampler_runs",
@@ -421,6 +423,61 @@ def test_script_plugin_example(capsys):
     assert 0.4 < (dropped == 0).float().mean() < 0.6 and torch.equal(x, torch.ones(1000))
 
 
+def test_example_sampler():
+    from aesampler.recipe.loader import RecipeError, validate
+    from aesampler.samplers import Sampler, SamplerContext, SamplerError
+
+    plugin = _example_module("diagonal_gaussian_sampler")
+    registry = load_registry(extra_plugins=[("diagonal-gaussian", plugin)])
+    component = registry.get("sampler", "diagonal_gaussian")
+    assert (component.distribution, component.description) == (
+        "<direct>",
+        "N(mean, diag(std²)) fitted to a split's encodings, its spread multiplied by `scale`.",
+    )
+    sampler = registry.create("sampler", "diagonal_gaussian", scale=0.5)
+    assert isinstance(sampler, Sampler) and sampler.fits
+    with pytest.raises(SamplerError, match="not fitted"):
+        sampler.sample(3)
+
+    # Fitted on latents a user already has: a mean and a spread per dimension.
+    mean, spread = torch.tensor([5.0, -1.0, 0.0]), torch.tensor([1.0, 2.0, 3.0])
+    train = mean + spread * torch.randn(4000, 3, generator=torch.Generator().manual_seed(0))
+    sampler.fit(SamplerContext.from_encodings({"train": train}, log=lambda line: None))
+    assert sampler.latent_shape == (3,)
+    draws = sampler.sample(8000, torch.Generator().manual_seed(1))
+    assert draws.shape == (8000, 3) and draws.device.type == "cpu"
+    assert torch.allclose(draws.mean(0), mean, atol=0.15)
+    assert torch.allclose(draws.std(0), 0.5 * spread, rtol=0.05)
+    again = sampler.sample(8000, torch.Generator().manual_seed(1))
+    assert torch.equal(draws, again)  # all randomness from the generator
+
+    # What it fitted goes through plain tensors, as the run directory keeps it.
+    state = sampler.state_dict()
+    assert set(state) == {"mean", "std"} and all(t.device.type == "cpu" for t in state.values())
+    restored = registry.create("sampler", "diagonal_gaussian", scale=0.5)
+    restored.load_state_dict(state)
+    seeded = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert torch.equal(restored.sample(10, seeded()), sampler.sample(10, seeded()))
+    with pytest.raises(SamplerError, match="holds mean and std"):
+        restored.load_state_dict({"pool": train})
+    with pytest.raises(SamplerError, match="2 or more encodings of 'valid'"):
+        registry.create("sampler", "diagonal_gaussian", split="valid").fit(
+            SamplerContext.from_encodings({"valid": train[:1]}, log=lambda line: None)
+        )
+
+    # From a recipe, as the page says; validate builds it once, so its own checks run.
+    recipe = {
+        "model": {"name": "aae"},
+        "data": {"name": "digits"},
+        "sampling": {"start": {"name": "diagonal_gaussian", "scale": 0.8}},
+        "output": {"dir": "unused"},
+    }
+    assert validate(recipe, registry=registry).sampling.start.params == {"scale": 0.8}
+    recipe["sampling"]["start"]["scale"] = 0
+    with pytest.raises(RecipeError, match="sampling.start: .*scale must be positive, got 0"):
+        validate(recipe, registry=registry)
+
+
 def test_public_api_is_documented():
     for name in aesampler.__all__:
         obj = getattr(aesampler, name)
@@ -514,6 +571,24 @@ def test_figure_2_example(quickstart):
     assert torch.equal(path[:, 0], z_a) and torch.equal(path[:, -1], z_b)
     assert done["before"].shape == done["after"].shape == (32, 1, 8, 8)
     assert not torch.equal(done["before"], done["after"])
+
+
+def test_chain_start_example(quickstart):
+    from aesampler.chain import chunk_bounds, start_generator
+
+    quickstart()
+    done = runpy.run_path(str(EXAMPLES / "chain_start.py"), run_name="__main__")
+    whole, chunked = done["whole"], done["chunked"]
+    # z0 is 0.7 times the prior draws of the run's start generator, all 600 at once.
+    expected = 0.7 * torch.randn(600, 4, generator=start_generator(0))
+    assert torch.equal(whole.z[0], expected)
+    assert whole.x[10].shape == (600, 1, 8, 8)
+    assert not torch.equal(whole.z[10], whole.z[0])
+    # The two runs really were chunked differently, and agree bit for bit at every step.
+    assert len(chunk_bounds(600, batchnorm="running")) == 1
+    assert len(chunk_bounds(600, 256, batchnorm="running")) == 3
+    for t in whole.steps:
+        assert torch.equal(whole.z[t], chunked.z[t]) and torch.equal(whole.x[t], chunked.x[t])
 
 
 # --- data.md -------------------------------------------------------------------------------------

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 import uuid
 import warnings
+from pathlib import Path
 
 import pytest
 
 import aesampler
-from aesampler import ComponentError, PluginLoadWarning, UnknownComponentError, hookspecs
+from aesampler import ComponentError, PluginLoadWarning, UnknownComponentError, hookspecs, kinds
 from aesampler.cli import main
 from aesampler.plugins import (
     DISABLE_ENV,
@@ -79,10 +81,84 @@ def test_builtins_come_through_the_entry_point_group():
 
 
 def test_every_kind_has_a_hook_with_a_contract_docstring():
-    assert set(hookspecs.KIND_HOOKS) == set(Registry(hookspecs.KIND_HOOKS).kinds)
-    for hook in hookspecs.KIND_HOOKS.values():
-        spec = getattr(hookspecs, hook)
-        assert len((spec.__doc__ or "").strip()) > 80, hook
+    assert Registry().kinds == [kind.name for kind in kinds.KINDS] == list(hookspecs.KIND_HOOKS)
+    for kind in kinds.KINDS:
+        assert hookspecs.KIND_HOOKS[kind.name] == kind.hook
+        spec = getattr(hookspecs, kind.hook)
+        assert len((spec.__doc__ or "").strip()) > 80, kind.hook
+
+
+def test_the_hook_specifications_are_exactly_the_kinds_hooks():
+    specified = {
+        name
+        for name, obj in vars(hookspecs).items()
+        if callable(obj) and hasattr(obj, f"{hookspecs.PROJECT}_spec")
+    }
+    assert specified == {kind.hook for kind in kinds.KINDS}
+    hookspecs.check_kinds_have_hooks()  # what importing hookspecs does
+
+
+def test_a_kind_without_its_hook_specification_is_refused_at_import(monkeypatch):
+    extra = kinds.Kind("scheduler", "register_schedulers", "aesampler.Transition")
+    monkeypatch.setitem(hookspecs.KIND_HOOKS, extra.name, extra.hook)
+    with pytest.raises(
+        RuntimeError, match=r"kinds without a hook specification: \['register_schedulers'\]"
+    ):
+        hookspecs.check_kinds_have_hooks()
+
+
+def test_every_kinds_interface_resolves_and_builtin_classes_implement_it():
+    registry = load_registry()
+    for kind in kinds.KINDS:
+        base = kind.base_class()
+        assert isinstance(base, type), kind.name
+        assert kind.base.startswith("aesampler."), kind.name
+        for component in registry:
+            if component.kind == kind.name and isinstance(component.factory, type):
+                assert issubclass(component.factory, base), (kind.name, component.name)
+
+
+def test_reading_the_table_of_kinds_imports_nothing_heavy():
+    code = (
+        "import sys, aesampler.kinds, aesampler.hookspecs; "
+        "print(sorted(m for m in ('torch', 'scipy', 'sklearn', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # aesampler's package __init__ imports torch; the table itself adds nothing beyond it.
+    assert "scipy" not in done.stdout and "sklearn" not in done.stdout
+    assert "matplotlib" not in done.stdout
+
+
+def test_the_sampler_builtins_come_through_their_entry_point():
+    from aesampler.samplers import EncodingsSampler, ExPostGMM, PriorSampler
+
+    registry = load_registry()
+    expected = {"prior": PriorSampler, "encodings": EncodingsSampler, "ex_post_gmm": ExPostGMM}
+    assert registry.names("sampler") == sorted(expected)
+    for name, factory in expected.items():
+        component = registry.get("sampler", name)
+        assert component.factory is factory
+        assert (component.distribution, component.plugin) == ("aesampler", "aesampler.samplers")
+    assert registry.create("sampler", "ex_post_gmm", components=3).components == 3
+
+
+def test_the_docs_table_of_kinds_is_the_table():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    table = text.split("## Kinds of component")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    assert [c[0] for c in cells] == [f"`{kind.name}`" for kind in kinds.KINDS]
+    for kind, row in zip(kinds.KINDS, cells):
+        assert row[1] == f"[`{kind.hook}`](#{kind.hook}register)", kind.name  # the heading
+        assert row[2] == f"`{kind.base}`", kind.name
+        for path in kind.sections:
+            assert f"`{'.'.join(path)}`" in row[3], (kind.name, path)
+        for path in kind.lists:
+            assert f"`{'.'.join(path)}` (a list)" in row[3], (kind.name, path)
+        for key in (*kind.provided, *kind.reserved):
+            assert f"`{key}`" in row[4], (kind.name, key)
+        assert (row[5] == "yes") == kind.built_once, kind.name
 
 
 def test_a_good_third_party_plugin_registers_with_its_distribution(third_party):
@@ -183,8 +259,8 @@ def test_registration_rejects_bad_names():
     registry = Registry(hookspecs.KIND_HOOKS)
     with pytest.raises(ComponentError, match="not valid"):
         registry.add("corruption", "Salt-Pepper", object, distribution="d", plugin="p")
-    with pytest.raises(ComponentError, match="unknown component kind"):
-        registry.add("sampler", "x", object, distribution="d", plugin="p")
+    with pytest.raises(ComponentError, match="unknown component kind 'no_such_kind'"):
+        registry.add("no_such_kind", "x", object, distribution="d", plugin="p")
 
 
 # --- issue #8: plugins cannot take the tool down ----------------------------------------------
@@ -341,10 +417,51 @@ def test_hooks_run_through_pluggy_with_wrappers_and_ordering(third_party):
     assert {"wrapped_first", "wrapped_second"} <= set(registry.names("corruption"))
 
 
+# A hook no aesampler has (yet): register_samplers, the earlier example, is a real hook now.
+FUTURE_HOOK = """
+    import aesampler
+
+    @aesampler.hookimpl(optionalhook=True)
+    def register_schedulers(register):
+        register("never_called", object)
+
+    @aesampler.hookimpl
+    def register_corruptions(register):
+        register("future_proof", aesampler.IdentityCorruption)
+"""
+
+
 def test_an_optional_hook_from_a_later_version_does_not_fail_the_plugin(third_party):
-    third_party("aesampler-future", future=fake_dist.FUTURE_HOOK)
+    third_party("aesampler-future", future=FUTURE_HOOK)
     registry = load_registry()  # a PluginLoadWarning would fail the test
     assert registry.get("corruption", "future_proof").distribution == "aesampler-future"
+    assert "never_called" not in {c.name for c in registry}
+
+
+def test_a_plugin_registers_a_sampler(third_party):
+    third_party(
+        "aesampler-halfprior",
+        half="""
+        import aesampler
+        from aesampler.samplers import PriorSampler
+
+        class HalfPrior(PriorSampler):
+            '''The prior, shrunk by half.'''
+
+            def sample(self, n, generator=None):
+                return 0.5 * super().sample(n, generator)
+
+        @aesampler.hookimpl
+        def register_samplers(register):
+            register("half_prior", HalfPrior)
+        """,
+    )
+    registry = load_registry()
+    component = registry.get("sampler", "half_prior")
+    assert (component.distribution, component.description) == (
+        "aesampler-halfprior",
+        "The prior, shrunk by half.",
+    )
 
 
 # --- provenance --------------------------------------------------------------------------------
@@ -459,7 +576,7 @@ def test_a_second_plugin_of_the_same_name_fails_and_the_first_stays(tmp_path, mo
 
 
 def test_remove_takes_a_component_out():
-    registry = Registry(hookspecs.KIND_HOOKS)
+    registry = Registry()
     registry.add("corruption", "gone", aesampler.IdentityCorruption, distribution="d", plugin="p")
     assert registry.remove("corruption", "gone").name == "gone"
     assert registry.names("corruption") == []

@@ -668,3 +668,119 @@ def test_files_that_are_not_recipes(tmp_path):
     assert _problems(tmp_path, BASE + "---\nmore: 1\n")[0].startswith(
         ":16: invalid YAML: expected a single document"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Component sections come from the table of kinds (issue #9)
+
+
+def _component_fields(model, prefix=()) -> dict[tuple[str, ...], tuple[type, bool]]:
+    """Key path -> (spec class, is a list) of every ComponentSpec field of the schema."""
+    import typing
+
+    from aesampler.recipe.schema import ComponentSpec
+
+    found = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        is_list = typing.get_origin(annotation) is list
+        inner = (
+            typing.get_args(annotation) if is_list else (annotation, *typing.get_args(annotation))
+        )
+        spec = next(
+            (a for a in inner if isinstance(a, type) and issubclass(a, ComponentSpec)), None
+        )
+        if spec is not None:
+            found[(*prefix, name)] = (spec, is_list)
+        else:
+            nested = next(
+                (a for a in inner if isinstance(a, type) and hasattr(a, "model_fields")), None
+            )
+            if nested is not None:
+                found.update(_component_fields(nested, (*prefix, name)))
+    return found
+
+
+def test_the_schemas_component_sections_are_the_table_of_kinds():
+    from aesampler import kinds
+
+    fields = _component_fields(Recipe)
+    singles = {path for path, (_, is_list) in fields.items() if not is_list}
+    lists = {path for path, (_, is_list) in fields.items() if is_list}
+    assert singles == {path for kind in kinds.KINDS for path in kind.sections}
+    assert lists == {path for kind in kinds.KINDS for path in kind.lists}
+    for kind in kinds.KINDS:  # the recipe's own keys are declared fields of the spec
+        for path in kind.locations:
+            assert set(kind.reserved) <= set(fields[path][0].model_fields), (kind.name, path)
+
+
+def test_the_loaders_tables_are_derived_from_the_kinds():
+    from aesampler import kinds
+    from aesampler.recipe import loader
+
+    sections = {path: (k.name, k.provided) for k in kinds.KINDS for path in k.sections}
+    assert sections == loader.COMPONENT_SECTIONS
+    assert loader.COMPONENT_LISTS == {("evaluate", "metrics"): "metric"}
+    assert loader.RESERVED == {("model",): ("checkpoint",)}
+    assert set(loader.BUILT_ONCE) == {"corruption", "sampler", "metric", "feature_extractor"}
+    assert loader.COMPONENT_SECTIONS[("sampling", "start")] == ("sampler", ())
+
+
+def test_sampling_start_defaults_to_the_prior(tmp_path):
+    recipe = load_recipe(_write(tmp_path, BASE))
+    assert (recipe.sampling.start.name, recipe.sampling.start.params) == ("prior", {})
+    assert recipe.resolved()["sampling"]["start"] == {"name": "prior"}
+
+
+def test_sampling_start_is_validated_and_built_once(tmp_path):
+    path = _write(tmp_path, BASE)
+    gmm = ["sampling.start.name=ex_post_gmm", "sampling.start.components=5"]
+    recipe = load_recipe(path, gmm)
+    assert recipe.sampling.start.name == "ex_post_gmm"
+    assert recipe.sampling.start.params == {"components": 5}
+    assert recipe.sampling.transition.name == "decode_corrupt_encode"  # its siblings keep defaults
+    # Built once: the sampler's own check runs now, and the section came from the command line.
+    assert _problems(tmp_path, BASE, [gmm[0], "sampling.start.components=0"]) == [
+        " (command line): sampling.start: sampler 'ex_post_gmm' (aesampler) rejected its "
+        "parameters {'components': 0}: components must be a positive integer, got 0"
+    ]
+    assert _problems(tmp_path, BASE, [gmm[0], "sampling.start.components=2.5"]) == [
+        " (command line): sampling.start.components: Input should be a valid integer (got 2.5)"
+    ]
+    text = BASE + "sampling:\n  start: {name: encodings, split: tset}\n"
+    assert _problems(tmp_path, text) == [
+        ":17: sampling.start: sampler 'encodings' (aesampler) rejected its parameters "
+        "{'split': 'tset'}: split must be 'train', 'valid' or 'test', got 'tset'"
+    ]
+    (problem,) = _problems(tmp_path, BASE, ["sampling.start.name=ex_post_gmn"])
+    assert problem.startswith(
+        " (command line): sampling.start.name: unknown sampler 'ex_post_gmn'. "
+        "Did you mean 'ex_post_gmm'? Registered samplers: encodings (aesampler), "
+        "ex_post_gmm (aesampler), prior (aesampler)"
+    )
+    assert _problems(tmp_path, BASE, ["sampling.start.split=test"]) == [
+        " (command line): sampling.start.split: sampler 'prior' (aesampler) has no parameter "
+        "'split'. Parameters: none"
+    ]
+
+
+def test_a_component_that_is_not_its_kinds_interface_is_refused(tmp_path):
+    from aesampler.recipe import build_sampler
+
+    def not_a_sampler(scale: float = 1.0):
+        """Returns a plain function where a Sampler belongs."""
+        return lambda n, generator=None: None
+
+    registry = _registry_with(("sampler", "odd", not_a_sampler))
+    text = BASE + "sampling:\n  start: {name: odd}\n"
+    assert _problems(tmp_path, text, registry=registry) == [
+        ":17: sampling.start: sampler 'odd' (tests) returned function, not an "
+        "aesampler.samplers.Sampler"
+    ]
+    recipe = load_recipe(_write(tmp_path, BASE), ["sampling.start.name=ex_post_gmm"])
+    sampler = build_sampler(recipe)
+    assert (type(sampler).__name__, sampler.components) == ("ExPostGMM", 10)
+    resolved = recipe.resolved()
+    resolved["sampling"]["start"] = {"name": "odd"}  # the schema alone does not build anything
+    with pytest.raises(ComponentError, match="returned function, not an aesampler.samplers"):
+        build_sampler(Recipe.model_validate(resolved), registry)

@@ -253,19 +253,42 @@ def test_recover_removes_only_dead_writers_temporary_files(tiny_run, tmp_path):
     copy = copy_run(tiny_run, tmp_path)
     dead = 2**22 + 12345  # above the default pid_max: no process has it
     live = os.getpid()
-    for name in (f".aesampler-new-samples-{dead}", f".tmp-step-00000009-{dead}"):
-        (copy / name).mkdir()
-        (copy / name / "x").write_text("half")
+    (copy / f".aesampler-new-samples-{dead}").mkdir()
+    (copy / f".aesampler-new-samples-{dead}" / "x").write_text("half")
     (copy / f".recipe.yaml.tmp-{dead}").write_text("half")
     (copy / "checkpoints" / f".tmp-step-00000009-{dead}").mkdir()
-    (copy / f".aesampler-new-samples-{live}").mkdir()
-    (copy / f".notes.tmp-{dead}.txt").write_text("a user's file with a look-alike name")
+    (copy / f".aesampler-new-interpolation-{live}").mkdir()
+    # A user's files with look-alike names, in the run and inside its outputs: all kept.
+    lookalikes = [
+        copy / f".notes.tmp-{dead}.txt",
+        copy / ".tmp-results-20240105",
+        copy / ".thesis.tex.tmp-2024",
+        copy / f".tmp-step-00000009-{dead}",
+        copy / "samples" / ".tmp-fig-3-99999",
+    ]
+    for path in lookalikes:
+        path.write_text("mine")
+    (copy / ".aesampler-old-mine-7777777").mkdir()
     done = RunDir(copy).recover()
-    assert len(done) == 4, done
-    left = {p.name for p in copy.iterdir()}
-    assert f".aesampler-new-samples-{live}" in left and f".notes.tmp-{dead}.txt" in left
-    assert not [n for n in left if str(dead) in n and not n.endswith(".txt")]
+    assert len(done) == 3, done
+    assert all(path.read_text() == "mine" for path in lookalikes)
+    assert (copy / ".aesampler-old-mine-7777777").is_dir()
+    assert (copy / f".aesampler-new-interpolation-{live}").is_dir()
+    assert not (copy / f".aesampler-new-samples-{dead}").exists()
+    assert not (copy / f".recipe.yaml.tmp-{dead}").exists()
     assert not (copy / "checkpoints" / f".tmp-step-00000009-{dead}").exists()
+
+
+def test_the_sweep_never_follows_a_link_out_of_the_run(tiny_run, tmp_path):
+    copy = copy_run(tiny_run, tmp_path)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    victim = outside / f".epoch-001-samples.png.tmp-{2**22 + 1}"
+    victim.write_text("mine")
+    shutil.rmtree(copy / "images")
+    os.symlink(outside, copy / "images")
+    RunDir(copy).recover()
+    assert victim.read_text() == "mine"
 
 
 def test_latest_is_never_followed_out_of_its_run_directory(tiny_run, tmp_path):
@@ -524,3 +547,159 @@ def test_a_missing_plugin_component_names_what_provided_it_last_time(tiny_run, t
     assert done.returncode == 2
     assert "unknown corruption 'salt_pepper'" in done.stderr
     assert "provided last time by aesampler-saltpepper 0.1.0" in done.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Found by a hostile review
+
+
+def test_train_overwrite_killed_before_its_first_checkpoint_keeps_the_old_model(
+    tiny_run, tmp_path, monkeypatch
+):
+    """Every disk change of `train --overwrite` up to its commit, killed and recovered twice."""
+    base = copy_run(tiny_run, tmp_path, "base")
+    old = {e: tree(base, e) for e in ("checkpoints", "metrics.jsonl", "recipe.yaml", "images")}
+    argv = ["train", "RUN", "--overwrite", "--quiet", "train.seed=7"]
+    counted = copy_run(tiny_run, tmp_path, "count")
+    points = _count_points([a.replace("RUN", str(counted)) for a in argv], monkeypatch)
+    commit = 0
+    for point in range(1, points + 1):
+        victim = tmp_path / f"victim-{point}"
+        shutil.copytree(base, victim)
+        assert _crash_at(point, [a.replace("RUN", str(victim)) for a in argv]) == 137
+        # The rollback itself is killed at its first disk change, then run again to the end.
+        _crash_at(1, ["report", str(victim)])
+        RunDir(victim).recover()
+        now = {e: tree(victim, e) for e in old}
+        if now == old:
+            assert not commit, f"point {point}: old model back after the new one committed"
+        else:  # the new training committed: a complete, resumable run
+            commit = commit or point
+            assert find_checkpoint(victim).is_dir() and (victim / "recipe.yaml").is_file()
+        assert RunDir(victim).manifest()["pending"] == {}
+        shutil.rmtree(victim)
+    assert commit > 1, "the old model was never kept"
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    mine = tmp_path / "mymodel"
+    shutil.copytree(find_checkpoint(run), mine)  # a bare checkpoint folder ...
+    (mine / "recipe.yaml").write_text("# mine\n")  # ... with the user's own notes
+    (mine / "metrics.jsonl").write_text("notes\n")
+    before = snapshot(mine)
+    done = cli("train", str(tiny_run[0]), "--out", str(mine), "--resume", "--quiet")
+    assert done.returncode == 2 and "is not a training run of aesampler" in done.stderr
+    assert snapshot(mine) == before
+
+
+def test_an_output_inside_another_runs_output_is_refused(tiny_run, tmp_path):
+    recipe, run, _ = tiny_run
+    copy = copy_run(tiny_run, tmp_path)
+    inside = copy / "samples" / "mine"
+    done = cli("sample", str(recipe), "--checkpoint", str(run), "--out", str(inside), "--quiet")
+    assert done.returncode == 2 and "lies inside" in done.stderr
+    assert not inside.exists()
+
+
+def test_a_file_that_appears_while_sampling_is_not_replaced(tiny_run, tmp_path, monkeypatch):
+    copy = copy_run(tiny_run, tmp_path)
+    shutil.rmtree(copy / "samples")
+    import aesampler.workflow as workflow
+
+    real = workflow._run_chain
+
+    def meanwhile(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if kwargs.get("n") == 12:  # the sampling chains, not the interpolation
+            (copy / "samples").mkdir(exist_ok=True)
+            (copy / "samples" / "analysis.txt").write_text("mine")
+        return result
+
+    monkeypatch.setattr(workflow, "_run_chain", meanwhile)
+    done = cli("sample", str(copy), "--quiet")
+    assert done.returncode == 2 and "appeared while aesampler was writing" in done.stderr
+    assert (copy / "samples" / "analysis.txt").read_text() == "mine"
+
+
+def test_a_dead_transaction_is_found_by_its_lock_not_its_process_id(tiny_run, tmp_path):
+    """Process ids are reused (a container's command is often pid 1): the lock decides."""
+    copy = copy_run(tiny_run, tmp_path)
+    run = RunDir(copy)
+    backup = f".aesampler-old-sample-{os.getpid()}-1"
+    (copy / backup).mkdir()
+    os.replace(copy / "samples", copy / backup / "samples")  # moved aside, then the writer died
+    (copy / ".aesampler-new-samples-1").mkdir()
+    record = {
+        "command": "sample",
+        "pid": os.getpid(),
+        "entries": ["samples"],
+        "replace": [],
+        "existed": ["samples"],
+        "direct": [],
+        "backup": backup,
+        "lock": f".aesampler-txn-sample-{os.getpid()}-1.lock",
+        "created_dir": False,
+    }
+    run._update(lambda d: d["pending"].__setitem__("sample-x", record))
+    assert run.recover()  # nobody holds the lock: rolled back though the pid is ours
+    assert (copy / "samples" / "samples.safetensors").is_file()
+    assert run.manifest()["pending"] == {} and not (copy / backup).exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(entries=["samples"]),
+        lambda m: m["entries"].update({"notes.txt": {"command": "train"}}),
+        lambda m: m["entries"].update({"/tmp/elsewhere": {"command": "train"}}),
+        lambda m: m.update(pending=[]),
+        lambda m: m["pending"].update(x={"command": "sample", "pid": "abc"}),
+        lambda m: m["pending"].update(
+            x={
+                "command": "sample",
+                "pid": 999999,
+                "entries": ["samples"],
+                "replace": [],
+                "existed": [],
+                "direct": [],
+                "backup": ".",
+                "lock": "x.lock",
+            }
+        ),
+        lambda m: m["pending"].update(
+            x={
+                "command": "sample",
+                "pid": 999999,
+                "entries": ["samples"],
+                "replace": [],
+                "existed": [],
+                "direct": [],
+                "backup": "/tmp/victim",
+                "lock": "x.lock",
+            }
+        ),
+        lambda m: m.update(components={"model": [1]}),
+    ],
+)
+def test_a_crafted_manifest_is_refused_and_nothing_moves(edit, tiny_run, tmp_path):
+    copy = copy_run(tiny_run, tmp_path)
+    (copy / "notes.md").write_text("mine")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    edit(manifest)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    before = snapshot(copy)
+    for argv in (["report", str(copy)], ["sample", str(copy), "--overwrite", "--quiet"]):
+        done = cli(*argv)
+        assert done.returncode == 2, done.stderr
+        assert MANIFEST in done.stderr and "Traceback" not in done.stderr
+    assert snapshot(copy) == before
+
+
+def test_train_refuses_a_recipe_that_loads_a_checkpoint(tiny_run, tmp_path):
+    recipe = tiny_run[0]
+    copy = copy_run(tiny_run, tmp_path)
+    before = snapshot(copy)
+    done = cli("train", str(recipe), "--out", str(copy), "--overwrite", f"model.checkpoint={copy}")
+    assert done.returncode == 2 and "model.checkpoint is set" in done.stderr
+    assert snapshot(copy) == before

@@ -23,9 +23,9 @@ from arviz_stats.base import array_stats
 from torch import Tensor
 from tqdm import tqdm
 
-from ..chain import sampling_mode
 from ..errors import AesamplerError
 from ..registry import Registry
+from ..samplers.base import encode_images
 from .features import FeatureExtractor
 from .metrics import EvaluationData, Metric, nearest_rms_distance
 
@@ -40,20 +40,6 @@ def _images(dataset, count: int, seed: int, what: str) -> torch.Tensor:
     else:
         index = range(len(dataset))
     return torch.stack([dataset[i][0] for i in index])
-
-
-@torch.inference_mode()
-def _encode(
-    parts, images: torch.Tensor, batchnorm: str, seed: int, batch: int = 256
-) -> torch.Tensor:
-    """Draws from Q(z|x) for each image: a sample of P̂(Z) = ∫ Q(z|x) P(x) dx."""
-    generator = torch.Generator(parts.device).manual_seed(seed)
-    out = []
-    with sampling_mode([parts.model], batchnorm):
-        for i in range(0, len(images), batch):
-            x = images[i : i + batch].to(parts.device)
-            out.append(parts.model.encoder(x).sample(generator).float().cpu())
-    return torch.cat(out)
 
 
 MIN_DRAWS_FOR_ESS = 20
@@ -306,7 +292,10 @@ def evaluate(
     )
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".aesampler-cache"
     extractor_info = extractor.prepare(train_set, cache_dir, parts.device, log)
-    reference_z = _encode(parts, reference, sampling.batchnorm, cfg.seed)
+    reference_z = encode_images(
+        parts.model, reference, batchnorm=sampling.batchnorm, seed=cfg.seed, device=parts.device
+    )
+    start = parts.start_sampler(log)
 
     last = max(cfg.steps)
     all_z: dict[int, list[torch.Tensor]] = {t: [] for t in range(last + 1)}
@@ -319,6 +308,7 @@ def evaluate(
     try:
         result = parts.chain.run(
             n=cfg.num_chains,
+            start=start,
             steps=last,
             record=cfg.steps,
             chunk_size=sampling.chunk_size,
@@ -353,6 +343,7 @@ def evaluate(
         "settings": cfg.model_dump(mode="json"),
         "model": {"kind": recipe.model.name, "checkpoint": str(parts.checkpoint)},
         "chain": {
+            "start": {**recipe.sampling.start.model_dump(), "describes": start.describes},
             "corruption": spec.model_dump() if spec else None,
             "batchnorm": sampling.batchnorm,
             "chunk_size": sampling.chunk_size,

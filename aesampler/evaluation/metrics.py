@@ -118,7 +118,11 @@ class MMDLearned(Metric):
 
 
 class MMDPrior(Metric):
-    """MMD² (RBF kernel, median-heuristic bandwidth, unbiased) from z_t to prior draws."""
+    """MMD² (RBF kernel, median-heuristic bandwidth, unbiased) from z_t to prior draws.
+
+    It assumes the prior N(0, I), whatever sampler the chains start from: it shows how far the
+    latents are from the prior, which is context, not a score.
+    """
 
     lower_is_better = None
     requires = ("prior_z",)

@@ -5,7 +5,14 @@ validates everything (reporting every problem at once, each with its key path an
 and returns a :class:`Recipe`. ``build_*`` functions turn its sections into components.
 """
 
-from .build import build_corruption, build_dataset, build_model, check_model_size
+from .build import (
+    build_component,
+    build_corruption,
+    build_dataset,
+    build_model,
+    build_sampler,
+    check_model_size,
+)
 from .loader import RecipeError, RecipeIssue, apply_overrides, load_recipe, parse_override
 from .schema import ComponentSpec, OutputSection, Recipe, TrainSection
 
@@ -17,9 +24,11 @@ __all__ = [
     "RecipeIssue",
     "TrainSection",
     "apply_overrides",
+    "build_component",
     "build_corruption",
     "build_dataset",
     "build_model",
+    "build_sampler",
     "check_model_size",
     "load_recipe",
     "parse_override",

@@ -1,9 +1,13 @@
-"""Recipe sections -> components, through the registry."""
+"""Recipe sections -> components, through the registry.
+
+Every component is built by :func:`build_component`, which checks what the factory returned
+against its kind's interface (``base`` in :data:`aesampler.kinds.KINDS`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -12,14 +16,18 @@ from torch.nn.modules.module import (
     register_module_parameter_registration_hook,
 )
 
+from .. import kinds
 from ..data import ImageDataset
 from ..errors import AesamplerError, ComponentError
 from ..interfaces import Corruption
 from ..models import GenerativeAutoencoder
 from ..plugins import get_registry
-from ..registry import Registry
+from ..registry import Component, Registry
 from ..resources import format_bytes, model_memory_limit
 from .schema import Recipe
+
+if TYPE_CHECKING:
+    from ..samplers import Sampler
 
 # A model holding more tensors than this is not one a recipe means (the paper's AAE holds 58);
 # building a far larger one, even on the meta device, can take minutes.
@@ -143,37 +151,65 @@ def check_model_size(
     return None if model is None else _tensor_bytes(model)
 
 
-def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None) -> ImageDataset:
+def wrong_type(kind: str, component: Component | str, built: Any) -> str | None:
+    """What is wrong when ``built`` is not an instance of its kind's interface, else None."""
+    entry = kinds.get_kind(kind)
+    if isinstance(built, entry.base_class()):
+        return None
+    if isinstance(component, Component):
+        where = f"{kind} {component.name!r} ({component.distribution})"
+    else:
+        where = f"{kind} {component!r}"
+    return f"{where} returned {type(built).__name__}, not an {entry.base}"
+
+
+def build_component(
+    kind: str,
+    name: str,
+    params: Mapping[str, Any],
+    registry: Registry | None = None,
+    **provided: Any,
+) -> Any:
+    """Build component ``name`` of ``kind`` from a recipe section's parameters.
+
+    ``provided`` are the parameters the host passes itself (``provided`` in the kind's table
+    entry, such as a dataset's ``split``). Raises ComponentError when the parameters do not fit
+    the factory, when it rejects them, and when it returns something that is not its kind's
+    interface.
+    """
     registry = registry or get_registry()
-    dataset = registry.create("dataset", recipe.data.name, split=split, **recipe.data.params)
-    if not isinstance(dataset, ImageDataset):
-        raise ComponentError(
-            f"dataset {recipe.data.name!r} returned {type(dataset).__name__}, "
-            "not an aesampler.data.ImageDataset"
-        )
-    return dataset
+    built = registry.create(kind, name, **provided, **params)
+    problem = wrong_type(kind, registry.get(kind, name), built)
+    if problem:
+        raise ComponentError(problem)
+    return built
+
+
+def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None) -> ImageDataset:
+    return build_component("dataset", recipe.data.name, recipe.data.params, registry, split=split)
 
 
 def build_model(
     recipe: Recipe, dataset: ImageDataset, registry: Registry | None = None
 ) -> GenerativeAutoencoder:
     registry = registry or get_registry()
-    params = dict(image_size=dataset.image_size, channels=dataset.channels, **recipe.model.params)
+    name, params = recipe.model.name, recipe.model.params
+    provided = dict(image_size=dataset.image_size, channels=dataset.channels)
     try:
-        check_model_size(recipe.model.name, params, registry)  # before allocating anything
-        model = registry.create("model", recipe.model.name, **params)
+        check_model_size(name, {**provided, **params}, registry)  # before allocating anything
+        return build_component("model", name, params, registry, **provided)
     except ComponentError as error:
         raise AesamplerError(f"model: {error}") from error
-    if not isinstance(model, GenerativeAutoencoder):
-        raise ComponentError(
-            f"model {recipe.model.name!r} returned {type(model).__name__}, "
-            "not an aesampler.models.GenerativeAutoencoder"
-        )
-    return model
 
 
 def build_corruption(recipe: Recipe, registry: Registry | None = None) -> Corruption | None:
+    """The training corruption (``corruption``), or None when the recipe has none."""
     if recipe.corruption is None:
         return None
-    registry = registry or get_registry()
-    return registry.create("corruption", recipe.corruption.name, **recipe.corruption.params)
+    return build_component("corruption", recipe.corruption.name, recipe.corruption.params, registry)
+
+
+def build_sampler(recipe: Recipe, registry: Registry | None = None) -> Sampler:
+    """The start sampler of ``sampling.start``, built but not fitted."""
+    spec = recipe.sampling.start
+    return build_component("sampler", spec.name, spec.params, registry)

@@ -28,30 +28,29 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from torch import nn
 from yaml.constructor import ConstructorError
 
+from .. import kinds
 from ..errors import AesamplerError, ComponentError, did_you_mean
 from ..interfaces import DeterministicEncoder, ModuleDecoder
 from ..plugins import get_registry
 from ..registry import Component, Registry, param_problems
-from .build import meta_model
+from .build import meta_model, wrong_type
 from .schema import INT_LIMIT, Recipe, check_seed
 
-# Component sections by key path: their kind, and the parameters the host passes itself (users
-# do not set those in a recipe).
+# Where components appear in a recipe, all derived from the table of kinds (aesampler.kinds).
+# Single component sections by key path: their kind, and the parameters the host passes itself
+# (users do not set those in a recipe).
 COMPONENT_SECTIONS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
-    ("model",): ("model", ("image_size", "channels")),
-    ("data",): ("dataset", ("split",)),
-    ("corruption",): ("corruption", ()),
-    ("sampling", "transition"): ("transition", ("encoder", "decoder", "corruption")),
-    ("sampling", "corruption"): ("corruption", ()),
-    ("evaluate", "feature_extractor"): ("feature_extractor", ()),
+    path: (kind.name, kind.provided) for path, kind in kinds.sections()
 }
 # Lists of component sections: key path -> kind.
-COMPONENT_LISTS: dict[tuple[str, ...], str] = {("evaluate", "metrics"): "metric"}
+COMPONENT_LISTS: dict[tuple[str, ...], str] = {path: kind.name for path, kind in kinds.lists()}
 # Keys of a component section that are the recipe's, not the component's parameters.
-RESERVED = {("model",): ("checkpoint",)}
+RESERVED: dict[tuple[str, ...], tuple[str, ...]] = {
+    path: kind.reserved for kind in kinds.KINDS for path in kind.locations if kind.reserved
+}
 # Kinds whose components are built once while validating: cheap to build, and their own value
 # checks would otherwise run only after training.
-BUILT_ONCE = ("corruption", "metric", "feature_extractor")
+BUILT_ONCE: tuple[str, ...] = tuple(kind.name for kind in kinds.KINDS if kind.built_once)
 
 # Bounds on a recipe file. Real recipes are a few hundred bytes, a few levels deep and hold a
 # few dozen values, so these are generous and only stop files that are not recipes.
@@ -587,6 +586,22 @@ def _param_model(component: Component, provided: tuple[str, ...]):
         return create_model(title, __config__=config, **loose)
 
 
+def _kind_at(section: tuple) -> tuple[str, tuple[str, ...]]:
+    """The kind of the component section at ``section`` (a list item's path ends in its index),
+    and the parameters the host passes itself."""
+    if section in COMPONENT_SECTIONS:
+        return COMPONENT_SECTIONS[section]
+    kind = COMPONENT_LISTS[section[:-1]]
+    return kind, kinds.get_kind(kind).provided
+
+
+def _reserved_at(section: tuple) -> tuple[str, ...]:
+    """The recipe's own keys of the component section at ``section``."""
+    if section in COMPONENT_SECTIONS:
+        return RESERVED.get(section, ())
+    return RESERVED.get(section[:-1], ())
+
+
 def _registered(registry: Registry, kind: str) -> list[Component]:
     return [c for c in registry if c.kind == kind]
 
@@ -602,7 +617,7 @@ def _unnamed_section(
     accepted = [p for c in components for p in c.parameters().values()]
     if any(p.kind is p.VAR_KEYWORD for p in accepted):
         return issues  # some component takes any key: none is unknown
-    known = ["name", *RESERVED.get(section, ())]
+    known = ["name", *_reserved_at(section)]
     known += sorted({p.name for p in accepted if p.name not in provided} - set(known))
     names = {c.name for c in components}
     for key, value in spec.items():
@@ -629,13 +644,13 @@ def _check_component(
     def issue(path: tuple, message: str) -> RecipeIssue:
         return RecipeIssue(path, message, _line_for(path, lines))
 
-    kind, provided = COMPONENT_SECTIONS.get(section) or (COMPONENT_LISTS[section[:-1]], ())
+    kind, provided = _kind_at(section)
     odd = [k for k in spec if not isinstance(k, str)]
     if odd:
         return [issue(section, f"keys must be text, not {_show(odd)}")], spec
     if "name" not in spec:
         return _unnamed_section(section, spec, kind, provided, registry, issue), spec
-    reserved = {k: spec[k] for k in RESERVED.get(section, ()) if k in spec}
+    reserved = {k: spec[k] for k in _reserved_at(section) if k in spec}
     params = {k: v for k, v in spec.items() if k != "name" and k not in reserved}
     name = spec["name"]
     if not isinstance(name, str):
@@ -665,10 +680,15 @@ def _check_component(
         # Build it once, so its own value checks (sigma >= 0, k >= 1, ...) run now. Models are
         # built on the meta device and transitions with the model's parts (see validate);
         # datasets read files, and are built before training writes anything.
+        params = {k: v for k, v in converted.items() if k not in reserved}
         try:
-            registry.create(kind, component.name, **converted)
+            built = registry.create(kind, component.name, **params)
         except ComponentError as error:
             issues.append(issue(section, str(error)))
+        else:
+            wrong = wrong_type(kind, component, built)
+            if wrong:
+                issues.append(issue(section, wrong))
     return issues, converted
 
 
@@ -697,7 +717,8 @@ def _check_model(clean: dict, registry: Registry, lines: dict) -> tuple[list[Rec
     image_size, channels = _image_geometry(data_spec, registry)
     if image_size is None:
         return [], None
-    params = {k: v for k, v in model_spec.items() if k != "name" and k not in RESERVED[("model",)]}
+    reserved = _reserved_at(("model",))
+    params = {k: v for k, v in model_spec.items() if k != "name" and k not in reserved}
     try:
         model = meta_model(
             model_spec["name"], {"image_size": image_size, "channels": channels, **params}, registry
@@ -761,6 +782,14 @@ def _check_transition(
     return []
 
 
+def _parent(data: dict, path: tuple) -> dict | None:
+    """The mapping that holds the last key of ``path`` in ``data``, or None."""
+    parent: Any = data
+    for key in path[:-1]:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+    return parent if isinstance(parent, dict) else None
+
+
 def _sort_key(issue: RecipeIssue) -> tuple:
     line = issue.line if isinstance(issue.line, int) else math.inf
     # Paths mix keys and list indices: compare indices with indices and keys with keys.
@@ -801,15 +830,13 @@ def validate(
         return checked
 
     for section in COMPONENT_SECTIONS:
-        parent = data
-        for key in section[:-1]:
-            parent = parent.get(key) if isinstance(parent, dict) else None
-        spec = parent.get(section[-1]) if isinstance(parent, dict) else None
+        parent = _parent(data, section)
+        spec = parent.get(section[-1]) if parent is not None else None
         if isinstance(spec, dict):
             parent[section[-1]] = check(section, spec)
     for path in COMPONENT_LISTS:
-        parent = data.get(path[0])
-        entries = parent.get(path[1]) if isinstance(parent, dict) else None
+        parent = _parent(data, path)
+        entries = parent.get(path[-1]) if parent is not None else None
         if isinstance(entries, list):
             for i, entry in enumerate(entries):
                 spec = {"name": entry} if isinstance(entry, str) else entry
@@ -840,8 +867,13 @@ def load_recipe(
     """Read, override and validate a recipe file (see :func:`validate` for ``provided_before``)."""
     data, lines = read_yaml(path)
     data, paths = _apply(data, overrides)
+    in_file = set(lines)
     for key in paths:  # problems with overridden keys point at the command line
         for known in [k for k in lines if k[: len(key)] == key]:
             del lines[known]
         lines[key] = COMMAND_LINE
+        # So do problems with a section the file lacks and an override created.
+        for depth in range(1, len(key)):
+            if key[:depth] not in in_file:
+                lines.setdefault(key[:depth], COMMAND_LINE)
     return validate(data, lines, str(path), registry, provided_before=provided_before)

@@ -1,12 +1,15 @@
 """The recipe's sections as pydantic models (unknown keys are errors).
 
-Component sections (``model``, ``data``, ``corruption``) hold ``name``, the registered
-component, and its parameters as sibling keys; the section decides the kind. Their parameters
-are checked against the component's own signature by the loader.
+Component sections (``model``, ``data``, ``corruption``, ``sampling.start``, ...) hold ``name``,
+the registered component, and its parameters as sibling keys; the section decides the kind (where
+each kind appears is said in :data:`aesampler.kinds.KINDS`, and each location there is a
+:class:`ComponentSpec` field here). Their parameters are checked against the component's own
+signature by the loader.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -87,13 +90,18 @@ class TrainSection(Section):
 
 
 class SamplingSection(Section):
-    """How to run the chains (§3, §4.4): N chains from the prior, recorded at chosen steps."""
+    """How to run the chains (§3, §4.4): N chains from a start sampler (by default the prior),
+    recorded at chosen steps."""
 
     transition: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="decode_corrupt_encode")
     )
     corruption: ComponentSpec | None = Field(
         None, description="the chain's corruption; default: the training corruption (if any)"
+    )
+    start: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="prior"),
+        description="the start sampler drawing each chain's z0; default: the prior N(0, I)",
     )
     num_chains: PositiveInt = 64
     steps: NonNegativeInt = 10
@@ -179,7 +187,14 @@ class EvaluateSection(Section):
 
 
 class OutputSection(Section):
-    dir: str = Field(description="the run directory")
+    dir: str = Field(description="the run directory; a leading ~ is the home folder")
+
+    @field_validator("dir")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the run directory must not be empty")
+        return os.path.expanduser(value)  # never a literal folder named '~'
 
 
 class Recipe(Section):
