@@ -616,9 +616,9 @@ class Transaction:
     """An open replacement of some run-directory entries (see :meth:`RunDir.transaction`).
 
     The manifest records it while it is open: its entries, which of them existed before it
-    began, which it writes in place, and its backup folder. Rollback follows one rule that is
-    safe to repeat: an entry with a copy in the backup gets that copy back; an entry that did not
-    exist before is removed; anything else is left alone.
+    began, which it writes in place or is swapping in, its backup folder and its lock file.
+    Rollback follows one rule that is safe to repeat: an entry with a copy in the backup gets
+    that copy back; an entry this transaction created is removed; anything else is left alone.
     """
 
     def __init__(self, run_dir: RunDir, command: str, entries: list[str], replace: list[str]):
@@ -680,13 +680,16 @@ class Transaction:
 
     def begin(self) -> None:
         self.created_dir = self.run_dir.create()
-        self._lock_handle = open(self.lock, "a")  # noqa: SIM115 (closed by release)
-        fcntl.flock(self._lock_handle, fcntl.LOCK_EX)
-        root = self.run_dir.path
-        self.existed = {e for e in [*self.entries, *self.replace] if _exists(root / e)}
-        record = self._record()
-        self.run_dir._update(lambda d: d["pending"].__setitem__(self.id, record))
-        self._open = True
+        # Under the directory's lock, as the sweep of stale lock files is: the transaction's own
+        # lock is taken before anyone can see its file, and recorded before anyone can sweep.
+        with self.run_dir._locked():
+            self._lock_handle = open(self.lock, "a")  # noqa: SIM115 (closed by release)
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX)
+            root = self.run_dir.path
+            self.existed = {e for e in [*self.entries, *self.replace] if _exists(root / e)}
+            record = self._record()
+            self.run_dir._update(lambda d: d["pending"].__setitem__(self.id, record))
+            self._open = True
 
     def release(self) -> None:
         """Give up the transaction's lock and remove its lock file."""
