@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
 
     for name, what in (
-        ("sample", "run chains from the prior"),
+        ("sample", "run chains from sampling.start (default: the prior)"),
         ("interpolate", "interpolate"),
         ("evaluate", "measure sample quality at every evaluated chain step"),
     ):
