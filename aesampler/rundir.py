@@ -28,7 +28,9 @@ Layout (names are the constants below)::
     samples/                 grids, steps.png, samples.safetensors, settings.json   (sample)
     interpolation/           interpolation.png, .safetensors, settings.json         (interpolate)
     metrics.json             sample quality at every evaluated step                 (evaluate)
-    samplers/NAME-KEY/       what a start sampler fitted, by its settings and model (fit)
+    samplers/                the sampler comparison: comparison.json, comparison.png and
+                             LABEL/ (samples.safetensors, steps.png, settings.json)     (samplers)
+    fitted/NAME-KEY/         what a sampler fitted, by its settings and model           (fit)
     report.html, report/     the HTML report and its plots                          (report)
 """
 
@@ -59,6 +61,7 @@ SAMPLES = "samples"
 INTERPOLATION = "interpolation"
 METRICS = "metrics.json"
 SAMPLERS = "samplers"
+FITTED = "fitted"
 REPORT = "report.html"
 REPORT_ASSETS = "report"
 # Inside output folders.
@@ -68,6 +71,8 @@ INTERPOLATION_TENSORS = "interpolation.safetensors"
 INTERPOLATION_GRID = "interpolation.png"
 SAMPLER_STATE = "state.safetensors"
 STEPS_FIGURE = "steps.png"
+COMPARISON = "comparison.json"
+COMPARISON_FIGURE = "comparison.png"
 
 #: What each command writes (and so what its ``--overwrite`` may replace).
 OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -76,8 +81,9 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "interpolate": (INTERPOLATION,),
     "evaluate": (METRICS,),
     "report": (REPORT, REPORT_ASSETS),
-    # What start samplers fitted (sample, evaluate and run fit them), one folder each, kept.
-    "fit": (SAMPLERS,),
+    "samplers": (SAMPLERS,),
+    # What samplers fitted (sample, evaluate, samplers and run fit them), one folder each, kept.
+    "fit": (FITTED,),
 }
 
 FORMAT = "aesampler-run"
@@ -220,7 +226,7 @@ _TOP_TEMPORARY = re.compile(
 _INNER_TEMPORARY = {
     CHECKPOINTS: re.compile(r"^(?:\.tmp-step-\d{8,}-|\.latest\.tmp-)(\d+)$"),
     IMAGES: re.compile(r"^\.epoch-\d{3,}-[a-z]+\.png\.tmp-(\d+)$"),
-    SAMPLERS: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
+    FITTED: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
 }
 
 # One lock per run directory and process, re-entrant: flock locks belong to open files, so a
@@ -488,7 +494,7 @@ class RunDir:
     def new_folder(self, entry: str, name: str, command: str) -> Iterator[Path]:
         """A staging folder that becomes ``entry/name`` when the block ends without error.
 
-        For entries that collect folders (``samplers/``): the first one is written in a
+        For entries that collect folders (``fitted/``): the first one is written in a
         transaction that creates the entry; later ones are renamed into the existing entry.
         An existing ``entry/name`` is replaced; nothing else in the entry is touched.
         """

@@ -42,16 +42,17 @@ from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe import Recipe, build_dataset
+from .recipe.schema import ComponentSpec
 from .registry import Registry
 from .resources import check_memory
 from .rundir import (
+    FITTED,
     INTERPOLATION,
     INTERPOLATION_GRID,
     INTERPOLATION_TENSORS,
     METRICS,
     RECIPE,
     SAMPLER_STATE,
-    SAMPLERS,
     SAMPLES,
     SAMPLES_TENSORS,
     SETTINGS,
@@ -59,10 +60,11 @@ from .rundir import (
     RunDir,
     Transaction,
     atomic_write_bytes,
+    read_json,
     save_png,
     write_json,
 )
-from .samplers import Sampler, SamplerContext, encode_images
+from .samplers import Sampler, SamplerContext, SamplerError, encode_images
 from .training import resolve_device, train
 
 
@@ -81,12 +83,39 @@ class Components:
     checkpoint: Path
     registry: Registry
     _start: Sampler | None = field(default=None, init=False, repr=False)
+    _context: SamplerContext | None = field(default=None, init=False, repr=False)
 
     def start_sampler(self, log: Callable[[str], None] = print) -> Sampler:
         """The recipe's ``sampling.start`` sampler, fitted (or loaded from the run directory)."""
         if self._start is None:
-            self._start = fit_start_sampler(self, log)
+            self._start = fit_sampler(self, self.recipe.sampling.start, log)
         return self._start
+
+    def sampler_context(self, log: Callable[[str], None] = print) -> SamplerContext:
+        """What samplers fit on: this model's encodings of each split, each encoded once."""
+        if self._context is None:
+            sampling = self.recipe.sampling
+
+            def encode(split: str) -> torch.Tensor:
+                loader = DataLoader(self.dataset(split), batch_size=256)
+                return encode_images(
+                    self.model,
+                    (x for x, _ in loader),
+                    batchnorm=sampling.batchnorm,
+                    seed=sampling.seed,
+                    device=self.device,
+                )
+
+            self._context = SamplerContext(
+                self.model.decoder.latent_shape,
+                encode,
+                seed=sampling.seed,
+                device=self.device,
+                model=self.model,
+                log=log,
+            )
+        self._context.log = log
+        return self._context
 
     def dataset(self, split: str) -> ImageDataset:
         """A split of the recipe's data, checked against the geometry the model was trained on."""
@@ -103,41 +132,28 @@ class Components:
         return dataset
 
 
-def fit_start_sampler(parts: Components, log: Callable[[str], None] = print) -> Sampler:
-    """Build ``sampling.start`` and fit it, or load what it fitted before for this model.
+def fit_sampler(
+    parts: Components, spec: ComponentSpec, log: Callable[[str], None] = print
+) -> Sampler:
+    """Build the sampler ``spec`` names and fit it, or load what it fitted before for this model.
 
     A sampler that fits (``fits = True``) saves its state in the run directory under
-    ``samplers/NAME-KEY/``, KEY a hash of its settings, the model's weights, the data and the
-    batch-norm mode; a later command with the same KEY loads it instead of fitting again.
+    ``fitted/NAME-KEY/``, KEY a hash of its settings, the model's weights, the data, the
+    batch-norm mode and the seed; a later command with the same KEY loads it instead of fitting
+    again. What fitting measured (a sampler's ``stats``) is kept beside the state.
     """
     recipe, sampling = parts.recipe, parts.recipe.sampling
-    spec = sampling.start
     sampler = parts.registry.create("sampler", spec.name, **spec.params)
     if not isinstance(sampler, Sampler):
         raise WorkflowError(
             f"sampler {spec.name!r} returned {type(sampler).__name__}, not an "
             "aesampler.samplers.Sampler"
         )
-
-    def encode(split: str) -> torch.Tensor:
-        loader = DataLoader(parts.dataset(split), batch_size=256)
-        batches = (x for x, _ in loader)
-        return encode_images(
-            parts.model,
-            batches,
-            batchnorm=sampling.batchnorm,
-            seed=sampling.seed,
-            device=parts.device,
-        )
-
-    context = SamplerContext(
-        parts.model.decoder.latent_shape,
-        encode,
-        seed=sampling.seed,
-        device=parts.device,
-        model=parts.model,
-        log=log,
-    )
+    try:
+        sampler.check_model(parts.model)
+    except SamplerError as error:
+        raise WorkflowError(f"sampler {spec.name!r}: {error}") from None
+    context = parts.sampler_context(log)
     if not sampler.fits:
         sampler.fit(context)
         return sampler
@@ -150,26 +166,34 @@ def fit_start_sampler(parts: Components, log: Callable[[str], None] = print) -> 
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     run = RunDir(recipe.output.dir)
-    folder = run / SAMPLERS / f"{spec.name}-{key}"
+    folder = run / FITTED / f"{spec.name}-{key}"
     if (folder / SAMPLER_STATE).is_file():
         try:
             state = load_file(str(folder / SAMPLER_STATE))
+            fitted = read_json(folder / SETTINGS, "what a sampler fitted")
         except Exception as error:  # a damaged file: fit again over it
-            log(f"the fitted state {folder / SAMPLER_STATE} is unreadable ({error}); refitting")
+            log(f"the fitted state in {folder} is unreadable ({error}); refitting")
         else:
             sampler.load_state_dict(state)
             sampler.latent_shape = context.latent_shape
-            log(f"start sampler {spec.name!r}: loaded what it fitted from {folder}")
+            if isinstance(fitted, dict) and isinstance(fitted.get("stats"), dict):
+                sampler.stats = dict(fitted["stats"])
+            log(f"sampler {spec.name!r}: loaded what it fitted from {folder}")
             return sampler
     started = time.perf_counter()
     sampler.fit(context)
-    log(f"start sampler {spec.name!r}: fitted in {time.perf_counter() - started:.1f}s")
-    with run.new_folder(SAMPLERS, folder.name, "fit") as staged:
+    seconds = time.perf_counter() - started
+    log(f"sampler {spec.name!r}: fitted in {seconds:.1f}s")
+    with run.new_folder(FITTED, folder.name, "fit") as staged:
         save_tensors(
             {k: v.contiguous() for k, v in sampler.state_dict().items()}, staged / SAMPLER_STATE
         )
         components = parts.registry.provenance([("sampler", spec.name)])
-        write_json(staged / SETTINGS, {**identity, "components": components})
+        stats = dict(getattr(sampler, "stats", None) or {})
+        write_json(
+            staged / SETTINGS,
+            {**identity, "fit_seconds": seconds, "stats": stats, "components": components},
+        )
     run.record_components(components)
     return sampler
 

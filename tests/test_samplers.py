@@ -159,9 +159,9 @@ def test_a_run_starts_its_chains_from_the_recipes_sampler_and_keeps_what_it_fitt
     start = ["sampling.start.name=ex_post_gmm", "sampling.start.components=2"]
     done = cli("sample", str(copy), "--overwrite", *start)
     assert done.returncode == 0, done.stderr
-    assert "start sampler 'ex_post_gmm': fitted" in done.stdout
-    [folder] = (copy / "samplers").iterdir()
-    assert folder.name.startswith("ex_post_gmm-") and "samplers" in RunDir(copy).owned()
+    assert "sampler 'ex_post_gmm': fitted" in done.stdout
+    [folder] = (copy / "fitted").iterdir()
+    assert folder.name.startswith("ex_post_gmm-") and "fitted" in RunDir(copy).owned()
     sampler = ExPostGMM(components=2)
     sampler.load_state_dict(load_file(str(folder / "state.safetensors")))
     sampler.latent_shape = (4,)
@@ -178,7 +178,7 @@ def test_a_run_starts_its_chains_from_the_recipes_sampler_and_keeps_what_it_fitt
     # Another setting is another fit, kept beside the first.
     other = cli("sample", str(copy), "--overwrite", *start[:1], "sampling.start.components=3")
     assert other.returncode == 0, other.stderr
-    assert len(list((copy / "samplers").iterdir())) == 2
+    assert len(list((copy / "fitted").iterdir())) == 2
     # A new model makes the fitted states stale: training over the run replaces them.
     assert cli("train", str(copy), "--overwrite", "--quiet").returncode == 0
-    assert not (copy / "samplers").exists()
+    assert not (copy / "fitted").exists()

@@ -1,9 +1,16 @@
-"""Built-in start samplers: ``prior`` (the paper's N(0, I)), ``encodings`` and ``ex_post_gmm``."""
+"""Built-in start samplers (docs/samplers.md gives their maths and references)."""
 
 from __future__ import annotations
 
 from aesampler import hookimpl
-from aesampler.samplers import EncodingsSampler, ExPostGMM, PriorSampler
+from aesampler.samplers import (
+    AAEDiscriminator,
+    EncodingsSampler,
+    ExPostGMM,
+    LatentFlow,
+    PriorSampler,
+    RatioCorrected,
+)
 
 
 @hookimpl
@@ -11,3 +18,6 @@ def register_samplers(register):
     register("prior", PriorSampler)
     register("encodings", EncodingsSampler)
     register("ex_post_gmm", ExPostGMM)
+    register("latent_flow", LatentFlow)
+    register("ratio_corrected", RatioCorrected)
+    register("aae_discriminator", AAEDiscriminator)

@@ -782,6 +782,26 @@ def _check_transition(
     return []
 
 
+def _check_samplers(clean: dict, model: Any, registry: Registry, lines: dict) -> list[RecipeIssue]:
+    """Ask each sampler whether it can serve the model (``aae_discriminator`` needs an
+    adversary), with the model built on the meta device; nothing to ask without a model."""
+    if model is None:
+        return []
+    kind = kinds.get_kind("sampler")
+    issues = []
+    for section, spec in clean.items():
+        if section not in kind.sections and section[:-1] not in kind.lists:
+            continue
+        try:
+            sampler = registry.create(
+                "sampler", spec["name"], **{k: v for k, v in spec.items() if k != "name"}
+            )
+            sampler.check_model(model)
+        except AesamplerError as error:
+            issues.append(RecipeIssue(section, str(error), _line_for(section, lines)))
+    return issues
+
+
 def _parent(data: dict, path: tuple) -> dict | None:
     """The mapping that holds the last key of ``path`` in ``data``, or None."""
     parent: Any = data
@@ -845,6 +865,7 @@ def validate(
     found, model = _check_model(clean, registry, lines)
     issues += found
     issues += _check_transition(clean, data, model, registry, lines)
+    issues += _check_samplers(clean, model, registry, lines)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:

@@ -3,18 +3,38 @@
 * ``prior``: N(0, I), the paper's step 0.
 * ``encodings``: encodings of held-out images, drawn from Q(z|x) (the paper's "Approach 1").
 * ``ex_post_gmm``: a Gaussian mixture fitted to the training encodings (Ghosh et al., 2020).
+* ``latent_flow``: a normalising flow (zuko) fitted to the training encodings.
+* ``ratio_corrected``: any proposal corrected by a classifier's density ratio.
+* ``aae_discriminator``: prior draws corrected by an AAE's adversary.
 """
 
-from .base import Sampler, SamplerContext, SamplerError, encode_images
-from .gmm import ExPostGMM
+from .base import (
+    Sampler,
+    SamplerContext,
+    SamplerError,
+    encode_images,
+    principal_axes,
+    training_and_validation,
+)
+from .flow import LatentFlow
+from .gmm import ExPostGMM, fit_mixture, sample_mixture
+from .ratio import AAEDiscriminator, DensityRatioSampler, RatioCorrected
 from .simple import EncodingsSampler, PriorSampler
 
 __all__ = [
+    "AAEDiscriminator",
+    "DensityRatioSampler",
     "EncodingsSampler",
     "ExPostGMM",
+    "LatentFlow",
     "PriorSampler",
+    "RatioCorrected",
     "Sampler",
     "SamplerContext",
     "SamplerError",
     "encode_images",
+    "fit_mixture",
+    "principal_axes",
+    "sample_mixture",
+    "training_and_validation",
 ]

@@ -14,6 +14,8 @@ The built-in samplers are in the sibling modules; docs/samplers.md gives their m
 from __future__ import annotations
 
 import abc
+import contextlib
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -25,6 +27,45 @@ from ..errors import AesamplerError
 
 class SamplerError(AesamplerError):
     """A sampler cannot be fitted or used (no data to fit on, a state that does not fit)."""
+
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+
+
+def check_int(name: str, value: Any, *, low: int = 1, allow_none: bool = False) -> int | None:
+    """``value`` if it is an integer >= ``low`` (or None when allowed), else ValueError."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "positive" if low == 1 else f">= {low}"
+        raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
+    return value
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+) -> float:
+    """``value`` as a float if it is finite and in [low, high] ((low, high] with ``open_low``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or value > high or (open_low and value == low):
+        if high == math.inf and low == 0:
+            wanted = "a positive number" if open_low else "a non-negative number"
+        else:
+            wanted = f"a number in {'(' if open_low else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return float(value)
+
+
+def check_split(name: str, value: Any) -> str:
+    """``value`` if it names a data split, else ValueError."""
+    if value not in SPLITS:
+        raise ValueError(f"{name} must be 'train', 'valid' or 'test', got {value!r}")
+    return value
 
 
 @torch.inference_mode()
@@ -56,6 +97,57 @@ def encode_images(
     if not out:
         raise SamplerError("there are no images to encode")
     return torch.cat(out)
+
+
+_EIGEN_FLOOR = 1e-10  # of the largest variance: keeps whitening finite
+_HOLD_OUT = 0.1  # of the fitted split, when no validation split is available
+
+
+def principal_axes(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean (D,), principal axes (D, D) as columns and standard deviations (D,) along them.
+
+    scikit-learn's PCA on the rows of ``z`` (N, D), in float64; the axes are sorted by
+    decreasing variance, and variances are floored at a tiny fraction of the largest so that
+    whitening never divides by zero.
+    """
+    from sklearn.decomposition import PCA  # slow to import: only when fitting
+
+    pca = PCA(svd_solver="full").fit(z.flatten(1).double().numpy())
+    d = z.flatten(1).shape[1]
+    variances = torch.zeros(d, dtype=torch.float64)  # N <= D leaves some axes without variance
+    variances[: len(pca.explained_variance_)] = torch.as_tensor(pca.explained_variance_)
+    axes = torch.as_tensor(pca.components_, dtype=torch.float64).T
+    if axes.shape[1] < d:  # complete the basis: the remaining axes are orthogonal to the data
+        q, _ = torch.linalg.qr(torch.cat([axes, torch.eye(d, dtype=torch.float64)], dim=1))
+        axes = torch.cat([axes, q[:, axes.shape[1] : d]], dim=1)
+    floor = _EIGEN_FLOOR * max(float(variances[0]), 1e-30)
+    return torch.as_tensor(pca.mean_), axes, variances.clamp_min(floor).sqrt()
+
+
+def training_and_validation(
+    context: SamplerContext, split: str, valid_split: str
+) -> tuple[Tensor, Tensor]:
+    """Encodings to fit on (N, D) and to validate on (early stopping, calibration).
+
+    When the context has no ``valid_split`` encodings (or it is ``split`` itself), a tenth of
+    ``split``, chosen with the context's seed, is held out instead.
+    """
+    train = context.encodings(split).flatten(1)
+    valid = None
+    if valid_split != split:
+        with contextlib.suppress(SamplerError):  # no such split: hold some out below
+            valid = context.encodings(valid_split).flatten(1)
+    if valid is None:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(context.seed))
+        held = max(1, round(_HOLD_OUT * len(train)))
+        train, valid = train[order[held:]], train[order[:held]]
+        context.log(
+            f"no {valid_split!r} encodings to validate on: holding out {held} of the {split!r} "
+            "split instead"
+        )
+    if len(train) < 2 or len(valid) < 1:
+        raise SamplerError(f"the {split!r} split has too few encodings to fit on ({len(train)})")
+    return train, valid
 
 
 class SamplerContext:
@@ -122,6 +214,14 @@ class Sampler(abc.ABC):
     describes: ClassVar[str] = "latents"
 
     latent_shape: tuple[int, ...] | None = None
+
+    def check_model(self, model: Any) -> None:  # noqa: B027 (optional)
+        """Raise SamplerError when this sampler cannot serve ``model``.
+
+        Called when a recipe is validated (with the model built on the meta device, so only its
+        structure is there, not its weights) and again before fitting. The default accepts any
+        model.
+        """
 
     def fit(self, context: SamplerContext) -> None:
         """Learn whatever the sampler needs (the default: the latent shape)."""

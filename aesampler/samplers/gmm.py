@@ -1,15 +1,88 @@
-"""``ex_post_gmm``: a Gaussian mixture fitted to the training encodings."""
+"""``ex_post_gmm``: a Gaussian mixture fitted to the training encodings.
+
+:func:`fit_mixture` and :func:`sample_mixture` are the one place where mixtures are fitted and
+drawn; ``latent_flow`` uses them for its mixture base.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .base import Sampler, SamplerError
+from .base import Sampler, SamplerError, check_int, check_number, check_split
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+
+def check_covariance(value) -> str:
+    """``value`` if it is one of scikit-learn's covariance types, else ValueError."""
+    if value not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {value!r}")
+    return value
+
+
+def fit_mixture(
+    x: Tensor,
+    components: int,
+    covariance: str = "full",
+    *,
+    reg_covar: float = 1e-6,
+    max_iter: int = 200,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    name: str = "ex_post_gmm",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit a Gaussian mixture to rows of ``x`` (N, D) by EM (scikit-learn).
+
+    Returns float64 weights (K,), means (K, D) and Cholesky factors (K, D, D) of full
+    covariances, whatever ``covariance`` type was fitted, so drawing needs one code path.
+    """
+    from sklearn.mixture import GaussianMixture  # slow to import: only when fitting
+
+    z = x.flatten(1).double().numpy()
+    if len(z) < components:
+        raise SamplerError(
+            f"{name}: {components} components need at least as many encodings, got {len(z)}"
+        )
+    mixture = GaussianMixture(
+        n_components=components,
+        covariance_type=covariance,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
+        random_state=seed % 2**32,
+    )
+    mixture.fit(z)
+    if not mixture.converged_:
+        log(
+            f"{name}: EM did not converge in {max_iter} iterations; using the last estimate "
+            "(raise max_iter to fit longer)"
+        )
+    d = z.shape[1]
+    covariances = torch.as_tensor(mixture.covariances_, dtype=torch.float64)
+    if covariance == "full":
+        full = covariances
+    elif covariance == "tied":
+        full = covariances.expand(components, d, d)
+    elif covariance == "diag":
+        full = torch.diag_embed(covariances)
+    else:  # spherical: one variance per component
+        full = covariances[:, None, None] * torch.eye(d, dtype=torch.float64)
+    return (
+        torch.as_tensor(mixture.weights_, dtype=torch.float64),
+        torch.as_tensor(mixture.means_, dtype=torch.float64),
+        torch.linalg.cholesky(full),
+    )
+
+
+def sample_mixture(
+    weights: Tensor, means: Tensor, scale_tril: Tensor, n: int, generator=None
+) -> Tensor:
+    """``n`` float64 draws (n, D) from a mixture, all randomness from ``generator``."""
+    which = torch.multinomial(weights, n, replacement=True, generator=generator)
+    eps = torch.randn(n, means.shape[1], generator=generator, dtype=torch.float64)
+    return means[which] + (scale_tril[which] @ eps.unsqueeze(-1)).squeeze(-1)
 
 
 class ExPostGMM(Sampler):
@@ -38,70 +111,32 @@ class ExPostGMM(Sampler):
         reg_covar: float = 1e-6,
         max_iter: int = 200,
     ):
-        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
-            raise ValueError(f"components must be a positive integer, got {components!r}")
-        if covariance not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}")
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-        if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar > 0):
-            raise ValueError(f"reg_covar must be a positive number, got {reg_covar!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        self.components = components
-        self.covariance = covariance
-        self.split = split
-        self.reg_covar = float(reg_covar)
-        self.max_iter = max_iter
+        self.components = check_int("components", components)
+        self.covariance = check_covariance(covariance)
+        self.split = check_split("split", split)
+        self.reg_covar = check_number("reg_covar", reg_covar, open_low=True)
+        self.max_iter = check_int("max_iter", max_iter)
         self.weights: Tensor | None = None  # (K,)
         self.means: Tensor | None = None  # (K, D)
         self.scale_tril: Tensor | None = None  # (K, D, D): covariance = L Lᵀ
 
     def fit(self, context):
-        from sklearn.mixture import GaussianMixture  # slow to import: only when fitting
-
         super().fit(context)
-        z = context.encodings(self.split).flatten(1).double().numpy()
-        if len(z) < self.components:
-            raise SamplerError(
-                f"ex_post_gmm: {self.components} components need at least as many encodings; "
-                f"the {self.split!r} split has {len(z)}"
-            )
-        mixture = GaussianMixture(
-            n_components=self.components,
-            covariance_type=self.covariance,
+        self.weights, self.means, self.scale_tril = fit_mixture(
+            context.encodings(self.split),
+            self.components,
+            self.covariance,
             reg_covar=self.reg_covar,
             max_iter=self.max_iter,
-            random_state=context.seed,
+            seed=context.seed,
+            log=context.log,
         )
-        mixture.fit(z)
-        if not mixture.converged_:
-            context.log(
-                f"ex_post_gmm: EM did not converge in {self.max_iter} iterations; using the last "
-                "estimate (raise max_iter to fit longer)"
-            )
-        d = z.shape[1]
-        covariances = torch.as_tensor(mixture.covariances_, dtype=torch.float64)
-        k = self.components
-        if self.covariance == "full":
-            full = covariances
-        elif self.covariance == "tied":
-            full = covariances.expand(k, d, d)
-        elif self.covariance == "diag":
-            full = torch.diag_embed(covariances)
-        else:  # spherical: one variance per component
-            full = covariances[:, None, None] * torch.eye(d, dtype=torch.float64)
-        self.weights = torch.as_tensor(mixture.weights_, dtype=torch.float64)
-        self.means = torch.as_tensor(mixture.means_, dtype=torch.float64)
-        self.scale_tril = torch.linalg.cholesky(full)
 
     def sample(self, n, generator=None):
         n = self._check_n(n)
         if self.weights is None:
             raise SamplerError("ExPostGMM is not fitted: call fit(context) first")
-        which = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
-        z = self.means[which] + (self.scale_tril[which] @ eps.unsqueeze(-1)).squeeze(-1)
+        z = sample_mixture(self.weights, self.means, self.scale_tril, n, generator)
         return z.float().reshape(n, *self._shape())
 
     def state_dict(self):
