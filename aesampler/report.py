@@ -252,6 +252,16 @@ def loss_figure(
     return True
 
 
+def _auto_note(auto) -> str:
+    """How ``steps: auto`` chose the steps, for the run table (empty when it did not)."""
+    if not isinstance(auto, dict):
+        return ""
+    cap = auto.get("max_steps")
+    return (
+        f" (chosen by steps: auto, at most {cap})" if _is_int(cap) else " (chosen by steps: auto)"
+    )
+
+
 def _figure(src: str, caption: str) -> str:
     text = html.escape(caption)
     return f'<figure><img src="{quote(src)}" alt="{text}"><figcaption>{text}</figcaption></figure>'
@@ -271,6 +281,7 @@ SAMPLING_FIELDS = [
     ("chain_corruption", _or_null(OBJECT), False),
     ("start", _or_null(OBJECT), False),
     ("start_describes", TEXT, False),
+    ("steps_auto", _or_null(OBJECT), False),
 ]
 """What the report reads from ``samples/settings.json`` (written by ``aesampler sample``)."""
 
@@ -660,7 +671,8 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
             (
                 "sampling",
                 f"{sampling['num_chains']} chains from {sampling['checkpoint']}, "
-                f"{sampling['steps']} steps, chain corruption "
+                f"{sampling['steps']} steps{_auto_note(sampling.get('steps_auto'))}, "
+                "chain corruption "
                 f"{_spec(corruption)}, BN statistics: {sampling['batchnorm']}, "
                 f"seed {sampling['seed']}, start: {_spec(sampling.get('start'))}",
             )

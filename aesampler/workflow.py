@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -66,6 +67,9 @@ from .rundir import (
 )
 from .samplers import Sampler, SamplerContext, SamplerError, encode_images
 from .training import resolve_device, train
+
+if TYPE_CHECKING:
+    from .evaluation.stopping import AutoSteps
 
 
 class WorkflowError(AesamplerError):
@@ -269,7 +273,7 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
     cfg = recipe.sampling
     needs = []
     if sample:
-        record = cfg.record or default_record(cfg.steps)
+        record = cfg.record or default_record(cfg.most_steps)
         needs.append(
             (
                 _sample_bytes(parts, cfg.num_chains, len(record)),
@@ -299,6 +303,37 @@ def _write_recipe(parts: Components, txn: Transaction) -> None:
         atomic_write_bytes(txn.path(RECIPE), recipe_text.encode())
 
 
+def chain_steps(
+    parts: Components, start: Sampler, log: Callable[[str], None] = print
+) -> tuple[int, AutoSteps | None]:
+    """``sampling.steps``, or with ``steps: auto`` the steps that pilot chains choose.
+
+    The pilot runs ``sampling.auto_chains`` chains from ``start`` (seeded with
+    ``sampling.seed + 1``, so not the chains being chosen for) up to ``sampling.max_steps``, and
+    stops at the first step after which the MMD of their latents to encodings of the
+    validation images stops falling (:mod:`aesampler.evaluation.stopping`).
+    """
+    cfg = parts.recipe.sampling
+    if cfg.steps != "auto":
+        return cfg.steps, None
+    from .evaluation.stopping import choose_steps  # SciPy and scikit-learn: only when needed
+
+    reference = parts.sampler_context(log).encodings("valid")
+    auto = choose_steps(
+        parts.chain,
+        start,
+        reference,
+        max_steps=cfg.max_steps,
+        chains=cfg.auto_chains,
+        seed=cfg.seed + 1,
+        batchnorm=cfg.batchnorm,
+        chunk_size=cfg.chunk_size,
+    )
+    curve = ", ".join(f"{t}: {v:.4g}" for t, v in auto.curve.items())
+    log(f"steps: auto chose {auto.steps} of at most {cfg.max_steps} (MMD² by step: {curve})")
+    return auto.steps, auto
+
+
 def sample(
     parts: Components,
     run_dir: Path,
@@ -318,6 +353,10 @@ def sample(
     run.check_replaceable("sample", [SAMPLES], overwrite)
     check_sizes(parts, sample=True, evaluate=False)
     start = parts.start_sampler(log)
+    steps, auto = chain_steps(parts, start, log)
+    record = cfg.record
+    if record is not None and auto is not None:  # the steps asked for that the chains reach
+        record = sorted({t for t in record if t <= steps} | {steps})
     chunks = len(chunk_bounds(cfg.num_chains, cfg.chunk_size, batchnorm=cfg.batchnorm))
     shown = min(cfg.grid_size, cfg.num_chains)
     from .report import steps_figure  # matplotlib is imported only when pictures are made
@@ -327,12 +366,12 @@ def sample(
         result = _run_chain(
             parts,
             "chains",
-            chunks * (cfg.steps + 1),
+            chunks * (steps + 1),
             progress,
             n=cfg.num_chains,
             start=start,
-            steps=cfg.steps,
-            record=cfg.record,
+            steps=steps,
+            record=record,
             chunk_size=cfg.chunk_size,
             batchnorm=cfg.batchnorm,
             seed=cfg.seed,
@@ -347,8 +386,10 @@ def sample(
         save_tensors(tensors, folder / SAMPLES_TENSORS)
         settings = dict(
             cfg.model_dump(mode="json"),
+            steps=steps,
             steps_recorded=list(result.steps),
             start_describes=start.describes,
+            steps_auto=None if auto is None else auto.as_dict(),
         )
         _save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
         shown_steps = {t: result.x[t][:shown] for t in result.steps}

@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     Strict,
     field_validator,
     model_validator,
@@ -41,6 +42,18 @@ def check_seed(value: Any) -> Any:
 
 
 Seed = Annotated[int, BeforeValidator(check_seed)]
+
+
+def check_steps_or_auto(value: Any) -> Any:
+    """Chain steps: a non-negative integer, or "auto" (see aesampler.evaluation.stopping)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < INT_LIMIT:
+        raise PydanticCustomError("steps_or_auto", "steps must be a non-negative integer or 'auto'")
+    return value
+
+
+StepsOrAuto = Annotated[int | Literal["auto"], PlainValidator(check_steps_or_auto)]
 
 
 class Section(BaseModel):
@@ -104,7 +117,15 @@ class SamplingSection(Section):
         description="the start sampler drawing each chain's z0; default: the prior N(0, I)",
     )
     num_chains: PositiveInt = 64
-    steps: NonNegativeInt = 10
+    steps: StepsOrAuto = Field(
+        10,
+        description="transitions per chain, or 'auto': stop where the latents' MMD to held-out "
+        "encodings stops falling (pilot chains, at most max_steps)",
+    )
+    max_steps: NonNegativeInt = Field(10, description="with steps: auto, the most steps it takes")
+    auto_chains: Annotated[Int, Field(ge=10)] = Field(
+        500, description="with steps: auto, the pilot chains whose MMD curve chooses the steps"
+    )
     record: list[NonNegativeInt] | None = Field(
         None, description="steps to record; default 0, 1, 5, 10 (those <= steps) and steps"
     )
@@ -121,10 +142,18 @@ class SamplingSection(Section):
         if self.record is not None:
             if not self.record:
                 raise ValueError("record must list at least one step")
-            late = [s for s in self.record if s > self.steps]
+            limit, key = (
+                (self.max_steps, "max_steps") if self.steps == "auto" else (self.steps, "steps")
+            )
+            late = [s for s in self.record if s > limit]
             if late:
-                raise ValueError(f"record holds steps {late} beyond steps={self.steps}")
+                raise ValueError(f"record holds steps {late} beyond {key}={limit}")
         return self
+
+    @property
+    def most_steps(self) -> int:
+        """The most steps a chain can take: ``steps``, or ``max_steps`` with ``steps: auto``."""
+        return self.max_steps if self.steps == "auto" else self.steps
 
 
 class InterpolationSection(Section):
