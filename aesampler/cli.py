@@ -99,7 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = _load(args)
     kind = args.command
     checkpoint = None
-    if kind != "run":  # sample and interpolate never train
+    if kind != "run":  # sample, interpolate, evaluate and compare-samplers never train
         checkpoint = checkpoint_for(recipe, args.checkpoint)
     result = run(
         recipe,
@@ -109,12 +109,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         do_sample=kind in ("run", "sample"),
         do_interpolate=kind in ("run", "interpolate"),
         do_evaluate=kind in ("run", "evaluate"),
+        do_compare=None if kind == "run" else kind == "compare-samplers",
         checkpoint=checkpoint,
     )
     if result.metrics is not None:
         from .evaluation import format_table
 
         print(format_table(result.metrics))
+    if result.comparison is not None:
+        from .comparison import format_comparison
+
+        print(format_comparison(result.comparison))
     trained = f"trained {result.trained_steps} steps, " if result.trained_steps is not None else ""
     print(
         f"{kind} finished in {result.seconds:.1f}s ({trained}outputs in {result.run_dir}); "
@@ -207,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("sample", "run chains from sampling.start (default: the prior)"),
         ("interpolate", "interpolate"),
         ("evaluate", "measure sample quality at every evaluated chain step"),
+        (
+            "compare-samplers",
+            "fit every sampler of samplers.compare and measure each alone and with chain steps",
+        ),
     ):
         command = sub.add_parser(
             name,

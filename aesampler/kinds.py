@@ -100,6 +100,7 @@ KINDS: tuple[Kind, ...] = (
         "register_samplers",
         "aesampler.samplers.Sampler",
         sections=(("sampling", "start"),),
+        lists=(("samplers", "compare"),),
         built_once=True,
     ),
     Kind(

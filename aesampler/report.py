@@ -28,6 +28,8 @@ from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError
 from .rundir import (
     CHECKPOINTS,
+    COMPARISON,
+    COMPARISON_FIGURE,
     IMAGES,
     INTERPOLATION,
     INTERPOLATION_GRID,
@@ -36,8 +38,10 @@ from .rundir import (
     RECIPE,
     REPORT,
     REPORT_ASSETS,
+    SAMPLERS,
     SAMPLES,
     SETTINGS,
+    STEPS_FIGURE,
     TRAIN_LOG,
     RunDir,
     atomic_write_bytes,
@@ -506,6 +510,141 @@ def read_quality(path: Path) -> dict:
     return report
 
 
+COMPARISON_FIELDS = [
+    ("format", TEXT, True),
+    ("settings", OBJECT, True),
+    ("settings.steps", STEPS, True),
+    ("settings.num_chains", COUNT, True),
+    ("settings.confidence", FRACTION, True),
+    ("reference", OBJECT, True),
+    ("samplers", ("a list of objects", lambda v: isinstance(v, list) and v), True),
+]
+"""What the report reads from ``samplers/comparison.json`` (``aesampler compare-samplers``)."""
+
+COMPARED_FIELDS = [
+    ("label", ("a folder name", lambda v: isinstance(v, str) and _LABEL.fullmatch(v)), True),
+    ("sampler", OBJECT, True),
+    ("describes", TEXT, True),
+    ("steps", STEPS, True),
+    ("metrics", OBJECT, True),
+    ("lower_is_better", OBJECT, True),
+    ("fit_seconds", NUMBER, True),
+    ("auto", OBJECT, True),
+    ("auto.chosen", COUNT, True),
+    ("best_step", OBJECT, True),
+]
+"""What the report reads from each entry of the comparison's ``samplers`` list."""
+
+_LABEL = re.compile(r"[a-z][a-z0-9_]*(?:-\d+)?")
+
+
+def read_comparison(path: Path) -> dict:
+    """A ``samplers/comparison.json`` written by aesampler, checked for what reports read."""
+    document = _read_json(path, "the sampler comparison")
+    problem = _problem(document, COMPARISON_FIELDS) if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        problem = "it does not hold a JSON object"
+    if problem is None:
+        for i, row in enumerate(document["samplers"]):
+            if not isinstance(row, dict):
+                problem = f"'samplers[{i}]' is not an object"
+                break
+            found = _problem(row, COMPARED_FIELDS) or _quality_problem(
+                {
+                    **row,
+                    "settings": {"confidence": 0.5, "num_chains": 0, "bootstrap": 0},
+                    "reference": {"images": 0, "split": "", "novelty_of_held_out_images": None},
+                }
+            )
+            if found:
+                problem = f"in 'samplers[{i}]': {found}"
+                break
+    if problem:
+        raise ReportError(
+            f"{str(path)!r} is not an aesampler sampler comparison: {problem}; re-create it "
+            "with aesampler compare-samplers --overwrite"
+        )
+    return document
+
+
+def comparison_figure(comparison: dict, path: Path, source: str = "comparison.json") -> None:
+    """Each metric against the chain step, one line (with its interval band) per sampler."""
+    metrics_figure({row["label"]: row for row in comparison["samplers"]}, path, source)
+
+
+def _comparison_section(run_dir: Path) -> str:
+    path = run_dir / SAMPLERS / COMPARISON
+    comparison = read_comparison(path)
+    settings = comparison["settings"]
+    steps = settings["steps"]
+    rows = comparison["samplers"]
+    keys = list(dict.fromkeys(k for row in rows for k in row["metrics"]))
+    primary = "frechet" if "frechet" in keys else (keys[0] if keys else None)
+    parts = ["<h2>Samplers compared</h2>"]
+    level = round(100 * settings["confidence"])
+    novelty = comparison["reference"].get("novelty_of_held_out_images")
+    parts.append(
+        "<p>"
+        + html.escape(
+            f"Each sampler's draws (step 0) and the chain started from them, "
+            f"{settings['num_chains']} chains each, measured against the same held-out images "
+            f"with the evaluate section's metrics ({level}% bootstrap intervals). 'auto' is the "
+            "step sampling.steps: auto would stop at for that sampler; 'best' the step with the "
+            f"best {primary}."
+            + (f" Novelty of held-out images: {novelty:.4g}." if _is_finite(novelty) else "")
+        )
+        + "</p>"
+    )
+    if primary is not None:
+        head = ["sampler", *[f"{primary} at step {t}" for t in steps], "best", "auto"]
+        if "novelty" in keys:
+            head.append("novelty at step 0")
+        head.append("fitted in")
+        body = ""
+        for row in rows:
+            cells = []
+            for t in steps:
+                c = row["metrics"].get(primary, {}).get(str(t))
+                cells.append(
+                    f"{c['value']:.4g} <small>[{c['low']:.3g}, {c['high']:.3g}]</small>"
+                    if c
+                    else "–"
+                )
+            cells += [
+                html.escape(str(row["best_step"].get(primary, "–"))),
+                html.escape(str(row["auto"]["chosen"])),
+            ]
+            if "novelty" in keys:
+                c = row["metrics"].get("novelty", {}).get("0")
+                cells.append(f"{c['value']:.4g}" if c else "–")
+            cells.append(f"{row['fit_seconds']:.1f} s")
+            label = html.escape(row["label"])
+            spec = html.escape(_spec(row["sampler"]))
+            body += (
+                f"<tr><th>{label}<br><small>{spec}</small></th>"
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + "</tr>"
+            )
+        heading = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        parts.append(f"<table><tr>{heading}</tr>{body}</table>")
+    if (run_dir / SAMPLERS / COMPARISON_FIGURE).is_file():
+        parts.append(
+            _figure(
+                f"{SAMPLERS}/{COMPARISON_FIGURE}",
+                "Each metric against the chain step, one line per sampler (bands: bootstrap "
+                "intervals). Step 0 is the sampler's draws decoded as they are.",
+            )
+        )
+    grids = [
+        _figure(f"{SAMPLERS}/{row['label']}/{STEPS_FIGURE}", f"{row['label']}: {row['describes']}")
+        for row in rows
+        if (run_dir / SAMPLERS / row["label"] / STEPS_FIGURE).is_file()
+    ]
+    if grids:
+        parts.append("".join(grids))
+    return "".join(parts)
+
+
 COMPARE_FILES = ("compare.md", "compare.png")
 
 
@@ -718,6 +857,8 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
     if quality.is_file():
         report = read_quality(quality)
         sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
+    if (run_dir / SAMPLERS / COMPARISON).is_file():
+        sections.append(_comparison_section(run_dir))
     steps, epochs = _read_metrics(run_dir)
     if steps:
         plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))

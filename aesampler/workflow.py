@@ -54,6 +54,7 @@ from .rundir import (
     METRICS,
     RECIPE,
     SAMPLER_STATE,
+    SAMPLERS,
     SAMPLES,
     SAMPLES_TENSORS,
     SETTINGS,
@@ -292,12 +293,12 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
         check_memory(nbytes, f"{key}={value}")
 
 
-def _with_recipe(run: RunDir, entry: str) -> list[str]:
+def with_recipe(run: RunDir, entry: str) -> list[str]:
     """The entries a command writes: its own, and the recipe when the directory has none yet."""
     return [entry] if (run / RECIPE).exists() else [entry, RECIPE]
 
 
-def _write_recipe(parts: Components, txn: Transaction) -> None:
+def write_recipe(parts: Components, txn: Transaction) -> None:
     if RECIPE in txn.entries:
         recipe_text = yaml.safe_dump(parts.recipe.resolved(), sort_keys=False)
         atomic_write_bytes(txn.path(RECIPE), recipe_text.encode())
@@ -362,7 +363,7 @@ def sample(
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
     # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
-    with run.transaction("sample", _with_recipe(run, SAMPLES)) as txn:
+    with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
         result = _run_chain(
             parts,
             "chains",
@@ -394,7 +395,7 @@ def sample(
         _save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
         shown_steps = {t: result.x[t][:shown] for t in result.steps}
         steps_figure(shown_steps, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
-        _write_recipe(parts, txn)
+        write_recipe(parts, txn)
     return result
 
 
@@ -405,7 +406,7 @@ def interpolate(
     cfg, sampling = parts.recipe.interpolation, parts.recipe.sampling
     run = RunDir(run_dir)
     run.check_replaceable("interpolate", [INTERPOLATION], overwrite)
-    with run.transaction("interpolate", _with_recipe(run, INTERPOLATION)) as txn:
+    with run.transaction("interpolate", with_recipe(run, INTERPOLATION)) as txn:
         test = parts.dataset("test")
         count = min(2 * cfg.pairs, len(test) - len(test) % 2)
         if count < 2:
@@ -447,7 +448,7 @@ def interpolate(
         save_tensors(tensors, folder / INTERPOLATION_TENSORS)
         settings = dict(cfg.model_dump(mode="json"), batchnorm=sampling.batchnorm)
         _save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
-        _write_recipe(parts, txn)
+        write_recipe(parts, txn)
     return tensors
 
 
@@ -486,6 +487,7 @@ class RunResult:
     trained_steps: int | None
     seconds: float
     metrics: dict | None = None
+    comparison: dict | None = None
 
 
 def run(
@@ -499,6 +501,7 @@ def run(
     do_sample: bool = True,
     do_interpolate: bool = True,
     do_evaluate: bool = True,
+    do_compare: bool | None = None,
     checkpoint: str | Path | None = None,
 ) -> RunResult:
     """Train (unless a checkpoint is given), sample, interpolate, evaluate and write the report.
@@ -506,7 +509,8 @@ def run(
     With a checkpoint (``checkpoint`` or ``model.checkpoint``) nothing is trained, and only the
     outputs of the commands asked for are written into the run directory (``overwrite``
     replaces those, and only those). A run that trains a new model (or resumes one) remakes its
-    pictures and metrics.
+    pictures and metrics. ``do_compare`` runs the sampler comparison (None: when
+    ``samplers.enabled``).
 
     Everything that can be checked is checked before anything is written: the recipe, the
     checkpoint and its fit to the recipe, the data's geometry, the feature extractor, the sizes,
@@ -519,12 +523,14 @@ def run(
     run_dir = RunDir(recipe.output.dir)
     evaluating = do_evaluate and recipe.evaluate.enabled
     interpolating = do_interpolate and recipe.interpolation.enabled
+    comparing = recipe.samplers.enabled if do_compare is None else do_compare
     outputs = [
         *([SAMPLES] if do_sample else []),
         *([INTERPOLATION] if interpolating else []),
         *([METRICS] if evaluating else []),
+        *([SAMPLERS] if comparing else []),
     ]
-    if evaluating:  # fail before training, not after it
+    if evaluating or comparing:  # fail before training, not after it
         spec = recipe.evaluate.feature_extractor
         registry.create("feature_extractor", spec.name, **spec.params).check(
             build_dataset(recipe, "train", registry)
@@ -551,9 +557,13 @@ def run(
         parts = build_components(recipe, checkpoint=checkpoint, registry=registry)
         remake = overwrite
         run_dir.check_replaceable("run", outputs, overwrite)
-    if interpolating or evaluating:
+    if interpolating or evaluating or comparing:
         parts.dataset("test")  # the data fits the model: checked before any chain runs
     check_sizes(parts, sample=do_sample, evaluate=evaluating)
+    if comparing:
+        from .comparison import check_size
+
+        check_size(parts)
     if do_sample:
         sample(parts, run_dir.path, overwrite=remake, progress=progress, log=log)
     if interpolating:
@@ -565,11 +575,19 @@ def run(
         run_dir.check_replaceable("evaluate", [METRICS], remake)
         used = [("metric", spec.name) for spec in recipe.evaluate.metrics]
         used.append(("feature_extractor", recipe.evaluate.feature_extractor.name))
-        with run_dir.transaction("evaluate", _with_recipe(run_dir, METRICS)) as txn:
+        with run_dir.transaction("evaluate", with_recipe(run_dir, METRICS)) as txn:
             metrics = evaluate(parts, run_dir.path, registry=registry, progress=progress, log=log)
             metrics["components"] = registry.provenance(used)
             write_json(txn.path(METRICS), metrics)
-            _write_recipe(parts, txn)
+            write_recipe(parts, txn)
         run_dir.record_components(metrics["components"])
+    comparison = None
+    if comparing:
+        from .comparison import compare_samplers
+
+        comparison = compare_samplers(
+            parts, run_dir.path, overwrite=remake, progress=progress, log=log
+        )
     report = write_report(run_dir.path)
-    return RunResult(run_dir.path, report, trained, time.perf_counter() - started, metrics)
+    seconds = time.perf_counter() - started
+    return RunResult(run_dir.path, report, trained, seconds, metrics, comparison)

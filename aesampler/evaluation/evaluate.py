@@ -13,7 +13,7 @@ anywhere: no model, recipe or run directory. Both compute their numbers in :func
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,139 @@ def measure(
 # A trained model's run
 
 
+class Evaluator:
+    """The recipe's ``evaluate`` setup, prepared once, measuring chains from any start sampler.
+
+    Preparing builds the metrics and the feature extractor (training or loading its cached
+    classifier), picks the reference and training images and encodes the reference; each
+    :meth:`measure_chains` then runs ``evaluate.num_chains`` fresh chains and measures them.
+    ``aesampler evaluate`` measures the recipe's own start sampler; the sampler comparison
+    measures each of its samplers with the same setup, so their numbers compare.
+    """
+
+    def __init__(
+        self,
+        parts,
+        run_dir: str | Path,
+        *,
+        registry: Registry | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        recipe, registry = parts.recipe, registry or parts.registry
+        cfg = recipe.evaluate
+        self.parts, self.cfg, self.log = parts, cfg, log
+        self.metrics: list[tuple[str, Metric]] = [
+            (spec.name, registry.create("metric", spec.name, **spec.params)) for spec in cfg.metrics
+        ]
+        extractor: FeatureExtractor = registry.create(
+            "feature_extractor", cfg.feature_extractor.name, **cfg.feature_extractor.params
+        )
+        train_set = parts.dataset("train")
+        reference_set = parts.dataset(cfg.reference_split)
+        split = repr(cfg.reference_split)
+        self.reference = _images(reference_set, cfg.reference_size, cfg.seed, f"the {split} split")
+        self.train_images = _images(train_set, cfg.train_size, cfg.seed, "the 'train' split")
+        held_out = (
+            f"the held-out images ({len(self.reference)} from the {split} split; "
+            f"evaluate.reference_size={cfg.reference_size})"
+        )
+        self.labels = {
+            "samples": "the images x_t of the evaluation chains at step {step} "
+            f"(evaluate.num_chains={cfg.num_chains})",
+            "latents": "the latents z_t of the evaluation chains at step {step}",
+            "reference": held_out,
+            "reference_z": held_out,
+            "train_images": f"the training images (evaluate.train_size={cfg.train_size})",
+        }
+        check_sample_sizes(  # before any training or sampling
+            self.metrics,
+            {t: cfg.num_chains for t in cfg.steps},
+            {
+                "reference": len(self.reference),
+                "reference_z": len(self.reference),
+                "train_images": len(self.train_images),
+            },
+            self.labels,
+        )
+        run_dir = Path(run_dir)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".aesampler-cache"
+        self.extractor = extractor
+        self.extractor_info = extractor.prepare(train_set, cache_dir, parts.device, log)
+        self.reference_z = encode_images(
+            parts.model,
+            self.reference,
+            batchnorm=recipe.sampling.batchnorm,
+            seed=cfg.seed,
+            device=parts.device,
+        )
+
+    def run_chains(
+        self, start, record: Iterable[int], *, progress: bool = True
+    ) -> tuple[Any, dict[int, Tensor]]:
+        """Run ``evaluate.num_chains`` chains from ``start`` up to the last step of ``record``.
+
+        Returns the chain result (x and z at the ``record`` steps, on the CPU) and the latents
+        of every step 0..max(record).
+        """
+        cfg, sampling = self.cfg, self.parts.recipe.sampling
+        record = sorted(set(record))
+        last = record[-1]
+        all_z: dict[int, list[torch.Tensor]] = {t: [] for t in range(last + 1)}
+        bar = tqdm(desc="evaluation chains", unit="step", disable=not progress)
+
+        def keep_z(step) -> None:
+            all_z[step.step].append(step.z.float().cpu())
+            bar.update(1)
+
+        try:
+            result = self.parts.chain.run(
+                n=cfg.num_chains,
+                start=start,
+                steps=last,
+                record=record,
+                chunk_size=sampling.chunk_size,
+                batchnorm=sampling.batchnorm,
+                seed=cfg.seed,
+                out_device="cpu",
+                callback=keep_z,
+            )
+        finally:
+            bar.close()
+        return result, {t: torch.cat(v) for t, v in all_z.items()}
+
+    def measure(
+        self, samples: Mapping[int, Tensor], latents: Mapping[int, Tensor], *, progress=True
+    ) -> dict:
+        """Every metric at every step of ``samples`` (images by step), see :func:`measure`."""
+        cfg = self.cfg
+        return measure(
+            samples,
+            self.reference,
+            self.metrics,
+            self.extractor,
+            train=self.train_images,
+            latents=latents,
+            reference_latents=self.reference_z,
+            prior_latents=None,
+            bootstrap=cfg.bootstrap,
+            confidence=cfg.confidence,
+            seed=cfg.seed,
+            labels=self.labels,
+            progress=progress,
+        )
+
+    def reference_info(self, measured: dict | None = None) -> dict:
+        """What the measurements compare with: the split, the images, the novelty baseline."""
+        info = {
+            "split": self.cfg.reference_split,
+            "images": len(self.reference),
+            "train_images": len(self.train_images),
+        }
+        if measured is not None:
+            info.update(measured["reference"])
+        return info
+
+
 def evaluate(
     parts,
     run_dir: str | Path,
@@ -254,92 +387,17 @@ def evaluate(
     it: :func:`aesampler.workflow.run` does so in a run-directory transaction). ``run_dir``
     places the default feature-classifier cache beside the run.
     """
-    recipe, registry = parts.recipe, registry or parts.registry
+    recipe = parts.recipe
     cfg, sampling = recipe.evaluate, recipe.sampling
-    run_dir = Path(run_dir)
-    metrics: list[tuple[str, Metric]] = [
-        (spec.name, registry.create("metric", spec.name, **spec.params)) for spec in cfg.metrics
-    ]
-    extractor: FeatureExtractor = registry.create(
-        "feature_extractor", cfg.feature_extractor.name, **cfg.feature_extractor.params
-    )
-    train_set = parts.dataset("train")
-    reference_set = parts.dataset(cfg.reference_split)
-    split = repr(cfg.reference_split)
-    reference = _images(reference_set, cfg.reference_size, cfg.seed, f"the {split} split")
-    train_images = _images(train_set, cfg.train_size, cfg.seed, "the 'train' split")
-    held_out = (
-        f"the held-out images ({len(reference)} from the {split} split; "
-        f"evaluate.reference_size={cfg.reference_size})"
-    )
-    labels = {
-        "samples": "the images x_t of the evaluation chains at step {step} "
-        f"(evaluate.num_chains={cfg.num_chains})",
-        "latents": "the latents z_t of the evaluation chains at step {step}",
-        "reference": held_out,
-        "reference_z": held_out,
-        "train_images": f"the training images (evaluate.train_size={cfg.train_size})",
-    }
-    check_sample_sizes(  # before any training or sampling
-        metrics,
-        {t: cfg.num_chains for t in cfg.steps},
-        {
-            "reference": len(reference),
-            "reference_z": len(reference),
-            "train_images": len(train_images),
-        },
-        labels,
-    )
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".aesampler-cache"
-    extractor_info = extractor.prepare(train_set, cache_dir, parts.device, log)
-    reference_z = encode_images(
-        parts.model, reference, batchnorm=sampling.batchnorm, seed=cfg.seed, device=parts.device
-    )
+    evaluator = Evaluator(parts, run_dir, registry=registry, log=log)
     start = parts.start_sampler(log)
-
-    last = max(cfg.steps)
-    all_z: dict[int, list[torch.Tensor]] = {t: [] for t in range(last + 1)}
-    bar = tqdm(desc="evaluation chains", unit="step", disable=not progress)
-
-    def keep_z(step) -> None:
-        all_z[step.step].append(step.z.float().cpu())
-        bar.update(1)
-
-    try:
-        result = parts.chain.run(
-            n=cfg.num_chains,
-            start=start,
-            steps=last,
-            record=cfg.steps,
-            chunk_size=sampling.chunk_size,
-            batchnorm=sampling.batchnorm,
-            seed=cfg.seed,
-            out_device="cpu",
-            callback=keep_z,
-        )
-    finally:
-        bar.close()
-
-    measured = measure(
-        {t: result.x[t] for t in cfg.steps},
-        reference,
-        metrics,
-        extractor,
-        train=train_images,
-        latents={t: torch.cat(v) for t, v in all_z.items()},
-        reference_latents=reference_z,
-        prior_latents=None,
-        bootstrap=cfg.bootstrap,
-        confidence=cfg.confidence,
-        seed=cfg.seed,
-        labels=labels,
-        progress=progress,
-    )
+    result, latents = evaluator.run_chains(start, cfg.steps, progress=progress)
+    measured = evaluator.measure({t: result.x[t] for t in cfg.steps}, latents, progress=progress)
     spec = recipe.chain_corruption
     report = {
         **measured,
-        "reference": {"split": cfg.reference_split, **measured["reference"]},
-        "feature_extractor": extractor_info,
+        "reference": evaluator.reference_info(measured),
+        "feature_extractor": evaluator.extractor_info,
         "settings": cfg.model_dump(mode="json"),
         "model": {"kind": recipe.model.name, "checkpoint": str(parts.checkpoint)},
         "chain": {

@@ -215,6 +215,41 @@ class EvaluateSection(Section):
         return sorted(set(value))
 
 
+DEFAULT_COMPARED = ("prior", "encodings", "ex_post_gmm")
+
+
+class SamplersSection(Section):
+    """The sampler comparison: each sampler alone (step 0) and followed by chain steps, measured
+    with the ``evaluate`` section's chains, metrics and reference, so the numbers compare."""
+
+    enabled: Bool = Field(False, description="compare the samplers in aesampler run")
+    compare: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name=n) for n in DEFAULT_COMPARED],
+        min_length=1,
+        description="sampler names, or sections with a name and parameters",
+    )
+    steps: list[NonNegativeInt] = Field(
+        default_factory=lambda: [0, 1, 2, 5],
+        min_length=1,
+        description="chain steps measured after each sampler's draws (0: the draws alone)",
+    )
+    grid_size: Annotated[Int, Field(ge=1)] = Field(
+        64, description="chains shown in each sampler's grid of steps"
+    )
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _names_to_sections(cls, value):
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _sorted_steps(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+
 class OutputSection(Section):
     dir: str = Field(description="the run directory; a leading ~ is the home folder")
 
@@ -234,6 +269,7 @@ class Recipe(Section):
     sampling: SamplingSection = SamplingSection()
     interpolation: InterpolationSection = InterpolationSection()
     evaluate: EvaluateSection = EvaluateSection()
+    samplers: SamplersSection = SamplersSection()
     output: OutputSection
 
     @property

@@ -1,0 +1,230 @@
+"""The sampler comparison: which start sampler gives this model its best samples.
+
+``aesampler compare-samplers RECIPE`` (and ``aesampler run`` with ``samplers.enabled``) fits
+every sampler of ``samplers.compare`` on the trained model, runs ``evaluate.num_chains`` chains
+from each, and measures them at ``samplers.steps`` (0: the sampler's draws decoded as they are)
+with the ``evaluate`` section's metrics, feature extractor, reference images and seed. Every
+sampler is measured against the same reference with the same chains' seed, so the numbers
+compare. For each sampler it also records which step ``sampling.steps: auto``'s rule would stop
+at (the first step after which the MMD of the latents to validation encodings stops falling),
+so its choice can be checked against the step with the best Fréchet distance.
+
+Files, in the run directory's ``samplers/`` (replaced as one, in a transaction)::
+
+    comparison.json          every sampler's metrics by step, fit cost, auto step, ...
+    comparison.png           each metric against the chain step, one line per sampler
+    LABEL/samples.safetensors   z and x of every chain at every measured step (z/step-NNN, ...)
+    LABEL/steps.png          the first samplers.grid_size chains at each measured step
+    LABEL/settings.json      the sampler's section and what fitting it measured
+
+LABEL is the sampler's name, followed by ``-2``, ``-3``, ... when a name is compared twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .evaluation.evaluate import Evaluator
+from .evaluation.stopping import first_minimum, mmd_curve
+from .resources import check_memory
+from .rundir import (
+    COMPARISON,
+    COMPARISON_FIGURE,
+    SAMPLERS,
+    SAMPLES_TENSORS,
+    SETTINGS,
+    STEPS_FIGURE,
+    RunDir,
+    write_json,
+)
+
+FORMAT = "aesampler-sampler-comparison"
+#: The metric whose best step the comparison reports (when the recipe measures it).
+PRIMARY = "frechet"
+
+
+def labels(names: list[str]) -> list[str]:
+    """Folder names for the compared samplers: each name, with -2, -3, ... for repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def check_size(parts) -> None:
+    """Refuse a comparison whose saved chains cannot fit in memory, before any work."""
+    recipe = parts.recipe
+    cfg, chains = recipe.samplers, recipe.evaluate.num_chains
+    latent = math.prod(parts.model.decoder.latent_shape)
+    arch = parts.model.architecture
+    image = arch.get("channels", 3) * arch.get("image_size", 64) ** 2
+    last = max(cfg.steps)
+    # One sampler at a time: latents of every step, images of every step (recorded for auto).
+    nbytes = 4 * chains * (last + 1) * (2 * latent + image)
+    check_memory(nbytes, f"evaluate.num_chains={chains} with samplers.steps up to {last}")
+
+
+def compare_samplers(
+    parts,
+    run_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Fit, run and measure every sampler of ``samplers.compare``; write ``samplers/``.
+
+    Returns what ``samplers/comparison.json`` holds.
+    """
+    from .report import comparison_figure, steps_figure  # matplotlib only when drawing
+    from .workflow import fit_sampler, save_tensors, with_recipe, write_recipe
+
+    recipe = parts.recipe
+    cfg, ev = recipe.samplers, recipe.evaluate
+    run = RunDir(run_dir)
+    run.check_replaceable("samplers", [SAMPLERS], overwrite)
+    check_size(parts)
+    evaluator = Evaluator(parts, run.path, log=log)
+    valid = parts.sampler_context(log).encodings("valid")
+    names = labels([spec.name for spec in cfg.compare])
+    rows = []
+    measured = None
+    with run.transaction("samplers", with_recipe(run, SAMPLERS)) as txn:
+        folder = txn.path(SAMPLERS)
+        folder.mkdir()
+        for label, spec in zip(names, cfg.compare):
+            log(f"sampler {label}: fitting")
+            started = time.perf_counter()
+            sampler = fit_sampler(parts, spec, log)
+            fit_seconds = time.perf_counter() - started
+            fit_stats = dict(getattr(sampler, "stats", None) or {})
+            started = time.perf_counter()
+            last = max(cfg.steps)
+            result, latents = evaluator.run_chains(sampler, range(last + 1), progress=progress)
+            sample_stats = {
+                k: v
+                for k, v in (getattr(sampler, "stats", None) or {}).items()
+                if k not in fit_stats
+            }
+            curve = mmd_curve(latents, valid)
+            auto = first_minimum(curve)
+            measured_steps = sorted({*cfg.steps, auto})
+            measured = evaluator.measure(
+                {t: result.x[t] for t in measured_steps}, latents, progress=progress
+            )
+            chain_seconds = time.perf_counter() - started
+            best = _best_step(measured, PRIMARY)
+            row = {
+                "label": label,
+                "sampler": spec.model_dump(mode="json"),
+                "describes": sampler.describes,
+                "fit_seconds": fit_seconds,
+                "fit_stats": fit_stats,
+                "sample_stats": sample_stats,
+                "chain_seconds": chain_seconds,
+                "steps": measured["steps"],
+                "metrics": measured["metrics"],
+                "lower_is_better": measured["lower_is_better"],
+                "diagnostics": measured["diagnostics"],
+                "auto": {
+                    "chosen": auto,
+                    "mmd_learned_valid": {str(t): v for t, v in curve.items()},
+                },
+                "best_step": {PRIMARY: best} if best is not None else {},
+            }
+            rows.append(row)
+            out = folder / label
+            out.mkdir()
+            tensors = {}
+            for t in measured_steps:
+                tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
+                tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
+            save_tensors(tensors, out / SAMPLES_TENSORS)
+            shown = min(cfg.grid_size, ev.num_chains)
+            steps_figure(
+                {t: result.x[t][:shown] for t in measured_steps}, out / STEPS_FIGURE, label
+            )
+            write_json(
+                out / SETTINGS,
+                {k: row[k] for k in ("label", "sampler", "describes", "fit_seconds", "fit_stats")},
+            )
+            log(f"sampler {label}: {_summary(row)}")
+        reference = evaluator.reference_info(measured)
+        comparison = {
+            "format": FORMAT,
+            "settings": {
+                "steps": cfg.steps,
+                "num_chains": ev.num_chains,
+                "bootstrap": ev.bootstrap,
+                "confidence": ev.confidence,
+                "seed": ev.seed,
+                "batchnorm": recipe.sampling.batchnorm,
+                "checkpoint": str(parts.checkpoint),
+                "chain_corruption": (
+                    recipe.chain_corruption.model_dump() if recipe.chain_corruption else None
+                ),
+            },
+            "reference": reference,
+            "feature_extractor": evaluator.extractor_info,
+            "samplers": rows,
+            "components": parts.registry.provenance(
+                [("sampler", spec.name) for spec in cfg.compare]
+                + [("metric", spec.name) for spec in ev.metrics]
+                + [("feature_extractor", ev.feature_extractor.name)]
+            ),
+        }
+        write_json(folder / COMPARISON, comparison)
+        comparison_figure(comparison, folder / COMPARISON_FIGURE)
+        write_recipe(parts, txn)
+    run.record_components(comparison["components"])
+    return comparison
+
+
+def _best_step(measured: dict, key: str) -> int | None:
+    cells = measured["metrics"].get(key)
+    if not cells:
+        return None
+    lower = measured["lower_is_better"].get(key, True)
+    finite = {int(t): c["value"] for t, c in cells.items() if math.isfinite(c["value"])}
+    if not finite:
+        return None
+    return (min if lower else max)(finite, key=finite.get)
+
+
+def _summary(row: dict) -> str:
+    cells = row["metrics"].get(PRIMARY, {})
+    values = ", ".join(f"step {t}: {c['value']:.4g}" for t, c in cells.items())
+    return (
+        f"{PRIMARY} {values or 'not measured'}; auto step {row['auto']['chosen']}; "
+        f"fitted in {row['fit_seconds']:.1f}s"
+    )
+
+
+def format_comparison(comparison: dict) -> str:
+    """The comparison as a plain-text table: the primary metric by sampler and step."""
+    steps = comparison["settings"]["steps"]
+    header = ["sampler", *[f"step {t}" for t in steps], "best", "auto"]
+    lines = []
+    for row in comparison["samplers"]:
+        cells = row["metrics"].get(PRIMARY, {})
+        line = [row["label"]]
+        for t in steps:
+            c = cells.get(str(t))
+            line.append(f"{c['value']:.4g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-")
+        line += [str(row["best_step"].get(PRIMARY, "-")), str(row["auto"]["chosen"])]
+        lines.append(line)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *lines]]
+    level = round(100 * comparison["settings"]["confidence"])
+    return "\n".join(
+        [
+            f"{PRIMARY} by sampler and chain step (value [{level}% bootstrap interval]); best: "
+            f"the step with the best {PRIMARY}; auto: the step sampling.steps: auto would take",
+            *text,
+        ]
+    )

@@ -1,0 +1,177 @@
+"""The sampler comparison (``aesampler compare-samplers``) and ``sampling.steps: auto``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aesampler.comparison import labels
+from aesampler.evaluation.stopping import first_minimum, mmd_curve
+from aesampler.rundir import RunDir
+
+from .conftest import cli
+
+COMPARED = (
+    "samplers.compare=[prior, {name: ex_post_gmm, components: 2}, "
+    "{name: ex_post_gmm, components: 3, covariance: diag}, "
+    "{name: ratio_corrected, proposal: prior, hidden: 8, epochs: 2, pca_dims: 2, method: sir}, "
+    "{name: latent_flow, flow: maf, transforms: 1, hidden: 8, epochs: 2, pca_dims: 2, components: 2}, "
+    "aae_discriminator]"
+)
+
+
+def test_first_minimum_stops_where_the_curve_stops_falling():
+    assert first_minimum({0: 5.0, 1: 2.0, 2: 1.0, 3: 1.5, 4: 0.5}) == 2
+    assert first_minimum({0: 5.0, 1: 5.0, 2: 1.0}) == 0  # no improvement after step 0
+    assert first_minimum({0: 3.0, 1: 2.0, 2: 1.0}) == 2  # still falling at the cap
+    assert first_minimum({4: 1.0}) == 4
+
+
+def test_the_mmd_curve_is_smallest_where_the_latents_match_the_reference():
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(300, 3, generator=g)
+    latents = {t: torch.randn(300, 3, generator=g) + 2.0 / (t + 1) * (t != 2) for t in range(4)}
+    curve = mmd_curve(latents, reference)
+    assert min(curve, key=curve.get) == 2  # step 2 is drawn from the reference's distribution
+    assert curve[0] > curve[1] > curve[3] > curve[2]
+    assert abs(curve[2]) < 0.02  # an unbiased estimate of 0
+
+
+def test_labels_number_repeated_names():
+    assert labels(["prior", "ex_post_gmm", "ex_post_gmm", "prior"]) == [
+        "prior",
+        "ex_post_gmm",
+        "ex_post_gmm-2",
+        "prior-2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_run, tmp_path_factory):
+    """The tiny run, with every built-in sampler compared on it."""
+    _, run, _ = tiny_run
+    copy = tmp_path_factory.mktemp("compared") / "run"
+    shutil.copytree(run, copy)
+    done = cli("compare-samplers", str(copy), "--quiet", COMPARED, "samplers.steps=[0, 1, 2]")
+    assert done.returncode == 0, done.stderr
+    return copy, done
+
+
+def test_every_sampler_is_measured_at_every_step_and_its_chains_are_saved(compared):
+    copy, done = compared
+    comparison = json.loads((copy / "samplers" / "comparison.json").read_text())
+    rows = {row["label"]: row for row in comparison["samplers"]}
+    assert list(rows) == [
+        "prior",
+        "ex_post_gmm",
+        "ex_post_gmm-2",
+        "ratio_corrected",
+        "latent_flow",
+        "aae_discriminator",
+    ]
+    for label, row in rows.items():
+        measured = {0, 1, 2, row["auto"]["chosen"]}
+        assert set(row["steps"]) == measured, label
+        assert set(row["metrics"]["mmd_learned"]) == {str(t) for t in measured}
+        assert row["auto"]["chosen"] in range(3)
+        assert set(row["auto"]["mmd_learned_valid"]) == {"0", "1", "2"}
+        tensors = load_file(str(copy / "samplers" / label / "samples.safetensors"))
+        assert set(tensors) == {f"{k}/step-{t:03d}" for k in "zx" for t in measured}
+        assert tensors["z/step-000"].shape == (40, 4)
+        assert (copy / "samplers" / label / "steps.png").is_file()
+    # Step 0 is each sampler's own draws: the prior's are not the mixture's.
+    prior = load_file(str(copy / "samplers" / "prior" / "samples.safetensors"))["z/step-000"]
+    gmm = load_file(str(copy / "samplers" / "ex_post_gmm" / "samples.safetensors"))["z/step-000"]
+    assert not torch.equal(prior, gmm)
+    # The ratio samplers report what their correction cost.
+    assert 0 < rows["ratio_corrected"]["sample_stats"]["ess_fraction"] <= 1
+    assert "valid_cross_entropy" in rows["ratio_corrected"]["fit_stats"]
+    for row in rows.values():  # the best step is the one with the smallest distance
+        frechet = {int(t): c["value"] for t, c in row["metrics"]["frechet"].items()}
+        assert row["best_step"] == {"frechet": min(frechet, key=frechet.get)}
+    assert "samplers" in RunDir(copy).owned()
+    table = done.stdout[done.stdout.index("frechet by sampler") :].splitlines()
+    assert table[1].split() == ["sampler", "step", "0", "step", "1", "step", "2", "best", "auto"]
+    assert [line.split()[0] for line in table[2:8]] == list(rows)
+
+
+def test_the_report_shows_the_comparison(compared):
+    copy, _ = compared
+    page = (copy / "report.html").read_text()
+    assert "<h2>Samplers compared</h2>" in page
+    assert 'src="samplers/comparison.png"' in page
+    assert 'src="samplers/latent_flow/steps.png"' in page
+
+
+def test_a_comparison_is_replaced_only_with_overwrite(compared, tmp_path):
+    copy, _ = compared
+    again = tmp_path / "run"
+    shutil.copytree(copy, again)
+    refused = cli("compare-samplers", str(again), "--quiet", "samplers.compare=[prior]")
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    done = cli("compare-samplers", str(again), "--quiet", "--overwrite", "samplers.compare=[prior]")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (again / "samplers").iterdir()) == [
+        "comparison.json",
+        "comparison.png",
+        "prior",
+    ]
+
+
+def test_a_damaged_comparison_is_one_clear_error(compared, tmp_path):
+    copy, _ = compared
+    broken = tmp_path / "run"
+    shutil.copytree(copy, broken)
+    path = broken / "samplers" / "comparison.json"
+    document = json.loads(path.read_text())
+    document["samplers"][1]["label"] = "../../escape"
+    path.write_text(json.dumps(document))
+    done = cli("report", str(broken))
+    assert done.returncode == 2
+    assert "is not an aesampler sampler comparison: in 'samplers[1]': 'label'" in done.stderr
+
+
+def test_aae_discriminator_on_a_vae_is_a_validation_error(tmp_path):
+    from .conftest import TINY_RECIPE
+
+    recipe = tmp_path / "vae.yaml"
+    recipe.write_text(
+        TINY_RECIPE.replace(
+            "name: aae, latent_dim: 4, width: 4, adversary_hidden: 16",
+            "name: vae, latent_dim: 4, width: 4",
+        )
+    )
+    done = cli("validate", str(recipe), "samplers.compare=[prior, aae_discriminator]")
+    assert done.returncode == 2
+    assert "samplers.compare.1: aae_discriminator needs an adversarial autoencoder" in done.stderr
+    assert "a VAE matches its prior through a KL term" in done.stderr
+
+
+def test_steps_auto_runs_the_chains_to_the_chosen_step(tiny_run, tmp_path):
+    _, run, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    done = cli(
+        "sample",
+        str(copy),
+        "--overwrite",
+        "--quiet",
+        "sampling.steps=auto",
+        "sampling.max_steps=4",
+        "sampling.auto_chains=30",
+        "sampling.record=[0, 1, 3]",
+    )
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((copy / "samples" / "settings.json").read_text())
+    auto = settings["steps_auto"]
+    curve = {int(t): v for t, v in auto["mmd_learned"].items()}
+    assert sorted(curve) == [0, 1, 2, 3, 4] and auto["pilot_chains"] == 30
+    chosen = auto["chosen"]
+    assert chosen == first_minimum(curve) and settings["steps"] == chosen
+    assert settings["steps_recorded"] == sorted({t for t in (0, 1, 3) if t <= chosen} | {chosen})
+    assert f"steps: auto chose {chosen} of at most 4" in done.stdout
+    assert "(chosen by steps: auto, at most 4)" in (copy / "report.html").read_text()
