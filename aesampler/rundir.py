@@ -27,6 +27,7 @@ Layout (names are the constants below)::
     checkpoints/             step-NNNNNNNN/ folders and ``latest``                  (train)
     samples/                 grids, steps.png, samples.safetensors, settings.json   (sample)
     interpolation/           interpolation.png, .safetensors, settings.json         (interpolate)
+    inpainting/              step-NNN.png, inpainting.png, .safetensors, settings.json (inpaint)
     metrics.json             sample quality at every evaluated step                 (evaluate)
     samplers/NAME-KEY/       what a start sampler fitted, by its settings and model (fit)
     report.html, report/     the HTML report and its plots                          (report)
@@ -57,6 +58,7 @@ IMAGES = "images"
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 INTERPOLATION = "interpolation"
+INPAINTING = "inpainting"
 METRICS = "metrics.json"
 SAMPLERS = "samplers"
 REPORT = "report.html"
@@ -66,6 +68,8 @@ SETTINGS = "settings.json"
 SAMPLES_TENSORS = "samples.safetensors"
 INTERPOLATION_TENSORS = "interpolation.safetensors"
 INTERPOLATION_GRID = "interpolation.png"
+INPAINTING_TENSORS = "inpainting.safetensors"
+INPAINTING_GRID = "inpainting.png"
 SAMPLER_STATE = "state.safetensors"
 STEPS_FIGURE = "steps.png"
 
@@ -74,6 +78,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": (RECIPE, TRAIN_LOG, IMAGES, CHECKPOINTS),
     "sample": (SAMPLES,),
     "interpolate": (INTERPOLATION,),
+    "inpaint": (INPAINTING,),
     "evaluate": (METRICS,),
     "report": (REPORT, REPORT_ASSETS),
     # What start samplers fitted (sample, evaluate and run fit them), one folder each, kept.

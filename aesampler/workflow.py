@@ -15,7 +15,9 @@ Files written into the run directory:
   step (keys ``z/step-NNN`` and ``x/step-NNN``) for other tools;
 * ``interpolation/interpolation.png``: for each pair of test images, a row of interpolated
   latents decoded as they are, then the same row after ``interpolation.steps`` chain steps (the
-  paper's Figures 2, 5 and 6); ``interpolation/interpolation.safetensors`` holds the tensors.
+  paper's Figures 2, 5 and 6); ``interpolation/interpolation.safetensors`` holds the tensors;
+* ``inpainting/``: held-out images with a hidden part filled in by a conditional chain, see
+  :func:`aesampler.inpaint.inpaint_test_images`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .recipe import Recipe, build_dataset
 from .registry import Registry
 from .resources import check_memory
 from .rundir import (
+    INPAINTING,
     INTERPOLATION,
     INTERPOLATION_GRID,
     INTERPOLATION_TENSORS,
@@ -264,12 +267,12 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
         check_memory(nbytes, f"{key}={value}")
 
 
-def _with_recipe(run: RunDir, entry: str) -> list[str]:
+def with_recipe(run: RunDir, entry: str) -> list[str]:
     """The entries a command writes: its own, and the recipe when the directory has none yet."""
     return [entry] if (run / RECIPE).exists() else [entry, RECIPE]
 
 
-def _write_recipe(parts: Components, txn: Transaction) -> None:
+def write_recipe(parts: Components, txn: Transaction) -> None:
     if RECIPE in txn.entries:
         recipe_text = yaml.safe_dump(parts.recipe.resolved(), sort_keys=False)
         atomic_write_bytes(txn.path(RECIPE), recipe_text.encode())
@@ -299,7 +302,7 @@ def sample(
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
     # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
-    with run.transaction("sample", _with_recipe(run, SAMPLES)) as txn:
+    with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
         result = _run_chain(
             parts,
             "chains",
@@ -326,10 +329,10 @@ def sample(
             steps_recorded=list(result.steps),
             start_describes=start.describes,
         )
-        _save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
+        save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
         shown_steps = {t: result.x[t][:shown] for t in result.steps}
         steps_figure(shown_steps, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
-        _write_recipe(parts, txn)
+        write_recipe(parts, txn)
     return result
 
 
@@ -340,7 +343,7 @@ def interpolate(
     cfg, sampling = parts.recipe.interpolation, parts.recipe.sampling
     run = RunDir(run_dir)
     run.check_replaceable("interpolate", [INTERPOLATION], overwrite)
-    with run.transaction("interpolate", _with_recipe(run, INTERPOLATION)) as txn:
+    with run.transaction("interpolate", with_recipe(run, INTERPOLATION)) as txn:
         test = parts.dataset("test")
         count = min(2 * cfg.pairs, len(test) - len(test) % 2)
         if count < 2:
@@ -381,12 +384,12 @@ def interpolate(
         save_png(rows, folder / INTERPOLATION_GRID, nrow=points)
         save_tensors(tensors, folder / INTERPOLATION_TENSORS)
         settings = dict(cfg.model_dump(mode="json"), batchnorm=sampling.batchnorm)
-        _save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
-        _write_recipe(parts, txn)
+        save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
+        write_recipe(parts, txn)
     return tensors
 
 
-def _save_settings(parts: Components, folder: Path, settings: dict, kinds: list[str]) -> None:
+def save_settings(parts: Components, folder: Path, settings: dict, kinds: list[str]) -> None:
     """What produced these pictures, for the report and for whoever reads them later."""
     spec = parts.recipe.chain_corruption
     used = [("model", parts.recipe.model.name)]
@@ -421,6 +424,7 @@ class RunResult:
     trained_steps: int | None
     seconds: float
     metrics: dict | None = None
+    inpainting: dict[int, float] | None = None
 
 
 def run(
@@ -434,9 +438,14 @@ def run(
     do_sample: bool = True,
     do_interpolate: bool = True,
     do_evaluate: bool = True,
+    do_inpaint: bool | None = None,
     checkpoint: str | Path | None = None,
 ) -> RunResult:
-    """Train (unless a checkpoint is given), sample, interpolate, evaluate and write the report.
+    """Train (unless a checkpoint is given), sample, interpolate, inpaint, evaluate, report.
+
+    ``do_interpolate`` and ``do_evaluate`` run their step when the recipe's section is enabled;
+    ``do_inpaint`` is None to follow ``inpaint.enabled`` (off by default), True to inpaint anyway
+    (the ``inpaint`` command) and False never to.
 
     With a checkpoint (``checkpoint`` or ``model.checkpoint``) nothing is trained, and only the
     outputs of the commands asked for are written into the run directory (``overwrite``
@@ -454,9 +463,11 @@ def run(
     run_dir = RunDir(recipe.output.dir)
     evaluating = do_evaluate and recipe.evaluate.enabled
     interpolating = do_interpolate and recipe.interpolation.enabled
+    inpainting = recipe.inpaint.enabled if do_inpaint is None else do_inpaint
     outputs = [
         *([SAMPLES] if do_sample else []),
         *([INTERPOLATION] if interpolating else []),
+        *([INPAINTING] if inpainting else []),
         *([METRICS] if evaluating else []),
     ]
     if evaluating:  # fail before training, not after it
@@ -464,6 +475,11 @@ def run(
         registry.create("feature_extractor", spec.name, **spec.params).check(
             build_dataset(recipe, "train", registry)
         )
+    if inpainting:  # a mask that hides nothing (or everything) fails now, not after training
+        from .inpaint import recipe_mask
+
+        size = build_dataset(recipe, "test", registry).image_size
+        recipe_mask(recipe, 1, (size, size))
     trained = None
     if checkpoint is None and recipe.model.checkpoint is None:
         result = train(
@@ -486,13 +502,21 @@ def run(
         parts = build_components(recipe, checkpoint=checkpoint, registry=registry)
         remake = overwrite
         run_dir.check_replaceable("run", outputs, overwrite)
-    if interpolating or evaluating:
+    if interpolating or evaluating or inpainting:
         parts.dataset("test")  # the data fits the model: checked before any chain runs
     check_sizes(parts, sample=do_sample, evaluate=evaluating)
     if do_sample:
         sample(parts, run_dir.path, overwrite=remake, progress=progress, log=log)
     if interpolating:
         interpolate(parts, run_dir.path, overwrite=remake, progress=progress)
+    filled = None
+    if inpainting:
+        from .inpaint import inpaint_test_images
+
+        done = inpaint_test_images(
+            parts, run_dir.path, overwrite=remake, progress=progress, log=log
+        )
+        filled = done.mean_error
     metrics = None
     if evaluating:
         from .evaluation import evaluate
@@ -500,11 +524,12 @@ def run(
         run_dir.check_replaceable("evaluate", [METRICS], remake)
         used = [("metric", spec.name) for spec in recipe.evaluate.metrics]
         used.append(("feature_extractor", recipe.evaluate.feature_extractor.name))
-        with run_dir.transaction("evaluate", _with_recipe(run_dir, METRICS)) as txn:
+        with run_dir.transaction("evaluate", with_recipe(run_dir, METRICS)) as txn:
             metrics = evaluate(parts, run_dir.path, registry=registry, progress=progress, log=log)
             metrics["components"] = registry.provenance(used)
             write_json(txn.path(METRICS), metrics)
-            _write_recipe(parts, txn)
+            write_recipe(parts, txn)
         run_dir.record_components(metrics["components"])
     report = write_report(run_dir.path)
-    return RunResult(run_dir.path, report, trained, time.perf_counter() - started, metrics)
+    seconds = time.perf_counter() - started
+    return RunResult(run_dir.path, report, trained, seconds, metrics, filled)
