@@ -662,7 +662,6 @@ def _checkpoint_row(run_dir: Path) -> tuple[str, str] | None:
 def _inpainting_section(run_dir: Path) -> str:
     cfg = _settings(run_dir / INPAINTING, INPAINTING_FIELDS, "inpaint")
     mask, steps = cfg["mask"], cfg["steps_recorded"]
-    where = "of the pixels, at random" if mask["missing"] == "random" else f"({mask['missing']})"
     caption = (
         f"A row per test image: the image, the masked image the chain starts from (hidden "
         f"pixels set to {_fmt(cfg['fill'])}), then the fill after "
@@ -670,8 +669,8 @@ def _inpainting_section(run_dir: Path) -> str:
         + " pseudo-Gibbs steps; the observed pixels are the image's own."
     )
     rows = [
-        ("hidden", f"{_fmt(mask['fraction'])} {where}"),
-        ("constant fill", _fmt(cfg["fill_mse"])),
+        ("mask", f"missing: {mask['missing']}, fraction {_fmt(mask['fraction'])}"),
+        (f"constant fill {_fmt(cfg['fill'])} (no model)", _fmt(cfg["fill_mse"])),
     ]
     rows += [(f"step {t}", _fmt(v)) for t, v in cfg["masked_mse"].items()]
     return (

@@ -276,6 +276,12 @@ def test_the_command_writes_grids_tensors_and_settings(trained, tmp_path):
     assert replaced.returncode == 0, replaced.stderr
     assert (folder / "inpainting.safetensors").read_bytes() != before
 
+    # The report reads the settings it shows, and a damaged file is one clear error.
+    settings["masked_mse"]["1"] = "low"
+    (folder / "settings.json").write_text(json.dumps(settings))
+    damaged = cli("report", str(out))
+    assert damaged.returncode == 2 and "'masked_mse' is not an object of numbers" in damaged.stderr
+
 
 def test_the_command_refuses_a_bad_mask_before_any_work(trained, tmp_path):
     recipe, run = trained
