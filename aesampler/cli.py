@@ -99,7 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = _load(args)
     kind = args.command
     checkpoint = None
-    if kind != "run":  # sample, interpolate, evaluate and compare-samplers never train
+    if kind != "run":  # sample, interpolate, inpaint, evaluate and compare-samplers never train
         checkpoint = checkpoint_for(recipe, args.checkpoint)
     result = run(
         recipe,
@@ -109,6 +109,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         do_sample=kind in ("run", "sample"),
         do_interpolate=kind in ("run", "interpolate"),
         do_evaluate=kind in ("run", "evaluate"),
+        # run: as inpaint.enabled and samplers.enabled say; the inpaint and compare-samplers
+        # commands do their work whatever those say.
+        do_inpaint=None if kind == "run" else kind == "inpaint",
         do_compare=None if kind == "run" else kind == "compare-samplers",
         checkpoint=checkpoint,
     )
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (
         ("sample", "run chains from sampling.start (default: the prior)"),
         ("interpolate", "interpolate"),
+        ("inpaint", "fill in the part of test images that inpaint.mask hides"),
         ("evaluate", "measure sample quality at every evaluated chain step"),
         (
             "compare-samplers",

@@ -31,6 +31,8 @@ from .rundir import (
     COMPARISON,
     COMPARISON_FIGURE,
     IMAGES,
+    INPAINTING,
+    INPAINTING_GRID,
     INTERPOLATION,
     INTERPOLATION_GRID,
     METRICS,
@@ -291,6 +293,25 @@ SAMPLING_FIELDS = [
 
 INTERPOLATION_FIELDS = [("method", TEXT, True), ("steps", COUNT, True)]
 """What the report reads from ``interpolation/settings.json``."""
+
+INPAINTING_FIELDS = [
+    ("mask", OBJECT, True),
+    ("mask.missing", TEXT, True),
+    ("mask.fraction", NUMBER, True),
+    ("fill", NUMBER, True),
+    ("corrupt_observed", ("true or false", lambda v: isinstance(v, bool)), True),
+    ("steps_recorded", STEPS, True),
+    (
+        "masked_mse",
+        (
+            "an object of numbers",
+            lambda v: isinstance(v, dict) and all(map(_is_number, v.values())),
+        ),
+        True,
+    ),
+    ("fill_mse", NUMBER, True),
+]
+"""What the report reads from ``inpainting/settings.json``."""
 
 
 def _settings(folder: Path, fields: list, command: str) -> dict:
@@ -788,6 +809,30 @@ def _checkpoint_row(run_dir: Path) -> tuple[str, str] | None:
     return ("checkpoint", f"step {info.get('step', '?')}, epoch {info.get('epoch', '?')}")
 
 
+def _inpainting_section(run_dir: Path) -> str:
+    cfg = _settings(run_dir / INPAINTING, INPAINTING_FIELDS, "inpaint")
+    mask, steps = cfg["mask"], cfg["steps_recorded"]
+    caption = (
+        f"A row per test image: the image, the masked image the chain starts from (hidden "
+        f"pixels set to {_fmt(cfg['fill'])}), then the fill after "
+        + ", ".join(map(str, steps))
+        + " pseudo-Gibbs steps; the observed pixels are the image's own."
+    )
+    rows = [
+        ("mask", f"missing: {mask['missing']}, fraction {_fmt(mask['fraction'])}"),
+        (f"constant fill {_fmt(cfg['fill'])} (no model)", _fmt(cfg["fill_mse"])),
+    ]
+    rows += [(f"step {t}", _fmt(v)) for t, v in cfg["masked_mse"].items()]
+    return (
+        "<h2>Inpainting</h2><p>The chain fills in the hidden part of held-out images, the "
+        "observed pixels re-imposed after every decode. Mean squared error of the hidden pixels "
+        "against the true image, by step (per-chain values and the images at every recorded "
+        f"step: <code>{INPAINTING}/</code>):</p>"
+        + _table(rows)
+        + _figure(f"{INPAINTING}/{INPAINTING_GRID}", caption)
+    )
+
+
 def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
     recipe_text, recipe = _read_recipe(run_dir)
     sections: list[str] = []
@@ -853,6 +898,9 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
         sections.append(
             "<h2>Interpolation</h2>" + _figure(f"{INTERPOLATION}/{INTERPOLATION_GRID}", caption)
         )
+    inpainting = run_dir / INPAINTING / INPAINTING_GRID
+    if inpainting.is_file():
+        sections.append(_inpainting_section(run_dir))
     quality = run_dir / METRICS
     if quality.is_file():
         report = read_quality(quality)

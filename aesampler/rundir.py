@@ -27,6 +27,7 @@ Layout (names are the constants below)::
     checkpoints/             step-NNNNNNNN/ folders and ``latest``                  (train)
     samples/                 grids, steps.png, samples.safetensors, settings.json   (sample)
     interpolation/           interpolation.png, .safetensors, settings.json         (interpolate)
+    inpainting/              step-NNN.png, inpainting.png, .safetensors, settings.json (inpaint)
     metrics.json             sample quality at every evaluated step                 (evaluate)
     samplers/                the sampler comparison: comparison.json, comparison.png and
                              LABEL/ (samples.safetensors, steps.png, settings.json)     (samplers)
@@ -59,6 +60,7 @@ IMAGES = "images"
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 INTERPOLATION = "interpolation"
+INPAINTING = "inpainting"
 METRICS = "metrics.json"
 SAMPLERS = "samplers"
 FITTED = "fitted"
@@ -69,6 +71,8 @@ SETTINGS = "settings.json"
 SAMPLES_TENSORS = "samples.safetensors"
 INTERPOLATION_TENSORS = "interpolation.safetensors"
 INTERPOLATION_GRID = "interpolation.png"
+INPAINTING_TENSORS = "inpainting.safetensors"
+INPAINTING_GRID = "inpainting.png"
 SAMPLER_STATE = "state.safetensors"
 STEPS_FIGURE = "steps.png"
 COMPARISON = "comparison.json"
@@ -79,6 +83,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": (RECIPE, TRAIN_LOG, IMAGES, CHECKPOINTS),
     "sample": (SAMPLES,),
     "interpolate": (INTERPOLATION,),
+    "inpaint": (INPAINTING,),
     "evaluate": (METRICS,),
     "report": (REPORT, REPORT_ASSETS),
     "samplers": (SAMPLERS,),

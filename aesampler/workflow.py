@@ -15,7 +15,9 @@ Files written into the run directory:
   step (keys ``z/step-NNN`` and ``x/step-NNN``) for other tools;
 * ``interpolation/interpolation.png``: for each pair of test images, a row of interpolated
   latents decoded as they are, then the same row after ``interpolation.steps`` chain steps (the
-  paper's Figures 2, 5 and 6); ``interpolation/interpolation.safetensors`` holds the tensors.
+  paper's Figures 2, 5 and 6); ``interpolation/interpolation.safetensors`` holds the tensors;
+* ``inpainting/``: held-out images with a hidden part filled in by a conditional chain, see
+  :func:`aesampler.inpaint.inpaint_test_images`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from .registry import Registry
 from .resources import check_memory
 from .rundir import (
     FITTED,
+    INPAINTING,
     INTERPOLATION,
     INTERPOLATION_GRID,
     INTERPOLATION_TENSORS,
@@ -392,7 +395,7 @@ def sample(
             start_describes=start.describes,
             steps_auto=None if auto is None else auto.as_dict(),
         )
-        _save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
+        save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
         shown_steps = {t: result.x[t][:shown] for t in result.steps}
         steps_figure(shown_steps, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
         write_recipe(parts, txn)
@@ -447,12 +450,12 @@ def interpolate(
         save_png(rows, folder / INTERPOLATION_GRID, nrow=points)
         save_tensors(tensors, folder / INTERPOLATION_TENSORS)
         settings = dict(cfg.model_dump(mode="json"), batchnorm=sampling.batchnorm)
-        _save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
+        save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
         write_recipe(parts, txn)
     return tensors
 
 
-def _save_settings(parts: Components, folder: Path, settings: dict, kinds: list[str]) -> None:
+def save_settings(parts: Components, folder: Path, settings: dict, kinds: list[str]) -> None:
     """What produced these pictures, for the report and for whoever reads them later."""
     spec = parts.recipe.chain_corruption
     used = [("model", parts.recipe.model.name)]
@@ -487,6 +490,7 @@ class RunResult:
     trained_steps: int | None
     seconds: float
     metrics: dict | None = None
+    inpainting: dict[int, float] | None = None
     comparison: dict | None = None
 
 
@@ -501,10 +505,15 @@ def run(
     do_sample: bool = True,
     do_interpolate: bool = True,
     do_evaluate: bool = True,
+    do_inpaint: bool | None = None,
     do_compare: bool | None = None,
     checkpoint: str | Path | None = None,
 ) -> RunResult:
-    """Train (unless a checkpoint is given), sample, interpolate, evaluate and write the report.
+    """Train (unless a checkpoint is given), sample, interpolate, inpaint, evaluate, report.
+
+    ``do_interpolate`` and ``do_evaluate`` run their step when the recipe's section is enabled;
+    ``do_inpaint`` is None to follow ``inpaint.enabled`` (off by default), True to inpaint anyway
+    (the ``inpaint`` command) and False never to.
 
     With a checkpoint (``checkpoint`` or ``model.checkpoint``) nothing is trained, and only the
     outputs of the commands asked for are written into the run directory (``overwrite``
@@ -523,10 +532,12 @@ def run(
     run_dir = RunDir(recipe.output.dir)
     evaluating = do_evaluate and recipe.evaluate.enabled
     interpolating = do_interpolate and recipe.interpolation.enabled
+    inpainting = recipe.inpaint.enabled if do_inpaint is None else do_inpaint
     comparing = recipe.samplers.enabled if do_compare is None else do_compare
     outputs = [
         *([SAMPLES] if do_sample else []),
         *([INTERPOLATION] if interpolating else []),
+        *([INPAINTING] if inpainting else []),
         *([METRICS] if evaluating else []),
         *([SAMPLERS] if comparing else []),
     ]
@@ -535,6 +546,11 @@ def run(
         registry.create("feature_extractor", spec.name, **spec.params).check(
             build_dataset(recipe, "train", registry)
         )
+    if inpainting:  # a mask that hides nothing (or everything) fails now, not after training
+        from .inpaint import recipe_mask
+
+        size = build_dataset(recipe, "test", registry).image_size
+        recipe_mask(recipe, 1, (size, size))
     trained = None
     if checkpoint is None and recipe.model.checkpoint is None:
         result = train(
@@ -557,7 +573,7 @@ def run(
         parts = build_components(recipe, checkpoint=checkpoint, registry=registry)
         remake = overwrite
         run_dir.check_replaceable("run", outputs, overwrite)
-    if interpolating or evaluating or comparing:
+    if interpolating or evaluating or inpainting or comparing:
         parts.dataset("test")  # the data fits the model: checked before any chain runs
     check_sizes(parts, sample=do_sample, evaluate=evaluating)
     if comparing:
@@ -568,6 +584,14 @@ def run(
         sample(parts, run_dir.path, overwrite=remake, progress=progress, log=log)
     if interpolating:
         interpolate(parts, run_dir.path, overwrite=remake, progress=progress)
+    filled = None
+    if inpainting:
+        from .inpaint import inpaint_test_images
+
+        done = inpaint_test_images(
+            parts, run_dir.path, overwrite=remake, progress=progress, log=log
+        )
+        filled = done.mean_error
     metrics = None
     if evaluating:
         from .evaluation import evaluate
@@ -590,4 +614,4 @@ def run(
         )
     report = write_report(run_dir.path)
     seconds = time.perf_counter() - started
-    return RunResult(run_dir.path, report, trained, seconds, metrics, comparison)
+    return RunResult(run_dir.path, report, trained, seconds, metrics, filled, comparison)

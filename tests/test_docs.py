@@ -156,6 +156,9 @@ EXERCISED = {
     "docs/examples/evaluate_samples.py": "test_evaluate_samples_example",
     "docs/examples/evaluate_samples_signature.txt": "test_evaluate_samples_signature_is_the_real_one",
     "docs/examples/mean_norm_metric.py": "test_mean_norm_metric_example",
+    # inpainting.md
+    "docs/examples/inpaint_commands.sh": "test_inpaint_commands",
+    "docs/examples/inpaint_python.py": "test_inpaint_python_example",
     # recipes.md
     "docs/examples/cli_synopsis.txt": "test_cli_synopsis_matches_the_parser",
     "docs/examples/recipe_from_python.py": "test_recipe_from_python_example",
@@ -771,6 +774,33 @@ def test_mean_norm_metric_example():
         "output": {"dir": "unused"},
     }
     assert validate(recipe, registry=registry).evaluate.metrics[2].name == "mean_norm"
+
+
+# --- inpainting.md -------------------------------------------------------------------------------
+
+
+def test_inpaint_commands(quickstart, monkeypatch, capsys):
+    """The first command trains the full quickstart: it is checked; the others run."""
+    quickstart()
+    first, *others = script(EXAMPLES / "inpaint_commands.sh")
+    words = shlex.split(first[0], comments=True)
+    assert build_parser().parse_args(words[1:]).command == "run"
+    assert main(["validate", *words[2:]]) == 0, capsys.readouterr().err
+    replay(EXAMPLES / "inpaint_commands.sh", Path.cwd(), None, monkeypatch, capsys, others)
+    folder = Path("runs/quickstart/inpainting")
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["mask"]["missing"] == "centre" and settings["images"] == 8
+    assert (folder / "step-010.png").is_file() and (folder / "inpainting.png").is_file()
+
+
+def test_inpaint_python_example(quickstart, capsys):
+    quickstart()
+    done = runpy.run_path(str(EXAMPLES / "inpaint_python.py"), run_name="__main__")
+    assert set(done["done"].mean_error) == {0, 1, 5, 10}
+    assert capsys.readouterr().out.startswith("{0: ")
+    images, kept = done["images"], done["observed"].expand_as(done["images"])
+    assert torch.equal(done["filled"][kept], images[kept])
+    assert not kept[..., 4:].any() and kept[..., :4].all()  # the right half of 8 x 8 is hidden
 
 
 # --- recipes.md ----------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_broken_recipe_catalogue(tmp_path):
         f"  {p}:14: train.lrr: unknown key. Did you mean 'lr'? Keys here: epochs, max_steps, batch_size, lr, "
         "betas, seed, device, num_workers, grid_size",
         f"  {p}:15: output.dir: missing: this key is required",
-        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, evaluate, output",
+        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, inpaint, evaluate, output",
         f"  {p} (command line): train.seed: a seed must be an integer from 0 to 2**63 - 1 (got -1)",
     ]
 
@@ -360,7 +360,7 @@ def test_ints_pass_where_floats_are_expected(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("section", ["train", "sampling", "interpolation", "evaluate"])
+@pytest.mark.parametrize("section", ["train", "sampling", "interpolation", "inpaint", "evaluate"])
 @pytest.mark.parametrize("value", ["9223372036854775808", "1.0e+23", "-1", "true"])
 def test_seeds_must_fit_torch(tmp_path, section, value):
     path = _write(tmp_path, BASE)

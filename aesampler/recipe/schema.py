@@ -169,6 +169,54 @@ class InterpolationSection(Section):
     seed: Seed = 0
 
 
+class MaskSection(Section):
+    """Which pixels of each held-out image the inpainting chain must fill in."""
+
+    missing: Literal["left", "right", "top", "bottom", "centre", "random"] = Field(
+        "right",
+        description="the hidden part: a side (left, right, top, bottom), a centred box "
+        "(centre) or pixels drawn at random (random)",
+    )
+    fraction: Annotated[Float, Field(gt=0, lt=1)] = Field(
+        0.5,
+        description="a side: its share of the columns or rows (0.5 hides a half); centre: the "
+        "box's side over the image's; random: the share of pixels hidden",
+    )
+    seed: Seed = Field(0, description="random: seeds which pixels each image hides")
+
+
+class InpaintSection(Section):
+    """Pseudo-Gibbs inpainting of held-out images: the chain fills in what the mask hides."""
+
+    enabled: Bool = Field(
+        False, description="also inpaint in `aesampler run` (`aesampler inpaint` always does)"
+    )
+    mask: MaskSection = Field(default_factory=MaskSection, description="the hidden pixels")
+    images: PositiveInt = Field(8, description="test images, spread over the test split")
+    chains_per_image: PositiveInt = Field(1, description="chains run for each image")
+    steps: NonNegativeInt = Field(10, description="pseudo-Gibbs steps")
+    record: list[NonNegativeInt] | None = Field(
+        None, description="steps to record; default 0, 1, 5, 10 (those <= steps) and steps"
+    )
+    fill: Annotated[Float, Field(ge=0, le=1)] = Field(
+        0.5, description="the value of the hidden pixels in the image encoded for step 0"
+    )
+    corrupt_observed: Bool = Field(
+        False, description="corrupt the observed pixels too (default: only the hidden ones)"
+    )
+    seed: Seed = Field(0, description="seeds the chain noise")
+
+    @model_validator(mode="after")
+    def _record_within_steps(self) -> InpaintSection:
+        if self.record is not None:
+            if not self.record:
+                raise ValueError("record must list at least one step")
+            late = [s for s in self.record if s > self.steps]
+            if late:
+                raise ValueError(f"record holds steps {late} beyond steps={self.steps}")
+        return self
+
+
 DEFAULT_METRICS = (
     "mmd_learned",
     "mmd_prior",
@@ -268,6 +316,7 @@ class Recipe(Section):
     train: TrainSection = TrainSection()
     sampling: SamplingSection = SamplingSection()
     interpolation: InterpolationSection = InterpolationSection()
+    inpaint: InpaintSection = InpaintSection()
     evaluate: EvaluateSection = EvaluateSection()
     samplers: SamplersSection = SamplersSection()
     output: OutputSection
