@@ -131,10 +131,24 @@ def test_reading_the_table_of_kinds_imports_nothing_heavy():
 
 
 def test_the_sampler_builtins_come_through_their_entry_point():
-    from aesampler.samplers import EncodingsSampler, ExPostGMM, PriorSampler
+    from aesampler.samplers import (
+        AAEDiscriminator,
+        EncodingsSampler,
+        ExPostGMM,
+        LatentFlow,
+        PriorSampler,
+        RatioCorrected,
+    )
 
     registry = load_registry()
-    expected = {"prior": PriorSampler, "encodings": EncodingsSampler, "ex_post_gmm": ExPostGMM}
+    expected = {
+        "prior": PriorSampler,
+        "encodings": EncodingsSampler,
+        "ex_post_gmm": ExPostGMM,
+        "latent_flow": LatentFlow,
+        "ratio_corrected": RatioCorrected,
+        "aae_discriminator": AAEDiscriminator,
+    }
     assert registry.names("sampler") == sorted(expected)
     for name, factory in expected.items():
         component = registry.get("sampler", name)
