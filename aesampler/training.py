@@ -278,6 +278,49 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
 
 
+class _PendingLosses:
+    """Losses of the steps not yet logged, kept on the device.
+
+    Reading a loss with ``float()`` after every step makes the host wait for the device (a
+    host-device synchronisation per step, which stalls a GPU). The training loop instead adds
+    each step's detached losses here and reads them all at once every ``train.log_every`` steps
+    and at the end of each epoch: one copy for many steps.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.steps: list[tuple[int, int]] = []
+        self.names: list[str] | None = None
+        self.rows: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, epoch: int, losses: dict) -> None:
+        names = list(losses)
+        if self.names is not None and names != self.names:
+            raise TrainingError(
+                f"the model's training_step returned the losses {names} at step {step}, but "
+                f"{self.names} before; it must return the same losses at every step"
+            )
+        self.names = names
+        row = [torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in losses.values()]
+        self.rows.append(torch.stack([v.reshape(()) for v in row]) if row else torch.zeros(0))
+        self.steps.append((step, epoch))
+
+    def drain(self) -> list[tuple[int, int, dict[str, float]]]:
+        """Every buffered step as (step, epoch, {loss: value}), oldest first; empties the buffer."""
+        if not self.steps:
+            return []
+        values = torch.stack(self.rows).cpu().tolist()  # the one synchronisation
+        out = [
+            (step, epoch, dict(zip(self.names or [], row)))
+            for (step, epoch), row in zip(self.steps, values)
+        ]
+        self.steps, self.rows = [], []
+        return out
+
+
 def _loop(
     recipe: Recipe,
     run: RunDir,
@@ -333,11 +376,39 @@ def _loop(
     started = time.perf_counter()
     last: dict[str, float] = {}
     checkpoint = start.checkpoint
+    pending = _PendingLosses(device)
+    sums: dict[str, float] = {}
+    batches = 0
+
+    def flush() -> None:
+        """Write the buffered steps' losses (one device-to-host copy) and check them."""
+        nonlocal last, batches
+        for at, in_epoch, values in pending.drain():
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if bad:
+                where = (
+                    f"the last good checkpoint is {checkpoint}"
+                    if checkpoint
+                    else "no checkpoint was written"
+                )
+                raise TrainingError(
+                    f"training stopped: non-finite loss at step {at} (epoch {in_epoch}): "
+                    f"{', '.join(f'{k}={v}' for k, v in bad.items())}; {where}. "
+                    "Try a lower train.lr."
+                )
+            metrics.write({"event": "step", "step": at, "epoch": in_epoch, **values})
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            batches += 1
+            last = values
+        if last:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+
     try:
         while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
             shuffle.set_state(epoch_start_state)
             epoch_started = time.perf_counter()
-            sums: dict[str, float] = {}
+            sums.clear()
             batches = 0
             for batch_index, (x, _) in enumerate(loader):
                 if batch_index < skip:
@@ -346,31 +417,17 @@ def _loop(
                 x_input = corruption(x, generator=noise) if corruption is not None else x
                 model.train()
                 losses = model.training_step(x, x_input, optimizers, noise)
-                last = {k: float(v) for k, v in losses.items()}
-                bad = {k: v for k, v in last.items() if not math.isfinite(v)}
                 step += 1
-                if bad:
-                    where = (
-                        f"the last good checkpoint is {checkpoint}"
-                        if checkpoint
-                        else "no checkpoint was written"
-                    )
-                    raise TrainingError(
-                        f"training stopped: non-finite loss at step {step} (epoch {epoch + 1}): "
-                        f"{', '.join(f'{k}={v}' for k, v in bad.items())}; {where}. "
-                        "Try a lower train.lr."
-                    )
-                metrics.write({"event": "step", "step": step, "epoch": epoch + 1, **last})
-                for k, v in last.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                batches += 1
+                pending.add(step, epoch + 1, losses)
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+                if len(pending) >= cfg.log_every:
+                    flush()
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     skip = batch_index + 1 if batch_index + 1 < len(loader) else 0
                     break
             else:
                 skip = 0
+            flush()  # before anything is saved: a non-finite loss never reaches a checkpoint
             complete = skip == 0
             if complete:
                 epoch += 1

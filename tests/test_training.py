@@ -222,3 +222,32 @@ def test_train_cli_end_to_end(tmp_path):
         "model.widht: model 'vae' (aesampler) has no parameter 'widht'. Did you mean 'width'?"
         in bad.stderr
     )
+
+
+def test_losses_are_read_from_the_device_every_log_every_steps_and_all_are_logged(
+    tmp_path, monkeypatch
+):
+    """The loop reads losses in batches of train.log_every steps (one device-to-host copy for
+    many steps, no synchronisation per step), and the log is the same whatever the batch."""
+    from aesampler import training
+
+    reads = []
+    drain = training._PendingLosses.drain
+
+    def counted(self):
+        reads.append(len(self))
+        return drain(self)
+
+    monkeypatch.setattr(training._PendingLosses, "drain", counted)
+    logs = {}
+    for every in (1, 4):
+        reads.clear()
+        run = tmp_path / f"every-{every}"
+        quiet(tiny_recipe(run, train={"epochs": 2, "max_steps": 9, "log_every": every}))
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        logs[every] = lines
+        steps = [line["step"] for line in lines if line["event"] == "step"]
+        assert steps == list(range(1, 10))
+        assert sum(reads) == 9 and max(reads) == every, reads
+    strip = lambda lines: [{k: v for k, v in line.items() if k != "seconds"} for line in lines]  # noqa: E731
+    assert strip(logs[1]) == strip(logs[4])

@@ -97,6 +97,11 @@ class TrainSection(Section):
     seed: Seed = 0
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
     num_workers: NonNegativeInt = 0
+    log_every: PositiveInt = Field(
+        10,
+        description="steps between reads of the losses from the device (each step is still "
+        "logged; a non-finite loss stops training at the next read)",
+    )
     grid_size: Annotated[Int, Field(ge=2)] = Field(
         64, description="images in each per-epoch image grid"
     )
