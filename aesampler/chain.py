@@ -40,11 +40,20 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import ChainInputError, NonFiniteChainError
-from .interfaces import Corruption, Decoder, Encoder, ModuleDecoder, Transition
+from .interfaces import (
+    Corruption,
+    Decoder,
+    Encoder,
+    ModuleDecoder,
+    Transition,
+    TransitionOutput,
+)
 from .transitions import DecodeCorruptEncode
 
 BatchNormMode = Literal["batch", "running"]
 BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
 #: Chains per noise block with ``batchnorm="running"`` (see :func:`block_generator`).
 DEFAULT_BLOCK_SIZE = 256
@@ -412,6 +421,7 @@ class Chain:
         generator: torch.Generator | None = None,
         out_device: torch.device | str | None = None,
         callback: Callable[[ChainStep], None] | None = None,
+        precision: Precision = "fp32",
     ) -> ChainResult:
         """Run chains from z0 and record z_t and d(z_t) at the chosen steps.
 
@@ -447,6 +457,11 @@ class Chain:
                 seed is drawn from PyTorch's default CPU generator.
             out_device: where the recorded tensors go; default the modules' device.
             callback: called after every step of every chunk with a :class:`ChainStep`.
+            precision: ``"fp32"`` runs the modules as they are (exact). ``"bf16"`` runs the
+                transitions and decodes under autocast in bfloat16 (float16 on a CUDA device
+                without bfloat16), where the hardware has fast low-precision matrix units; the
+                chain's state z_t and the recorded x_t stay in the modules' dtype, so only the
+                arithmetic inside each network is rounded. See :func:`autocast_for`.
 
         Returns:
             A :class:`ChainResult`; ``result.z[t]`` and ``result.x[t]`` hold step t.
@@ -478,6 +493,8 @@ class Chain:
             raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
         chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
         block_size = _check_int("block_size", block_size, 1)
+        if precision not in PRECISIONS:
+            raise ChainInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
         device, dtype = _module_device_dtype(self._roots)
         if z0 is not None:
@@ -505,6 +522,7 @@ class Chain:
         x_out: dict[int, Tensor] = {}
         record_set = set(record_steps)
         check_finite = device.type != "meta"  # meta tensors hold no values to check
+        low = autocast_for(device, precision)
         with sampling_mode(self._roots, batchnorm), torch.inference_mode():
             for chunk, groups in enumerate(plan):
                 first, last = groups[0][1], groups[-1][2]
@@ -514,16 +532,19 @@ class Chain:
                 zs = [z_chunk[r] for r in rows] if len(groups) > 1 else [z_chunk]
                 generators = [_noise_generator(seed, index, device) for index, _, _ in groups]
                 for t in range(steps + 1):
-                    outs = (
-                        [self.transition(z, generator=g) for z, g in zip(zs, generators)]
-                        if t < steps
-                        else None
-                    )
+                    outs = None
+                    if t < steps:
+                        with low:
+                            outs = [self.transition(z, generator=g) for z, g in zip(zs, generators)]
+                        if precision != "fp32":  # the state stays in the modules' dtype
+                            outs = [_in_dtype(out, dtype) for out in outs]
                     xs = [out.x for out in outs] if outs is not None else [None] * len(zs)
                     if t in record_set:
                         for i, (_, a, b) in enumerate(groups):
                             if xs[i] is None:
-                                xs[i] = self.decoder(zs[i])
+                                with low:
+                                    xs[i] = self.decoder(zs[i])
+                                xs[i] = xs[i].to(dtype) if dtype is not None else xs[i]
                             _store(z_out, t, zs[i], a, b, n, out_device)
                             _store(x_out, t, xs[i], a, b, n, out_device)
                     if check_finite:
@@ -776,6 +797,29 @@ class _FirstNonFinite:
 def _chain_list(indices: list[int]) -> str:
     shown = ", ".join(map(str, indices[:_SHOWN_CHAINS]))
     return f"chains {shown}" + (", ..." if len(indices) > _SHOWN_CHAINS else "")
+
+
+def autocast_for(device: torch.device | None, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision`` on ``device`` (a no-op for ``"fp32"``).
+
+    ``"bf16"`` is bfloat16 autocast on the CPU and on CUDA devices that support it; on older
+    CUDA devices float16 is used instead (same range of speed-ups, narrower exponent). Devices
+    without autocast (meta) run as they are.
+    """
+    if precision == "fp32" or device is None or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _in_dtype(out: TransitionOutput, dtype: torch.dtype | None) -> TransitionOutput:
+    """A transition's output with z (and x) in ``dtype``: autocast leaves them in bf16."""
+    if dtype is None:
+        return out
+    x = out.x.to(dtype) if out.x is not None else None
+    return TransitionOutput(z=out.z.to(dtype), x=x)
 
 
 def _check_next(z_next: Tensor, z: Tensor, t: int) -> None:

@@ -256,7 +256,13 @@ def _run_chain(
 ) -> ChainResult:
     """``parts.chain.run(...)`` with a progress bar over chunk steps; results on the CPU."""
     with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
-        return parts.chain.run(*args, out_device="cpu", callback=lambda _: bar.update(1), **kwargs)
+        return parts.chain.run(
+            *args,
+            out_device="cpu",
+            callback=lambda _: bar.update(1),
+            precision=parts.recipe.sampling.precision,
+            **kwargs,
+        )
 
 
 def _grid_nrow(count: int) -> int:
@@ -332,6 +338,7 @@ def chain_steps(
         seed=cfg.seed + 1,
         batchnorm=cfg.batchnorm,
         chunk_size=cfg.chunk_size,
+        precision=cfg.precision,
     )
     curve = ", ".join(f"{t}: {v:.4g}" for t, v in auto.curve.items())
     log(f"steps: auto chose {auto.steps} of at most {cfg.max_steps} (MMD² by step: {curve})")

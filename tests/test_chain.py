@@ -686,3 +686,33 @@ def test_bad_start_draws_give_one_clear_error(parts, latents, message):
 
     with pytest.raises(ChainInputError, match=r"the start sampler \(Returns\).*" + message):
         Chain(*parts).run(n=4, start=Returns(), steps=1, seed=0)
+
+
+@pytest.mark.parametrize("batchnorm", ["batch", "running"])
+def test_bf16_precision_rounds_only_inside_the_networks(batchnorm):
+    """precision="bf16": the networks run under autocast, the state and outputs stay fp32, the
+    modules are unchanged, and one step lands within bf16 rounding of the exact run."""
+    from aesampler.models import AAE
+
+    torch.manual_seed(0)
+    model = AAE(image_size=16, channels=1, latent_dim=8, width=8)
+    before = _state(model.encoder, model.decoder)
+    chain = Chain(model.encoder, model.decoder, GaussianCorruption(0.3))
+    runs = {
+        p: chain.run(n=32, steps=1, record=[0, 1], batchnorm=batchnorm, seed=3, precision=p)
+        for p in ("fp32", "bf16")
+    }
+    exact, fast = runs["fp32"], runs["bf16"]
+    assert torch.equal(exact.z[0], fast.z[0])  # the same starting draws
+    for t in (0, 1):
+        assert fast.z[t].dtype == fast.x[t].dtype == torch.float32
+    # bf16 keeps 8 significant bits: relative errors of about 2**-8 per operation.
+    assert (fast.x[0] - exact.x[0]).abs().max() < 0.03
+    relative = (fast.z[1] - exact.z[1]).norm() / exact.z[1].norm()
+    assert 0 < relative < 0.03, relative  # rounded, and only rounded
+    after = _state(model.encoder, model.decoder)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(before, after))
+    again = chain.run(n=32, steps=1, record=[0, 1], batchnorm=batchnorm, seed=3, precision="bf16")
+    assert torch.equal(again.z[1], fast.z[1])  # deterministic
+    with pytest.raises(ChainInputError, match="precision must be one of"):
+        chain.run(n=4, steps=1, seed=0, precision="fp16")

@@ -335,6 +335,7 @@ class Evaluator:
                 seed=cfg.seed,
                 out_device="cpu",
                 callback=keep_z,
+                precision=sampling.precision,
             )
         finally:
             bar.close()

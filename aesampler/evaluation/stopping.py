@@ -78,6 +78,7 @@ def choose_steps(
     seed: int,
     batchnorm: str = "batch",
     chunk_size: int | None = None,
+    precision: str = "fp32",
 ) -> AutoSteps:
     """Run ``chains`` pilot chains from ``start`` for ``max_steps`` steps and pick the step.
 
@@ -99,6 +100,7 @@ def choose_steps(
         seed=seed,
         out_device="cpu",
         callback=keep,
+        precision=precision,
     )
     curve = mmd_curve({t: torch.cat(v) for t, v in latents.items()}, reference)
     return AutoSteps(first_minimum(curve), max_steps, chains, curve)

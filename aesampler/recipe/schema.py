@@ -136,6 +136,11 @@ class SamplingSection(Section):
     )
     chunk_size: PositiveInt | None = Field(None, description="chains per batch; default all")
     batchnorm: Literal["batch", "running"] = "batch"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="fp32: exact; bf16: the networks run under bfloat16 autocast (faster where "
+        "the hardware has bf16 units), the chain's state stays fp32",
+    )
     seed: Seed = 0
     device: str | None = Field(None, description="default: train.device")
     grid_size: Annotated[Int, Field(ge=1)] = Field(
