@@ -143,6 +143,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, format_bench, write_json
+
+    result = bench(
+        batches=tuple(args.batch),
+        steps=args.steps,
+        repeats=args.repeats,
+        networks=tuple(args.network),
+        device=args.device,
+        log=(lambda _: None) if args.quiet else print,
+    )
+    print(format_bench(result))
+    if args.json:
+        write_json(result, Path(args.json))
+        print(f"bench: wrote {args.json}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -260,6 +278,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace compare.md and compare.png if --out already holds them",
     )
     compare.set_defaults(handler=_cmd_compare)
+
+    bench = sub.add_parser(
+        "bench",
+        help="time the chain against a bare PyTorch loop, exact and in bf16",
+        description="Time Chain.run (exact fp32, bf16 autocast, bf16 with channels-last) against "
+        "a bare eager loop over the same networks, interleaved in one process; print a table "
+        "of images per second, ratios to the bare loop and fractions of the matmul peak.",
+    )
+    bench.add_argument("--batch", type=int, nargs="+", default=[64, 256], metavar="N")
+    bench.add_argument("--steps", type=int, default=5, help="chain steps per timed run")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
+    bench.add_argument(
+        "--network",
+        nargs="+",
+        default=["quickstart", "paper"],
+        choices=["quickstart", "paper"],
+        help="quickstart: 32x32, 1 channel, width 32; paper: 64x64, 3 channels, width 64",
+    )
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--quiet", action="store_true", help="only the table")
+    bench.set_defaults(handler=_cmd_bench)
 
     report = sub.add_parser("report", help="(re)write report.html for a run directory")
     report.add_argument("run_dir", help="the run directory")

@@ -1,0 +1,231 @@
+"""``aesampler bench``: how fast the chain runs here, against the loop a user would write.
+
+For each network size and batch, in one process and with the variants interleaved (so that the
+machine's load hits all of them alike), it times:
+
+* ``reference``: a bare eager loop over the same networks, ``x = d(z); z ~ Q(z | x + noise)``,
+  batch-statistics BN, the default memory layout, fp32;
+* ``exact``: :meth:`aesampler.Chain.run` with ``precision="fp32"``;
+* ``bf16``: ``Chain.run(precision="bf16")``: the networks under bfloat16 autocast;
+* ``bf16+channels_last``: the same with the networks' weights and inputs in channels-last
+  memory layout.
+
+Each variant's images per second is the median over ``repeats`` rounds; its ratio to the
+reference is taken round by round (both measured moments apart) and the median reported. The
+floating-point operations of one transition are counted with ``torch.utils.flop_counter``, and
+the machine's matrix-multiply throughput (fp32 and bf16) is measured the same way, so each
+variant also reports the fraction of that peak it reaches. Peak memory is measured on CUDA
+(``torch.cuda.max_memory_allocated``); on the CPU it is not available per variant and reported
+as null.
+
+The sizes are the paper's 64 × 64 DCGAN networks (3 channels, latent 200, width 64) and the
+quickstart's 32 × 32 ones (1 channel, latent 200, width 32), with fresh random weights: speed
+does not depend on what the weights learned.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .chain import Chain, sampling_mode
+from .corruptions import GaussianCorruption
+from .models import AAE
+
+#: (name, image size, channels, width) of the networks benchmarked.
+NETWORKS = (("quickstart", 32, 1, 32), ("paper", 64, 3, 64))
+VARIANTS = ("reference", "exact", "bf16", "bf16+channels_last")
+
+
+@dataclass
+class Row:
+    """One variant at one size and batch (the JSON's fields)."""
+
+    name: str
+    network: str
+    image_size: int
+    batch: int
+    images_per_s: float
+    ratio_to_reference: float
+    peak_memory_bytes: int | None
+    fraction_of_matmul_peak: float | None
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 5):
+    """FLOP/s of a square matrix product in ``dtype``: the machine's practical peak."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(a, b)  # warm up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _flops_per_step(model: AAE, batch: int, device: torch.device) -> int:
+    """Floating-point operations of one decode and encode of ``batch`` latents."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    z = torch.randn(batch, *model.decoder.latent_shape, device=device)
+    counter = FlopCounterMode(display=False)
+    with sampling_mode([model], "batch"), torch.inference_mode(), counter:
+        model.encoder(model.decoder(z)).mean  # noqa: B018 (counted, not used)
+    return counter.get_total_flops()
+
+
+def _reference(model: AAE, z0: torch.Tensor, steps: int, sigma: float, seed: int) -> torch.Tensor:
+    """The loop a user would write: eager, fp32, batch statistics, default layout."""
+    generator = torch.Generator(z0.device).manual_seed(seed)
+    model.train()  # batch statistics (the copy's running statistics may change: it is a copy)
+    with torch.inference_mode():
+        z = z0
+        for _ in range(steps):
+            x = model.decoder(z)
+            noisy = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+            z = model.encoder(noisy).sample(generator)
+    return z
+
+
+def _variants(model: AAE, device: torch.device, steps: int, sigma: float) -> dict[str, Callable]:
+    corruption = GaussianCorruption(sigma)
+    chain = Chain(model.encoder, model.decoder, corruption)
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    chain_last = Chain(last.encoder, last.decoder, corruption)
+    reference = copy.deepcopy(model)
+
+    def run(which: Chain, precision: str) -> Callable:
+        return lambda z0: which.run(z0, steps=steps, record=[steps], seed=0, precision=precision)
+
+    return {
+        "reference": lambda z0: _reference(reference, z0, steps, sigma, 0),
+        "exact": run(chain, "fp32"),
+        "bf16": run(chain, "bf16"),
+        "bf16+channels_last": run(chain_last, "bf16"),
+    }
+
+
+def bench(
+    *,
+    batches: tuple[int, ...] = (64, 256),
+    steps: int = 5,
+    repeats: int = 3,
+    networks: tuple[str, ...] = ("quickstart", "paper"),
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Time the chain's variants; returns the rows and the machine's matmul peaks."""
+    device = torch.device(device)
+    peaks = {
+        "fp32": matmul_peak(device, torch.float32),
+        "bf16": matmul_peak(device, autocast_dtype(device)),
+    }
+    rows: list[Row] = []
+    for name, size, channels, width in NETWORKS:
+        if name not in networks:
+            continue
+        torch.manual_seed(0)
+        model = AAE(image_size=size, channels=channels, latent_dim=200, width=width).to(device)
+        model.eval()
+        variants = _variants(model, device, steps, sigma=0.5)
+        for batch in batches:
+            flops = _flops_per_step(model, batch, device) * steps
+            z0 = torch.randn(batch, 200, generator=torch.Generator().manual_seed(1)).to(device)
+            for run in variants.values():  # warm up: first calls allocate and pick kernels
+                run(z0)
+            seconds: dict[str, list[float]] = {v: [] for v in variants}
+            memory: dict[str, int | None] = dict.fromkeys(variants)
+            for _ in range(repeats):
+                for variant, run in variants.items():
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    _sync(device)
+                    started = time.perf_counter()
+                    run(z0)
+                    _sync(device)
+                    seconds[variant].append(time.perf_counter() - started)
+                    if device.type == "cuda":
+                        memory[variant] = torch.cuda.max_memory_allocated(device)
+            for variant in variants:
+                ratios = [r / s for r, s in zip(seconds["reference"], seconds[variant])]
+                median = statistics.median(seconds[variant])
+                peak = peaks["fp32" if variant in ("reference", "exact") else "bf16"]
+                rows.append(
+                    Row(
+                        variant,
+                        name,
+                        size,
+                        batch,
+                        batch * steps / median,
+                        statistics.median(ratios),
+                        memory[variant],
+                        flops / median / peak if peak else None,
+                    )
+                )
+            log(f"bench: {name} {size}x{size}, batch {batch}: done")
+    return {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "repeats": repeats,
+        "matmul_peak_flops": peaks,
+        "rows": [asdict(row) for row in rows],
+    }
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The dtype ``precision="bf16"`` computes in on ``device`` (see ``autocast_for``)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def format_bench(result: dict) -> str:
+    """The rows as a plain-text table."""
+    header = ["network", "size", "batch", "variant", "images/s", "× reference", "of peak"]
+    lines = []
+    for row in result["rows"]:
+        fraction = row["fraction_of_matmul_peak"]
+        lines.append(
+            [
+                row["network"],
+                f"{row['image_size']}x{row['image_size']}",
+                str(row["batch"]),
+                row["name"],
+                f"{row['images_per_s']:.0f}",
+                f"{row['ratio_to_reference']:.2f}",
+                "-" if fraction is None else f"{100 * fraction:.0f}%",
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *lines]]
+    peaks = result["matmul_peak_flops"]
+    return "\n".join(
+        [
+            *text,
+            f"({result['device']}, {result['threads']} threads, {result['steps']} chain steps, "
+            f"median of {result['repeats']} interleaved rounds; matmul peak "
+            f"{peaks['fp32'] / 1e9:.0f} GFLOP/s fp32, {peaks['bf16'] / 1e9:.0f} GFLOP/s bf16)",
+        ]
+    )
+
+
+def write_json(result: dict, path: Path) -> None:
+    from .rundir import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(result, indent=2) + "\n").encode())
