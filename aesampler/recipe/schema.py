@@ -13,6 +13,7 @@ import os
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -54,6 +55,17 @@ def check_steps_or_auto(value: Any) -> Any:
 
 
 StepsOrAuto = Annotated[int | Literal["auto"], PlainValidator(check_steps_or_auto)]
+
+
+def _names_to_sections(value: Any) -> Any:
+    """A list of components may name them bare: ``[prior, {name: ex_post_gmm}]``."""
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+#: Steps to measure: any order, each once.
+StepList = Annotated[list[NonNegativeInt], AfterValidator(lambda v: sorted(set(v)))]
 
 
 class Section(BaseModel):
@@ -241,14 +253,14 @@ class EvaluateSection(Section):
     """Sample quality at every evaluated chain step, with bootstrap intervals."""
 
     enabled: Bool = True
-    metrics: list[ComponentSpec] = Field(
+    metrics: Annotated[list[ComponentSpec], BeforeValidator(_names_to_sections)] = Field(
         default_factory=lambda: [ComponentSpec(name=m) for m in DEFAULT_METRICS],
         description="metric names, or sections with a name and parameters",
     )
     feature_extractor: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="classifier")
     )
-    steps: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 5, 10], min_length=1)
+    steps: StepList = Field(default_factory=lambda: [0, 1, 2, 5, 10], min_length=1)
     num_chains: Annotated[Int, Field(ge=10)] = 1000
     reference_split: Literal["train", "valid", "test"] = "test"
     reference_size: Annotated[Int, Field(ge=10)] = 1000
@@ -260,18 +272,6 @@ class EvaluateSection(Section):
         None, description="where trained feature classifiers are cached; default: beside the run"
     )
 
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _names_to_sections(cls, value):
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
-
-    @field_validator("steps")
-    @classmethod
-    def _sorted_steps(cls, value: list[int]) -> list[int]:
-        return sorted(set(value))
-
 
 DEFAULT_COMPARED = ("prior", "encodings", "ex_post_gmm")
 
@@ -281,12 +281,12 @@ class SamplersSection(Section):
     with the ``evaluate`` section's chains, metrics and reference, so the numbers compare."""
 
     enabled: Bool = Field(False, description="compare the samplers in aesampler run")
-    compare: list[ComponentSpec] = Field(
+    compare: Annotated[list[ComponentSpec], BeforeValidator(_names_to_sections)] = Field(
         default_factory=lambda: [ComponentSpec(name=n) for n in DEFAULT_COMPARED],
         min_length=1,
         description="sampler names, or sections with a name and parameters",
     )
-    steps: list[NonNegativeInt] = Field(
+    steps: StepList = Field(
         default_factory=lambda: [0, 1, 2, 5],
         min_length=1,
         description="chain steps measured after each sampler's draws (0: the draws alone)",
@@ -294,18 +294,6 @@ class SamplersSection(Section):
     grid_size: Annotated[Int, Field(ge=1)] = Field(
         64, description="chains shown in each sampler's grid of steps"
     )
-
-    @field_validator("compare", mode="before")
-    @classmethod
-    def _names_to_sections(cls, value):
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
-
-    @field_validator("steps")
-    @classmethod
-    def _sorted_steps(cls, value: list[int]) -> list[int]:
-        return sorted(set(value))
 
 
 class OutputSection(Section):

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import AesamplerError
 
@@ -148,6 +150,53 @@ def training_and_validation(
     if len(train) < 2 or len(valid) < 1:
         raise SamplerError(f"the {split!r} split has too few encodings to fit on ({len(train)})")
     return train, valid
+
+
+@dataclass(frozen=True)
+class EarlyStopped:
+    """What :func:`train_early_stopped` did: epochs run, the kept epoch, first and kept scores."""
+
+    epochs_run: int
+    best_epoch: int
+    first: float
+    best: float
+
+
+def train_early_stopped(
+    module: nn.Module,
+    epoch: Callable[[], None],
+    score: Callable[[], float],
+    *,
+    epochs: int,
+    patience: int,
+    tolerance: float = 1e-6,
+) -> EarlyStopped:
+    """Train ``module`` epoch by epoch and keep the epoch with the lowest held-out ``score``.
+
+    ``epoch()`` runs one epoch of training; ``score()`` evaluates on held-out data (lower is
+    better). The score before any training counts as epoch 0, so an epoch is kept only if it
+    beats where training started by more than ``tolerance``. Training stops after ``patience``
+    epochs without such an improvement; the module is left with the kept epoch's weights.
+    """
+    module.eval()
+    best = first = score()
+    best_epoch, best_state = 0, copy.deepcopy(module.state_dict())
+    waited = done = 0
+    for done in range(1, epochs + 1):
+        module.train()
+        epoch()
+        module.eval()
+        current = score()
+        if current < best - tolerance:
+            best, best_epoch, waited = current, done, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    module.load_state_dict(best_state)
+    module.eval()
+    return EarlyStopped(done, best_epoch, first, best)
 
 
 class SamplerContext:

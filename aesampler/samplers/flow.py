@@ -21,7 +21,6 @@ the flow's inverse, so no global random state is used.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +33,7 @@ from .base import (
     check_number,
     check_split,
     principal_axes,
+    train_early_stopped,
     training_and_validation,
 )
 from .gmm import check_covariance, fit_mixture, sample_mixture
@@ -257,7 +257,6 @@ class LatentFlow(Sampler):
         k = x_train.shape[1]
 
         def valid_nll() -> float:
-            flow.eval()
             with torch.no_grad():
                 total = sum(
                     float(-flow().log_prob(x_valid[i : i + 1024]).sum())
@@ -265,26 +264,17 @@ class LatentFlow(Sampler):
                 )
             return total / (len(x_valid) * k)
 
-        best, best_epoch = valid_nll(), 0
-        best_state = copy.deepcopy(flow.state_dict())
-        first = best
-        waited = epoch = 0
-        for epoch in range(1, self.epochs + 1):
-            flow.train()
+        def one_epoch() -> None:
             for index in torch.randperm(len(x_train), generator=order_rng).split(self.batch_size):
                 loss = -flow().log_prob(x_train[index]).mean()
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-            current = valid_nll()
-            if current < best - 1e-6:
-                best, best_epoch, waited = current, epoch, 0
-                best_state = copy.deepcopy(flow.state_dict())
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        flow.load_state_dict(best_state)
+
+        done = train_early_stopped(
+            flow, one_epoch, valid_nll, epochs=self.epochs, patience=self.patience
+        )
+        epoch, best_epoch, first, best = done.epochs_run, done.best_epoch, done.first, done.best
         self.stats.update(
             epochs_run=epoch,
             best_epoch=best_epoch,

@@ -45,6 +45,7 @@ from .base import (
     check_number,
     check_split,
     principal_axes,
+    train_early_stopped,
     training_and_validation,
 )
 
@@ -435,15 +436,12 @@ class RatioCorrected(DensityRatioSampler):
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
         def held_out() -> float:
-            net.eval()
             with torch.no_grad():
                 return _balanced_ce(net(v_p), net(v_q))
 
-        best, best_epoch, best_state = held_out(), 0, copy.deepcopy(net.state_dict())
-        waited = epoch = 0
         n = len(x_p)
-        for epoch in range(1, self.epochs + 1):
-            net.train()
+
+        def one_epoch() -> None:
             q = x_q[torch.randperm(len(x_q), generator=generator)[:n]]
             x = torch.cat([x_p, q])
             y = torch.cat([torch.ones(n), torch.zeros(len(q))])
@@ -452,15 +450,11 @@ class RatioCorrected(DensityRatioSampler):
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-            current = held_out()
-            if current < best - 1e-5:
-                best, best_epoch, waited = current, epoch, 0
-                best_state = copy.deepcopy(net.state_dict())
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        net.load_state_dict(best_state)
+
+        done = train_early_stopped(
+            net, one_epoch, held_out, epochs=self.epochs, patience=self.patience, tolerance=1e-5
+        )
+        epoch, best_epoch = done.epochs_run, done.best_epoch
         self.stats.update(classifier_epochs=epoch, classifier_best_epoch=best_epoch)
         return net
 
