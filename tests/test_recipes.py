@@ -720,7 +720,10 @@ def test_the_loaders_tables_are_derived_from_the_kinds():
 
     sections = {path: (k.name, k.provided) for k in kinds.KINDS for path in k.sections}
     assert sections == loader.COMPONENT_SECTIONS
-    assert loader.COMPONENT_LISTS == {("evaluate", "metrics"): "metric"}
+    assert loader.COMPONENT_LISTS == {
+        ("evaluate", "metrics"): "metric",
+        ("samplers", "compare"): "sampler",
+    }
     assert loader.RESERVED == {("model",): ("checkpoint",)}
     assert set(loader.BUILT_ONCE) == {"corruption", "sampler", "metric", "feature_extractor"}
     assert loader.COMPONENT_SECTIONS[("sampling", "start")] == ("sampler", ())
@@ -755,8 +758,9 @@ def test_sampling_start_is_validated_and_built_once(tmp_path):
     (problem,) = _problems(tmp_path, BASE, ["sampling.start.name=ex_post_gmn"])
     assert problem.startswith(
         " (command line): sampling.start.name: unknown sampler 'ex_post_gmn'. "
-        "Did you mean 'ex_post_gmm'? Registered samplers: encodings (aesampler), "
-        "ex_post_gmm (aesampler), prior (aesampler)"
+        "Did you mean 'ex_post_gmm'? Registered samplers: aae_discriminator (aesampler), "
+        "encodings (aesampler), ex_post_gmm (aesampler), latent_flow (aesampler), "
+        "prior (aesampler), ratio_corrected (aesampler)"
     )
     assert _problems(tmp_path, BASE, ["sampling.start.split=test"]) == [
         " (command line): sampling.start.split: sampler 'prior' (aesampler) has no parameter "
