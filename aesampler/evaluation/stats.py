@@ -132,10 +132,11 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     units make it.
     """
     cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
-    w, v = linalg.eigh(cov1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # Σ1^½
-    middle = root1 @ cov2 @ root1
-    trace_root = np.sqrt(np.clip(linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    with threadpool_limits(limits=1):  # small matrices: see _over_batches
+        w, v = linalg.eigh(cov1)
+        root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # Σ1^½
+        middle = root1 @ cov2 @ root1
+        trace_root = np.sqrt(np.clip(linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_root)
 
