@@ -112,6 +112,19 @@ def metric_inputs(metric: Metric) -> set[str]:
     return needed
 
 
+def uses_features(metrics: Iterable[tuple[str, Metric]]) -> bool:
+    """Whether any metric is image-space, so the feature extractor must be prepared and run.
+
+    When every metric is latent-space, no classifier is trained or loaded and no image passes
+    through the extractor.
+    """
+    return any(getattr(metric, "space", "latent") == "image" for _, metric in metrics)
+
+
+#: What metrics.json says of a feature extractor that no metric needed.
+UNUSED_EXTRACTOR = "not prepared: every metric is latent-space"
+
+
 def check_sample_sizes(
     metrics: list[tuple[str, Metric]],
     samples: Mapping[int, int],
@@ -194,9 +207,15 @@ def measure(
         )
 
     features: dict[int, np.ndarray] = {}
+    featured = uses_features(metrics)
 
     def features_at(step: int) -> np.ndarray:
-        if step not in features:
+        if not featured:
+            raise AesamplerError(
+                "features were read, but every metric of this evaluation is latent-space, so no "
+                "feature extractor was prepared; declare the metric space = 'image'"
+            )
+        if step not in features:  # once per step, shared by every image metric
             features[step] = extractor(samples[step]).double().numpy()
         return features[step]
 
@@ -206,7 +225,9 @@ def measure(
         features=features_at,
         reference_z=None if reference_latents is None else _rows(reference_latents),
         prior_z=None if prior_latents is None else _rows(prior_latents),
-        reference_features=extractor(reference).double().numpy(),
+        reference_features=(
+            extractor(reference).double().numpy() if featured else np.empty((len(reference), 0))
+        ),
         train_images=None if train is None else train.flatten(1).double().numpy(),
         resamples=bootstrap,
         confidence=confidence,
@@ -297,7 +318,11 @@ class Evaluator:
         run_dir = Path(run_dir)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".aesampler-cache"
         self.extractor = extractor
-        self.extractor_info = extractor.prepare(train_set, cache_dir, parts.device, log)
+        self.extractor_info = (
+            extractor.prepare(train_set, cache_dir, parts.device, log)
+            if uses_features(self.metrics)
+            else {"name": cfg.feature_extractor.name, "note": UNUSED_EXTRACTOR}
+        )
         self.reference_z = encode_images(
             parts.model,
             self.reference,

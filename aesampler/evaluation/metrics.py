@@ -27,10 +27,13 @@ from .stats import (
     Estimate,
     bootstrap,
     frechet_distance,
+    frechet_resampled,
     gaussian_stats,
     knn_radii,
+    mean_resampled,
     median_bandwidth,
     mmd2_from_kernels,
+    mmd2_resampled,
     rbf_kernel_blocks,
     within_radii,
 )
@@ -64,15 +67,36 @@ class EvaluationData:
     seed: int = 0
     cache: dict = field(default_factory=dict)
 
-    def boot(self, statistic: Callable[..., float], *sizes: int) -> Estimate:
+    def boot(
+        self,
+        statistic: Callable[..., float],
+        *sizes: int,
+        batched: Callable[..., np.ndarray] | None = None,
+    ) -> Estimate:
         """``statistic`` on all rows, with a percentile bootstrap interval.
 
         ``statistic(*indices)`` gets one integer index array per entry of ``sizes`` (rows of the
         arrays it compares, in that order): ``arange(n)`` for the value, then ``resamples``
         draws of n indices with replacement, each array drawn independently of the others.
+        ``batched(*indices)``, if given, gets every draw at once, (resamples, n) arrays, and
+        returns one number per row, equal to ``statistic`` on that row: one call instead of
+        ``resamples``, for statistics that vectorise over resamples.
         """
         return bootstrap(
-            statistic, sizes, resamples=self.resamples, confidence=self.confidence, seed=self.seed
+            statistic,
+            sizes,
+            resamples=self.resamples,
+            confidence=self.confidence,
+            seed=self.seed,
+            batched=batched,
+        )
+
+    def boot_mean(self, values: np.ndarray) -> Estimate:
+        """The mean of ``values`` (one per sample row), with a bootstrap interval."""
+        return self.boot(
+            lambda i: float(values[i].mean()),
+            len(values),
+            batched=lambda i: mean_resampled(values, i),
         )
 
 
@@ -105,6 +129,7 @@ def _mmd(samples: np.ndarray, reference: np.ndarray, data: EvaluationData) -> Es
         lambda i, j: mmd2_from_kernels(kxx, kyy, kxy, i, j),
         len(samples),
         len(reference),
+        batched=lambda i, j: mmd2_resampled(kxx, kyy, kxy, i, j),
     )
 
 
@@ -140,7 +165,7 @@ class StepSize(Metric):
         if step + 1 not in data.z:
             return {}
         lengths = np.linalg.norm(data.z[step + 1] - data.z[step], axis=1)
-        return {"step_size": data.boot(lambda i: float(lengths[i].mean()), len(lengths))}
+        return {"step_size": data.boot_mean(lengths)}
 
 
 class Frechet(Metric):
@@ -154,7 +179,10 @@ class Frechet(Metric):
         def distance(i, j):
             return frechet_distance(*gaussian_stats(fake[i]), *gaussian_stats(real[j]))
 
-        return {"frechet": data.boot(distance, len(fake), len(real))}
+        def distances(i, j):  # every resample at once, from weighted moments
+            return frechet_resampled(fake, real, i, j)
+
+        return {"frechet": data.boot(distance, len(fake), len(real), batched=distances)}
 
 
 class PrecisionRecall(Metric):
@@ -192,8 +220,8 @@ class PrecisionRecall(Metric):
         in_real = within_radii(fake, real, data.cache[key]).astype(float)
         in_fake = within_radii(real, fake, knn_radii(fake, self.k)).astype(float)
         return {
-            "precision": data.boot(lambda i: float(in_real[i].mean()), len(in_real)),
-            "recall": data.boot(lambda j: float(in_fake[j].mean()), len(in_fake)),
+            "precision": data.boot_mean(in_real),
+            "recall": data.boot_mean(in_fake),
         }
 
 
@@ -206,7 +234,7 @@ class Novelty(Metric):
 
     def compute(self, data, step):
         distances = nearest_rms_distance(data.images[step], data.train_images, data.cache)
-        return {"novelty": data.boot(lambda i: float(distances[i].mean()), len(distances))}
+        return {"novelty": data.boot_mean(distances)}
 
 
 def nearest_rms_distance(queries: np.ndarray, train: np.ndarray, cache: dict) -> np.ndarray:

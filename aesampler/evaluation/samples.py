@@ -22,7 +22,14 @@ from torch import Tensor
 from ..data import ImageDataset
 from ..errors import AesamplerError
 from ..registry import Registry
-from .evaluate import check_finite, check_sample_sizes, measure, metric_inputs
+from .evaluate import (
+    UNUSED_EXTRACTOR,
+    check_finite,
+    check_sample_sizes,
+    measure,
+    metric_inputs,
+    uses_features,
+)
 from .features import FeatureExtractor
 from .metrics import Metric
 
@@ -269,7 +276,11 @@ def evaluate_samples(
             if cache_dir is not None
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aesampler-")))
         )
-        info = dict(extractor.prepare(train_set, folder, device, log))
+        if uses_features(runnable):
+            info = dict(extractor.prepare(train_set, folder, device, log))
+        else:
+            info = {"name": getattr(extractor, "name", type(extractor).__name__)}
+            info["note"] = UNUSED_EXTRACTOR
         if cache_dir is None:
             info.pop("cache", None)  # it was a temporary directory
         measured = measure(

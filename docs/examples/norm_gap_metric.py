@@ -25,7 +25,10 @@ class NormGap(Metric):
         def gap(i, j):  # i: indices into the samples, j: into the reference
             return abs(samples[i].mean() - reference[j].mean())
 
-        return {"norm_gap": data.boot(gap, len(samples), len(reference))}
+        def gaps(i, j):  # optional: every resample at once, i and j of shape (resamples, n)
+            return np.abs(samples[i].mean(axis=1) - reference[j].mean(axis=1))
+
+        return {"norm_gap": data.boot(gap, len(samples), len(reference), batched=gaps)}
 
 
 @aesampler.hookimpl
