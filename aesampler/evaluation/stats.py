@@ -7,6 +7,9 @@
   al. (2019) for precision and recall, by scikit-learn;
 * :func:`bootstrap`: percentile confidence intervals by SciPy's bootstrap over sample indices;
 * chain diagnostics (R-hat, ESS) come from arviz-stats.
+
+SciPy and scikit-learn are imported inside the functions that use them, so that importing the
+metrics (as ``aesampler plugins`` and ``aesampler validate`` do) does not import them.
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg, stats
-from scipy.spatial.distance import cdist
-from sklearn.neighbors import NearestNeighbors
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> fl
     When that median is 0 (more than half of the pooled points coincide, for example samples
     that are all identical) the bandwidth is 1 instead, so the kernel stays defined.
     """
+    from scipy.spatial.distance import cdist
+
     pooled = np.concatenate([x, y])[:max_points]
     distances = cdist(pooled, pooled)
     upper = distances[np.triu_indices(len(pooled), k=1)]
@@ -48,6 +50,8 @@ def rbf_kernel_blocks(
     x: np.ndarray, y: np.ndarray, bandwidth: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """K(x, x), K(y, y), K(x, y) for k(a, b) = exp(−‖a − b‖² / (2 h²))."""
+    from scipy.spatial.distance import cdist
+
     gamma = 1.0 / (2.0 * bandwidth**2)
     return (
         np.exp(-gamma * cdist(x, x, "sqeuclidean")),
@@ -100,6 +104,8 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     which stays real and stable when a covariance is singular, as features with dead ReLU
     units make it.
     """
+    from scipy import linalg
+
     cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
     w, v = linalg.eigh(cov1)
     root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # Σ1^½
@@ -111,6 +117,8 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 def knn_radii(points: np.ndarray, k: int) -> np.ndarray:
     """Distance from each point to its k-th nearest neighbour among the others."""
+    from sklearn.neighbors import NearestNeighbors
+
     nn = NearestNeighbors(n_neighbors=k + 1).fit(points)
     distances, _ = nn.kneighbors(points)
     return distances[:, k]  # column 0 is the point itself
@@ -118,6 +126,8 @@ def knn_radii(points: np.ndarray, k: int) -> np.ndarray:
 
 def within_radii(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """For each query, whether it lies in any centre's ball (Kynkäänniemi et al., 2019)."""
+    from scipy.spatial.distance import cdist
+
     return (cdist(queries, centres) <= radii[None, :]).any(axis=1)
 
 
@@ -143,6 +153,8 @@ def bootstrap(
 
     def on_indices(*indices: np.ndarray) -> float:
         return statistic(*(i.astype(np.int64) for i in indices))
+
+    from scipy import stats
 
     result = stats.bootstrap(
         tuple(full),
