@@ -130,6 +130,34 @@ def test_reading_the_table_of_kinds_imports_nothing_heavy():
     assert "matplotlib" not in done.stdout
 
 
+#: What listing the plugins or validating a recipe must not import (issue #10: the evaluation
+#: stack and the samplers' fitting libraries cost seconds of start-up; torchvision imports its
+#: model zoo and torch._dynamo).
+HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "arviz_stats", "zuko", "mlxtend", "torchvision")
+
+
+def test_listing_plugins_and_validating_recipes_import_nothing_heavy():
+    # A fresh interpreter: this test process has imported everything already. The recipes build
+    # every built_once component (samplers_mnist5k builds each start sampler, ratio_corrected's
+    # proposal through the registry) and `plugins --json` reads every factory's parameters.
+    code = (
+        "import json, sys\n"
+        "from aesampler.cli import main\n"
+        "codes = [main(['plugins', '--json']),\n"
+        "         main(['validate', 'recipes/quickstart.yaml']),\n"
+        "         main(['validate', 'recipes/samplers_mnist5k.yaml'])]\n"
+        f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stderr.strip().splitlines()[-1])
+    assert result == {"codes": [0, 0, 0], "heavy": []}
+
+
 def test_the_sampler_builtins_come_through_their_entry_point():
     from aesampler.samplers import (
         AAEDiscriminator,

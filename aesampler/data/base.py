@@ -14,7 +14,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import AesamplerError
 
@@ -108,8 +107,20 @@ class _Unusable(Exception):
     """Internal: a file cannot be used; the message is the reason, without the path."""
 
 
+def _transforms():
+    """torchvision's functional transforms, imported on first use.
+
+    ``import torchvision`` imports its model zoo and ``torch._dynamo`` (about 2 s), which
+    commands that never read an image (``validate``, ``plugins``) should not pay for.
+    """
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 def square_resize(images: Tensor, size: int) -> Tensor:
     """Centre-crop (…, C, H, W) images to a square of side min(H, W), then resize to size."""
+    TF = _transforms()
     side = min(images.shape[-2:])
     if images.shape[-1] != images.shape[-2]:
         images = TF.center_crop(images, [side, side])
@@ -236,7 +247,7 @@ class FileImageDataset(ImageDataset):
             raise DatasetError(f"{self.name}: cannot read image {path}: {error}") from error
         image = square_resize(image, self.image_size)
         if image.dtype == torch.uint8:
-            return TF.to_dtype(image, torch.float32, scale=True), self.labels[index]
+            return _transforms().to_dtype(image, torch.float32, scale=True), self.labels[index]
         return image.expand(self.channels, -1, -1).contiguous(), self.labels[index]
 
     def check_files(self, on_error: OnError = "error") -> tuple[FileProblem, ...]:
@@ -369,7 +380,7 @@ def _pixels(file: Image.Image, mode: str) -> Tensor:
     """(C, H, W) pixels: uint8 for 8-bit images, one float32 channel in [0, 1] otherwise."""
     try:
         if file.mode not in HIGH_DEPTH_MODES:
-            return TF.pil_to_tensor(file.convert(mode))
+            return _transforms().pil_to_tensor(file.convert(mode))
         values = np.asarray(file)  # decodes the file
     except _PIL_ERRORS as error:
         raise _Unusable(str(error) or type(error).__name__) from error

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from arviz_stats.base import array_stats
 from torch import Tensor
 from tqdm import tqdm
 
@@ -75,6 +74,8 @@ def diagnostics(z: dict[int, np.ndarray]) -> dict:
     draws = np.stack([z[t] for t in window], axis=1)  # (chains, draws, D)
     if draws.shape[0] < 2:
         return {"note": f"needs at least 2 chains for diagnostics, got {draws.shape[0]}"}
+    from arviz_stats.base import array_stats  # imports SciPy: only when diagnosing
+
     result: dict[str, Any] = {"window": [window[0], window[-1]], "chains": draws.shape[0]}
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant coordinates give 0 / 0

@@ -11,6 +11,9 @@
   (:func:`mmd2_resampled`, :func:`frechet_resampled`, :func:`mean_resampled`), which is what
   makes 200 resamples of a 768-D Fréchet distance take seconds rather than minutes;
 * chain diagnostics (R-hat, ESS) come from arviz-stats.
+
+SciPy and scikit-learn are imported inside the functions that use them, so that importing the
+metrics (as ``aesampler plugins`` and ``aesampler validate`` do) does not import them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
-from scipy.spatial.distance import cdist
-from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 
@@ -45,6 +45,8 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> fl
     When that median is 0 (more than half of the pooled points coincide, for example samples
     that are all identical) the bandwidth is 1 instead, so the kernel stays defined.
     """
+    from scipy.spatial.distance import cdist
+
     pooled = np.concatenate([x, y])[:max_points]
     distances = cdist(pooled, pooled)
     upper = distances[np.triu_indices(len(pooled), k=1)]
@@ -55,6 +57,8 @@ def rbf_kernel_blocks(
     x: np.ndarray, y: np.ndarray, bandwidth: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """K(x, x), K(y, y), K(x, y) for k(a, b) = exp(−‖a − b‖² / (2 h²))."""
+    from scipy.spatial.distance import cdist
+
     gamma = 1.0 / (2.0 * bandwidth**2)
     return (
         np.exp(-gamma * cdist(x, x, "sqeuclidean")),
@@ -131,6 +135,8 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     which stays real and stable when a covariance is singular, as features with dead ReLU
     units make it.
     """
+    from scipy import linalg
+
     cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
     with threadpool_limits(limits=1):  # small matrices: see _over_batches
         w, v = linalg.eigh(cov1)
@@ -264,6 +270,8 @@ def _present(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def knn_radii(points: np.ndarray, k: int) -> np.ndarray:
     """Distance from each point to its k-th nearest neighbour among the others."""
+    from sklearn.neighbors import NearestNeighbors
+
     nn = NearestNeighbors(n_neighbors=k + 1).fit(points)
     distances, _ = nn.kneighbors(points)
     return distances[:, k]  # column 0 is the point itself
@@ -271,6 +279,8 @@ def knn_radii(points: np.ndarray, k: int) -> np.ndarray:
 
 def within_radii(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """For each query, whether it lies in any centre's ball (Kynkäänniemi et al., 2019)."""
+    from scipy.spatial.distance import cdist
+
     return (cdist(queries, centres) <= radii[None, :]).any(axis=1)
 
 
