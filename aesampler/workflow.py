@@ -549,10 +549,16 @@ def run(
         *([SAMPLERS] if comparing else []),
     ]
     if evaluating or comparing:  # fail before training, not after it
-        spec = recipe.evaluate.feature_extractor
-        registry.create("feature_extractor", spec.name, **spec.params).check(
-            build_dataset(recipe, "train", registry)
-        )
+        from .evaluation.evaluate import uses_features
+
+        wanted = [
+            (m.name, registry.create("metric", m.name, **m.params)) for m in recipe.evaluate.metrics
+        ]
+        if uses_features(wanted):  # latent-space metrics alone never run the extractor
+            spec = recipe.evaluate.feature_extractor
+            registry.create("feature_extractor", spec.name, **spec.params).check(
+                build_dataset(recipe, "train", registry)
+            )
     if inpainting:  # a mask that hides nothing (or everything) fails now, not after training
         from .inpaint import recipe_mask
 
