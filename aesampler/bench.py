@@ -4,7 +4,7 @@ For each network size and batch, in one process and with the variants interleave
 machine's load hits all of them alike), it times:
 
 * ``reference``: a bare eager loop over the same networks, ``x = d(z); z ~ Q(z | x + noise)``,
-  batch-statistics BN, the default memory layout, fp32;
+  then the samples ``d(z_T)``, batch-statistics BN, the default memory layout, fp32;
 * ``exact``: :meth:`aesampler.Chain.run` with ``precision="fp32"``;
 * ``bf16``: ``Chain.run(precision="bf16")``: the networks under bfloat16 autocast;
 * ``bf16+channels_last``: the same with the networks' weights and inputs in channels-last
@@ -12,7 +12,7 @@ machine's load hits all of them alike), it times:
 
 Each variant's images per second is the median over ``repeats`` rounds; its ratio to the
 reference is taken round by round (both measured moments apart) and the median reported. The
-floating-point operations of one transition are counted with ``torch.utils.flop_counter``, and
+floating-point operations of a run are counted with ``torch.utils.flop_counter``, and
 the machine's matrix-multiply throughput (fp32 and bf16) is measured the same way, so each
 variant also reports the fraction of that peak it reaches. Peak memory is measured on CUDA
 (``torch.cuda.max_memory_allocated``); on the CPU it is not available per variant and reported
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .chain import Chain, sampling_mode
+from .chain import Chain
 from .corruptions import GaussianCorruption
 from .models import AAE
 
@@ -78,19 +78,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _flops_per_step(model: AAE, batch: int, device: torch.device) -> int:
-    """Floating-point operations of one decode and encode of ``batch`` latents."""
+def _flops(model: AAE, z0: torch.Tensor, steps: int) -> int:
+    """Floating-point operations of a whole run: ``steps`` decodes and encodes, one decode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    z = torch.randn(batch, *model.decoder.latent_shape, device=device)
     counter = FlopCounterMode(display=False)
-    with sampling_mode([model], "batch"), torch.inference_mode(), counter:
-        model.encoder(model.decoder(z)).mean  # noqa: B018 (counted, not used)
+    with counter:
+        _reference(copy.deepcopy(model), z0, steps, 0.5, 0)
     return counter.get_total_flops()
 
 
-def _reference(model: AAE, z0: torch.Tensor, steps: int, sigma: float, seed: int) -> torch.Tensor:
-    """The loop a user would write: eager, fp32, batch statistics, default layout."""
+def _reference(
+    model: AAE, z0: torch.Tensor, steps: int, sigma: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop a user would write: eager, fp32, batch statistics, default layout.
+
+    Returns z_T and the samples x_T = d(z_T), as ``Chain.run(record=[steps])`` does.
+    """
     generator = torch.Generator(z0.device).manual_seed(seed)
     model.train()  # batch statistics (the copy's running statistics may change: it is a copy)
     with torch.inference_mode():
@@ -99,7 +103,7 @@ def _reference(model: AAE, z0: torch.Tensor, steps: int, sigma: float, seed: int
             x = model.decoder(z)
             noisy = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
             z = model.encoder(noisy).sample(generator)
-    return z
+        return z, model.decoder(z)
 
 
 def _variants(model: AAE, device: torch.device, steps: int, sigma: float) -> dict[str, Callable]:
@@ -144,8 +148,8 @@ def bench(
         model.eval()
         variants = _variants(model, device, steps, sigma=0.5)
         for batch in batches:
-            flops = _flops_per_step(model, batch, device) * steps
             z0 = torch.randn(batch, 200, generator=torch.Generator().manual_seed(1)).to(device)
+            flops = _flops(model, z0, steps)
             for run in variants.values():  # warm up: first calls allocate and pick kernels
                 run(z0)
             seconds: dict[str, list[float]] = {v: [] for v in variants}

@@ -231,6 +231,10 @@ def build_components(
     folder = checkpoint_for(recipe, checkpoint)
     device = resolve_device(recipe.sampling.device or recipe.train.device)
     model, info = load_model(folder, registry, device)
+    if recipe.sampling.precision == "bf16":
+        # With bf16 autocast the convolutions run fastest in channels-last layout (aesampler
+        # bench: 2.2-2.6x the fp32 loop on the paper's networks, against 2.0x without it).
+        model = model.to(memory_format=torch.channels_last)
     wanted = {"kind": recipe.model.name, **recipe.model.params}
     held = {"kind": info["model"]["kind"], **info["model"]["architecture"]}
     clashes = {k: (v, held.get(k)) for k, v in wanted.items() if held.get(k) != v}

@@ -20,9 +20,10 @@ def test_the_reference_loop_is_the_chain_without_its_machinery():
     torch.manual_seed(0)
     model = AAE(image_size=16, channels=1, latent_dim=8, width=8)
     z0 = torch.randn(12, 8, generator=torch.Generator().manual_seed(1))
-    bare = _reference(copy.deepcopy(model), z0, steps=3, sigma=0.0, seed=0)
+    z, x = _reference(copy.deepcopy(model), z0, steps=3, sigma=0.0, seed=0)
     chained = Chain(model.encoder, model.decoder).run(z0, steps=3, record=[3], seed=0)
-    torch.testing.assert_close(chained.z[3], bare, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chained.z[3], z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chained.x[3], x, rtol=1e-5, atol=1e-5)
 
 
 def test_bench_prints_a_table_and_writes_every_documented_field(tmp_path):
