@@ -459,9 +459,10 @@ class Chain:
             callback: called after every step of every chunk with a :class:`ChainStep`.
             precision: ``"fp32"`` runs the modules as they are (exact). ``"bf16"`` runs the
                 transitions and decodes under autocast in bfloat16 (float16 on a CUDA device
-                without bfloat16), where the hardware has fast low-precision matrix units; the
-                chain's state z_t and the recorded x_t stay in the modules' dtype, so only the
-                arithmetic inside each network is rounded. See :func:`autocast_for`.
+                without bfloat16), where the hardware has fast low-precision matrix units. The
+                chain's state z_t and the recorded x_t are stored in the modules' dtype, but
+                their values carry bfloat16 precision: each transition's output (and the
+                corruption inside it) is computed in bfloat16. See :func:`autocast_for`.
 
         Returns:
             A :class:`ChainResult`; ``result.z[t]`` and ``result.x[t]`` hold step t.

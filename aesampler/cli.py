@@ -143,9 +143,32 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from .bench import bench, format_bench, write_json
 
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise AesamplerError(
+            f"--device {args.device!r} is not a device (cpu, cuda or cuda:N)"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise AesamplerError(f"--device {args.device!r}: aesampler bench runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AesamplerError(f"--device {args.device!r}: no CUDA device is available here")
     result = bench(
         batches=tuple(args.batch),
         steps=args.steps,
@@ -286,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a bare eager loop over the same networks, interleaved in one process; print a table "
         "of images per second, ratios to the bare loop and fractions of the matmul peak.",
     )
-    bench.add_argument("--batch", type=int, nargs="+", default=[64, 256], metavar="N")
-    bench.add_argument("--steps", type=int, default=5, help="chain steps per timed run")
-    bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
+    bench.add_argument("--batch", type=_positive, nargs="+", default=[64, 256], metavar="N")
+    bench.add_argument("--steps", type=_positive, default=5, help="chain steps per timed run")
+    bench.add_argument("--repeats", type=_positive, default=3, help="interleaved rounds (median)")
     bench.add_argument(
         "--network",
         nargs="+",

@@ -99,9 +99,9 @@ def compare_samplers(
         folder.mkdir()
         for label, spec in zip(names, cfg.compare):
             log(f"sampler {label}: fitting")
-            started = time.perf_counter()
-            sampler = fit_sampler(parts, spec, log)
-            fit_seconds = time.perf_counter() - started
+            fitting: dict = {}
+            sampler = fit_sampler(parts, spec, log, fitting)
+            fit_seconds = fitting["fit_seconds"]
             fit_stats = dict(getattr(sampler, "stats", None) or {})
             started = time.perf_counter()
             last = max(cfg.steps)
@@ -124,6 +124,7 @@ def compare_samplers(
                 "sampler": spec.model_dump(mode="json"),
                 "describes": sampler.describes,
                 "fit_seconds": fit_seconds,
+                "fit_loaded": fitting["loaded"],
                 "fit_stats": fit_stats,
                 "sample_stats": sample_stats,
                 "chain_seconds": chain_seconds,
@@ -201,7 +202,8 @@ def _summary(row: dict) -> str:
     values = ", ".join(f"step {t}: {c['value']:.4g}" for t, c in cells.items())
     return (
         f"{PRIMARY} {values or 'not measured'}; auto step {row['auto']['chosen']}; "
-        f"fitted in {row['fit_seconds']:.1f}s"
+        + ("loaded, " if row["fit_loaded"] else "")
+        + f"fitted in {row['fit_seconds']:.1f}s"
     )
 
 

@@ -638,7 +638,9 @@ def _comparison_section(run_dir: Path) -> str:
             if "novelty" in keys:
                 c = row["metrics"].get("novelty", {}).get("0")
                 cells.append(f"{c['value']:.4g}" if c else "–")
-            cells.append(f"{row['fit_seconds']:.1f} s")
+            cells.append(
+                f"{row['fit_seconds']:.1f} s" + (" (saved fit)" if row.get("fit_loaded") else "")
+            )
             label = html.escape(row["label"])
             spec = html.escape(_spec(row["sampler"]))
             body += (

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from . import __version__
 from .chain import Chain, ChainResult, chunk_bounds, default_record, sampling_mode
 from .checkpoint import MODEL_WEIGHTS, CheckpointError, find_checkpoint, load_model
 from .data import ImageDataset
@@ -141,16 +142,23 @@ class Components:
 
 
 def fit_sampler(
-    parts: Components, spec: ComponentSpec, log: Callable[[str], None] = print
+    parts: Components,
+    spec: ComponentSpec,
+    log: Callable[[str], None] = print,
+    details: dict | None = None,
 ) -> Sampler:
     """Build the sampler ``spec`` names and fit it, or load what it fitted before for this model.
 
     A sampler that fits (``fits = True``) saves its state in the run directory under
-    ``fitted/NAME-KEY/``, KEY a hash of its settings, the model's weights, the data, the
-    batch-norm mode and the seed; a later command with the same KEY loads it instead of fitting
-    again. What fitting measured (a sampler's ``stats``) is kept beside the state.
+    ``fitted/NAME-KEY/``, KEY a hash of its settings (with the defaults it was not given), the
+    aesampler version, the model's weights, the data, the batch-norm mode and the seed; a later
+    command with the same KEY loads it instead of fitting again. A saved state that cannot be
+    read or does not fit the sampler is fitted again. What fitting measured (a sampler's
+    ``stats``) and took is kept beside the state; ``details``, when given, receives
+    ``fit_seconds`` and ``loaded``.
     """
     recipe, sampling = parts.recipe, parts.recipe.sampling
+    details = {} if details is None else details
     sampler = parts.registry.create("sampler", spec.name, **spec.params)
     if not isinstance(sampler, Sampler):
         raise WorkflowError(
@@ -162,35 +170,52 @@ def fit_sampler(
     except SamplerError as error:
         raise WorkflowError(f"sampler {spec.name!r}: {error}") from None
     context = parts.sampler_context(log)
+    details.update(fit_seconds=0.0, loaded=False)
     if not sampler.fits:
         sampler.fit(context)
         return sampler
+    component = parts.registry.get("sampler", spec.name)
+    settings = {
+        name: param.default
+        for name, param in component.parameters().items()
+        if param.default is not param.empty
+    }
+    settings.update(spec.params)
     identity = {
-        "sampler": spec.model_dump(mode="json"),
+        "sampler": {"name": spec.name, **settings},
+        "aesampler": __version__,
         "weights": hashlib.sha256((parts.checkpoint / MODEL_WEIGHTS).read_bytes()).hexdigest(),
         "data": recipe.data.model_dump(mode="json"),
         "batchnorm": sampling.batchnorm,
         "seed": sampling.seed,
     }
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    text = json.dumps(identity, sort_keys=True, default=repr)
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    identity = json.loads(text)  # as saved: defaults that are not JSON shown as their repr
     run = RunDir(recipe.output.dir)
     folder = run / FITTED / f"{spec.name}-{key}"
     if (folder / SAMPLER_STATE).is_file():
         try:
             state = load_file(str(folder / SAMPLER_STATE))
             fitted = read_json(folder / SETTINGS, "what a sampler fitted")
-        except Exception as error:  # a damaged file: fit again over it
-            log(f"the fitted state in {folder} is unreadable ({error}); refitting")
-        else:
             sampler.load_state_dict(state)
+        except Exception as error:  # damaged, or not this sampler's: fit again over it
+            log(f"the fitted state in {folder} cannot be used ({error}); refitting")
+            sampler = parts.registry.create("sampler", spec.name, **spec.params)
+        else:
             sampler.latent_shape = context.latent_shape
-            if isinstance(fitted, dict) and isinstance(fitted.get("stats"), dict):
-                sampler.stats = dict(fitted["stats"])
+            if isinstance(fitted, dict):
+                if isinstance(fitted.get("stats"), dict):
+                    sampler.stats = dict(fitted["stats"])
+                if isinstance(fitted.get("fit_seconds"), (int, float)):
+                    details["fit_seconds"] = float(fitted["fit_seconds"])
+            details["loaded"] = True
             log(f"sampler {spec.name!r}: loaded what it fitted from {folder}")
             return sampler
     started = time.perf_counter()
     sampler.fit(context)
     seconds = time.perf_counter() - started
+    details["fit_seconds"] = seconds
     log(f"sampler {spec.name!r}: fitted in {seconds:.1f}s")
     with run.new_folder(FITTED, folder.name, "fit") as staged:
         save_tensors(

@@ -689,8 +689,8 @@ def test_bad_start_draws_give_one_clear_error(parts, latents, message):
 
 
 @pytest.mark.parametrize("batchnorm", ["batch", "running"])
-def test_bf16_precision_rounds_only_inside_the_networks(batchnorm):
-    """precision="bf16": the networks run under autocast, the state and outputs stay fp32, the
+def test_bf16_precision_keeps_the_dtype_and_lands_within_bf16_rounding(batchnorm):
+    """precision="bf16": the transitions run under autocast, the state and outputs keep fp32, the
     modules are unchanged, and one step lands within bf16 rounding of the exact run."""
     from aesampler.models import AAE
 

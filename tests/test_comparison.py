@@ -175,3 +175,46 @@ def test_steps_auto_runs_the_chains_to_the_chosen_step(tiny_run, tmp_path):
     assert settings["steps_recorded"] == sorted({t for t in (0, 1, 3) if t <= chosen} | {chosen})
     assert f"steps: auto chose {chosen} of at most 4" in done.stdout
     assert "(chosen by steps: auto, at most 4)" in (copy / "report.html").read_text()
+
+
+def test_the_mmd_curve_subsamples_a_large_reference_reproducibly():
+    g = torch.Generator().manual_seed(0)
+    latents = {t: torch.randn(50, 3, generator=g) for t in range(3)}
+    reference = torch.randn(500, 3, generator=g)
+    keep = torch.randperm(500, generator=torch.Generator().manual_seed(0))[:100]
+    assert mmd_curve(latents, reference, max_reference=100) == mmd_curve(latents, reference[keep])
+    assert mmd_curve(latents, reference, max_reference=100) != mmd_curve(latents, reference)
+
+
+def test_a_saved_state_that_does_not_fit_is_fitted_again(compared, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(compared[0], copy)
+    gmm = next(p for p in (copy / "fitted").iterdir() if p.name.startswith("ex_post_gmm-"))
+    flow = next(p for p in (copy / "fitted").iterdir() if p.name.startswith("latent_flow-"))
+    shutil.copy(gmm / "state.safetensors", flow / "state.safetensors")  # not a flow's state
+    settings = json.loads((gmm / "settings.json").read_text())
+    assert settings["sampler"]["covariance"] == "full"  # defaults are part of the key
+    assert "aesampler" in settings
+    done = cli(
+        "compare-samplers", str(copy), "--quiet", "--overwrite", COMPARED, "samplers.steps=[0, 1]"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot be used" in done.stdout and "refitting" in done.stdout
+    rows = json.loads((copy / "samplers" / "comparison.json").read_text())["samplers"]
+    loaded = {row["label"]: row["fit_loaded"] for row in rows}
+    assert loaded["latent_flow"] is False and loaded["ex_post_gmm"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+        (["--batch", "0"], "argument --batch: must be at least 1, got 0"),
+        (["--device", "foo"], "--device 'foo' is not a device"),
+        (["--device", "meta"], "aesampler bench runs on cpu or cuda"),
+    ],
+)
+def test_bad_bench_arguments_are_one_clear_error(args, message):
+    done = cli("bench", "--network", "quickstart", *args)
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr

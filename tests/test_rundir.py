@@ -58,7 +58,9 @@ def tree(folder: Path, entry: str, path: str | None = None) -> dict[str, bytes]:
         for k, v in files.items()
     }
     return {
-        k: re.sub(rb"<td>[0-9.]+ s</td>", b"<td>T s</td>", v) if k.endswith(".html") else v
+        k: re.sub(rb"<td>[0-9.]+ s( \(saved fit\))?</td>", b"<td>T s</td>", v)
+        if k.endswith(".html")
+        else v
         for k, v in files.items()
     }
 

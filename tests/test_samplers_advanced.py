@@ -355,3 +355,51 @@ def test_the_prior_proposal_is_a_plain_prior_sampler():
     sampler = AAEDiscriminator(power=0.0)
     sampler.fit(context)
     assert isinstance(sampler.proposal, PriorSampler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge cases found in review
+
+
+def test_a_flow_on_fewer_encodings_than_pca_dims_models_only_the_axes_they_span():
+    g = gen(0)
+    context = SamplerContext.from_encodings(
+        {"train": torch.randn(30, 64, generator=g), "valid": torch.randn(10, 64, generator=g)},
+        log=lambda _: None,
+    )
+    sampler = LatentFlow(flow="maf", transforms=1, hidden=8, epochs=2, components=2)
+    sampler.fit(context)
+    assert sampler.stats["pca_dims"] == 29  # 30 encodings span 29 axes, not the 32 asked for
+    z = sampler.sample(50, gen(1))
+    assert z.shape == (50, 64) and torch.isfinite(z).all()
+
+
+def test_saved_states_keep_a_latent_shape_of_several_dimensions():
+    from aesampler.samplers import ExPostGMM
+
+    g = gen(0)
+    context = SamplerContext.from_encodings(
+        {"train": torch.randn(200, 2, 3, 3, generator=g), "valid": torch.randn(50, 2, 3, 3)},
+        log=lambda _: None,
+    )
+    for make in (
+        lambda: ExPostGMM(components=2),
+        lambda: LatentFlow(flow="maf", transforms=1, hidden=8, epochs=1, pca_dims=4, components=2),
+    ):
+        fitted = make()
+        fitted.fit(context)
+        loaded = make()
+        loaded.load_state_dict({k: v.clone() for k, v in fitted.state_dict().items()})
+        assert loaded.latent_shape == (2, 3, 3)
+        assert torch.equal(loaded.sample(5, gen(2)), fitted.sample(5, gen(2)))
+        assert fitted.sample(0, gen(2)).shape == (0, 2, 3, 3)
+
+
+def test_rejection_never_draws_more_than_max_proposals():
+    sampler = KnownRatio("rejection", quantile=0.5)
+    sampler.max_proposals = 300
+    sampler.fit(target_context())
+    with pytest.raises(SamplerError, match="max_proposals=300"):
+        sampler.sample(10_000, gen(0))
+    sampler.sample(20, gen(0))
+    assert sampler.stats["proposals"] <= 300

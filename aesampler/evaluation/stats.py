@@ -53,18 +53,18 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> fl
     return float(np.median(upper)) or 1.0
 
 
+def rbf_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
+    """K(a, b) for k(u, v) = exp(−‖u − v‖² / (2 h²)), h the bandwidth."""
+    from scipy.spatial.distance import cdist
+
+    return np.exp(-cdist(a, b, "sqeuclidean") / (2.0 * bandwidth**2))
+
+
 def rbf_kernel_blocks(
     x: np.ndarray, y: np.ndarray, bandwidth: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """K(x, x), K(y, y), K(x, y) for k(a, b) = exp(−‖a − b‖² / (2 h²))."""
-    from scipy.spatial.distance import cdist
-
-    gamma = 1.0 / (2.0 * bandwidth**2)
-    return (
-        np.exp(-gamma * cdist(x, x, "sqeuclidean")),
-        np.exp(-gamma * cdist(y, y, "sqeuclidean")),
-        np.exp(-gamma * cdist(x, y, "sqeuclidean")),
-    )
+    return rbf_kernel(x, x, bandwidth), rbf_kernel(y, y, bandwidth), rbf_kernel(x, y, bandwidth)
 
 
 def mmd2_from_kernels(

@@ -18,26 +18,39 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .stats import median_bandwidth, mmd2_from_kernels, rbf_kernel_blocks
+from .stats import median_bandwidth, mmd2_from_kernels, rbf_kernel
 
 
 def _rows(x: Tensor) -> np.ndarray:
     return x.detach().double().cpu().numpy().reshape(len(x), -1)
 
 
-def mmd_curve(latents: Mapping[int, Tensor], reference: Tensor) -> dict[int, float]:
+#: At most this many reference latents (a seeded random subset): the kernel matrices grow with
+#: the square of their number, and a validation split can hold tens of thousands.
+MAX_REFERENCE = 2000
+
+
+def mmd_curve(
+    latents: Mapping[int, Tensor], reference: Tensor, *, max_reference: int = MAX_REFERENCE
+) -> dict[int, float]:
     """Unbiased MMD² (RBF kernel) from the latents at each step to ``reference`` latents.
 
     The bandwidth is the median heuristic on step 0's latents pooled with the reference, and
-    the same for every step: a per-step bandwidth would rescale each value differently.
+    the same for every step: a per-step bandwidth would rescale each value differently. A
+    reference of more than ``max_reference`` rows is subsampled (seeded, so the curve is
+    reproducible); its own kernel block is computed once for all steps.
     """
     steps = sorted(latents)
+    if len(reference) > max_reference:
+        keep = torch.randperm(len(reference), generator=torch.Generator().manual_seed(0))
+        reference = reference[keep[:max_reference]]
     y = _rows(reference)
     bandwidth = median_bandwidth(_rows(latents[steps[0]]), y)
+    kyy = rbf_kernel(y, y, bandwidth)
     curve = {}
     for t in steps:
-        kxx, kyy, kxy = rbf_kernel_blocks(_rows(latents[t]), y, bandwidth)
-        curve[t] = mmd2_from_kernels(kxx, kyy, kxy)
+        x = _rows(latents[t])
+        curve[t] = mmd2_from_kernels(rbf_kernel(x, x, bandwidth), kyy, rbf_kernel(x, y, bandwidth))
     return curve
 
 

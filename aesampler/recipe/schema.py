@@ -150,8 +150,8 @@ class SamplingSection(Section):
     batchnorm: Literal["batch", "running"] = "batch"
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="fp32: exact; bf16: the networks run under bfloat16 autocast (faster where "
-        "the hardware has bf16 units), the chain's state stays fp32",
+        description="fp32: exact; bf16: each transition runs under bfloat16 autocast (faster "
+        "where the hardware has bf16 units); z and x are stored as fp32 with bf16 precision",
     )
     seed: Seed = 0
     device: str | None = Field(None, description="default: train.device")

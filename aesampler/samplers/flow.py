@@ -220,6 +220,12 @@ class LatentFlow(Sampler):
         train, valid = training_and_validation(context, self.split, self.valid_split)
         d = train.shape[1]
         k = min(self.pca_dims or d, d)
+        if k > len(train) - 1:  # axes beyond the rank carry no variance of the data
+            k = len(train) - 1
+            context.log(
+                f"latent_flow: {len(train)} encodings span at most {k} principal axes; the flow "
+                f"models {k} coordinates (pca_dims={self.pca_dims})"
+            )
         self.mean, self.axes, self.scales = principal_axes(train)
         x_train, x_valid = self._whiten(train, k), self._whiten(valid, k)
 
@@ -345,7 +351,12 @@ class LatentFlow(Sampler):
     def state_dict(self):
         if self.model is None:
             return {}
-        state = {"mean": self.mean, "axes": self.axes, "scales": self.scales}
+        state = {
+            "mean": self.mean,
+            "axes": self.axes,
+            "scales": self.scales,
+            "latent_shape": torch.tensor(self._shape(), dtype=torch.int64),
+        }
         if self.bound is not None:
             state["bound"] = self.bound
         state.update(
@@ -391,5 +402,5 @@ class LatentFlow(Sampler):
         bound = state.get("bound")
         self.bound = None if bound is None or self.support is None else bound.double()
         self.model = flow.eval().requires_grad_(False)
-        if self.latent_shape is None:
-            self.latent_shape = (d,)
+        shape = state.get("latent_shape")
+        self.latent_shape = tuple(int(s) for s in shape) if shape is not None else (d,)

@@ -80,6 +80,8 @@ def sample_mixture(
     weights: Tensor, means: Tensor, scale_tril: Tensor, n: int, generator=None
 ) -> Tensor:
     """``n`` float64 draws (n, D) from a mixture, all randomness from ``generator``."""
+    if n == 0:
+        return torch.zeros(0, means.shape[1], dtype=torch.float64)
     which = torch.multinomial(weights, n, replacement=True, generator=generator)
     eps = torch.randn(n, means.shape[1], generator=generator, dtype=torch.float64)
     return means[which] + (scale_tril[which] @ eps.unsqueeze(-1)).squeeze(-1)
@@ -142,7 +144,12 @@ class ExPostGMM(Sampler):
     def state_dict(self):
         if self.weights is None:
             return {}
-        return {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}
+        return {
+            "weights": self.weights,
+            "means": self.means,
+            "scale_tril": self.scale_tril,
+            "latent_shape": torch.tensor(self._shape(), dtype=torch.int64),
+        }
 
     def load_state_dict(self, state):
         try:
@@ -161,5 +168,5 @@ class ExPostGMM(Sampler):
             means.double(),
             tril.double(),
         )
-        if self.latent_shape is None:
-            self.latent_shape = (d,)
+        shape = state.get("latent_shape")
+        self.latent_shape = tuple(int(s) for s in shape) if shape is not None else (d,)

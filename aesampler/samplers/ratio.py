@@ -247,6 +247,7 @@ class DensityRatioSampler(Sampler):
                     f"{n} asked for (max_proposals={self.max_proposals}); lower the quantile or "
                     "the power, or use method 'sir'"
                 )
+            batch = min(batch, self.max_proposals - drawn)  # never more than the budget
             z = self.proposal.sample(batch, generator).flatten(1)
             u = torch.rand(batch, generator=generator, dtype=torch.float64)
             keep = u.log() < self._log_weight(z) - self.power * self.log_bound
