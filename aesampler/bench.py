@@ -126,6 +126,7 @@ def _variants(model: AAE, device: torch.device, steps: int, sigma: float) -> dic
 
 def bench(
     *,
+    training: bool = False,
     batches: tuple[int, ...] = (64, 256),
     steps: int = 5,
     repeats: int = 3,
@@ -182,6 +183,8 @@ def bench(
                     )
                 )
             log(f"bench: {name} {size}x{size}, batch {batch}: done")
+    if training:
+        rows += [Row(**row) for row in bench_training(repeats=repeats, log=log)]
     return {
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -190,6 +193,95 @@ def bench(
         "matmul_peak_flops": peaks,
         "rows": [asdict(row) for row in rows],
     }
+
+
+#: The training benchmark's recipe: the quickstart's model, data and optimiser (one epoch).
+TRAIN_RECIPE = {
+    "model": {"name": "aae", "latent_dim": 200, "width": 32},
+    "data": {"name": "mnist5k", "image_size": 32},
+    "corruption": {"name": "gaussian", "sigma": 0.5},
+    "train": {"epochs": 1, "batch_size": 64, "lr": 2e-4, "betas": [0.5, 0.999], "seed": 0},
+}
+
+
+def _bare_training(recipe, registry) -> float:
+    """One epoch of the loop a user would write; returns its seconds (data loading included)."""
+    from torch.utils.data import DataLoader
+
+    from .recipe import build_corruption, build_dataset, build_model
+
+    cfg = recipe.train
+    train_set = build_dataset(recipe, "train", registry)
+    torch.manual_seed(cfg.seed)
+    model = build_model(recipe, train_set, registry)
+    corruption = build_corruption(recipe, registry)
+    optimizers = {
+        name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+        for name, params in model.optimizer_groups().items()
+    }
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    noise = torch.Generator().manual_seed(cfg.seed + 1)
+    started = time.perf_counter()
+    model.train()
+    for x, _ in loader:
+        model.training_step(x, corruption(x, generator=noise), optimizers, noise)
+    return time.perf_counter() - started
+
+
+def bench_training(*, repeats: int = 3, log: Callable[[str], None] = print) -> list[dict]:
+    """``aesampler train``'s loop against the bare loop, one quickstart epoch each.
+
+    The bare loop trains the same model with the same optimisers on the same batches, and
+    nothing else. ``aesampler train`` is timed by its own per-epoch clock (the ``seconds`` of
+    the epoch record in metrics.jsonl), which covers its data loading, training steps and
+    per-step log, but not the validation pass, the image grids or the checkpoint that follow.
+    """
+    import tempfile
+
+    from .plugins import get_registry
+    from .recipe.loader import validate
+    from .training import train
+
+    registry = get_registry()
+    rounds: list[tuple[float, float, int]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(repeats + 1):  # the first round warms up
+            recipe = validate(
+                {**TRAIN_RECIPE, "output": {"dir": f"{folder}/run-{i}"}}, registry=registry
+            )
+            bare = _bare_training(recipe, registry)
+            result = train(recipe, registry=registry, progress=False, log=lambda _: None)
+            lines = (Path(folder) / f"run-{i}" / "metrics.jsonl").read_text().splitlines()
+            epoch = next(json.loads(x) for x in lines if '"event": "epoch"' in x)
+            if i:
+                rounds.append((bare, float(epoch["seconds"]), result.steps))
+            log(f"bench: training round {i}: bare {bare:.1f}s, aesampler {epoch['seconds']}s")
+    steps = rounds[0][2]
+    images = steps * TRAIN_RECIPE["train"]["batch_size"]
+    bare_median = statistics.median(r[0] for r in rounds)
+    ours_median = statistics.median(r[1] for r in rounds)
+    return [
+        {
+            "name": name,
+            "network": "quickstart",
+            "image_size": 32,
+            "batch": TRAIN_RECIPE["train"]["batch_size"],
+            "images_per_s": images / seconds,
+            "ratio_to_reference": statistics.median(r[0] / r[index] for r in rounds),
+            "peak_memory_bytes": None,
+            "fraction_of_matmul_peak": None,
+        }
+        for name, seconds, index in (
+            ("train: bare loop", bare_median, 0),
+            ("train: aesampler train", ours_median, 1),
+        )
+    ]
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

@@ -170,6 +170,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AesamplerError(f"--device {args.device!r}: no CUDA device is available here")
     result = bench(
+        training=args.train,
         batches=tuple(args.batch),
         steps=args.steps,
         repeats=args.repeats,
@@ -320,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="quickstart: 32x32, 1 channel, width 32; paper: 64x64, 3 channels, width 64",
     )
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    bench.add_argument(
+        "--train",
+        action="store_true",
+        help="also time one quickstart epoch of aesampler train against a bare training loop "
+        "(on the CPU, with the embedded mnist5k digits)",
+    )
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quiet", action="store_true", help="only the table")
     bench.set_defaults(handler=_cmd_bench)
