@@ -319,9 +319,3 @@ def format_bench(result: dict) -> str:
             f"{peaks['fp32'] / 1e9:.0f} GFLOP/s fp32, {peaks['bf16'] / 1e9:.0f} GFLOP/s bf16)",
         ]
     )
-
-
-def write_json(result: dict, path: Path) -> None:
-    from .rundir import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(result, indent=2) + "\n").encode())

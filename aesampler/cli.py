@@ -157,7 +157,8 @@ def _positive(text: str) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import bench, format_bench, write_json
+    from .bench import bench, format_bench
+    from .rundir import write_json
 
     try:
         device = torch.device(args.device)
@@ -180,7 +181,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     print(format_bench(result))
     if args.json:
-        write_json(result, Path(args.json))
+        write_json(Path(args.json), result)
         print(f"bench: wrote {args.json}")
     return 0
 

@@ -58,14 +58,14 @@ def labels(names: list[str]) -> list[str]:
 
 def check_size(parts) -> None:
     """Refuse a comparison whose saved chains cannot fit in memory, before any work."""
+    from .workflow import sample_bytes
+
     recipe = parts.recipe
-    cfg, chains = recipe.samplers, recipe.evaluate.num_chains
+    chains, last = recipe.evaluate.num_chains, max(recipe.samplers.steps)
+    # One sampler at a time: z and x recorded at every step (for the auto step), and the
+    # latents of every step kept once more for the MMD curve.
     latent = math.prod(parts.model.decoder.latent_shape)
-    arch = parts.model.architecture
-    image = arch.get("channels", 3) * arch.get("image_size", 64) ** 2
-    last = max(cfg.steps)
-    # One sampler at a time: latents of every step, images of every step (recorded for auto).
-    nbytes = 4 * chains * (last + 1) * (2 * latent + image)
+    nbytes = sample_bytes(parts, chains, last + 1) + 4 * chains * (last + 1) * latent
     check_memory(nbytes, f"evaluate.num_chains={chains} with samplers.steps up to {last}")
 
 

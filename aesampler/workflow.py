@@ -298,7 +298,7 @@ def _grid_nrow(count: int) -> int:
     return max(1, math.ceil(math.sqrt(count)))
 
 
-def _sample_bytes(parts: Components, chains: int, steps: int) -> int:
+def sample_bytes(parts: Components, chains: int, steps: int) -> int:
     """Bytes of the recorded z and x of ``chains`` chains at ``steps`` steps (float32)."""
     latent = math.prod(parts.model.decoder.latent_shape)
     arch = parts.model.architecture
@@ -315,7 +315,7 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
         record = cfg.record or default_record(cfg.most_steps)
         needs.append(
             (
-                _sample_bytes(parts, cfg.num_chains, len(record)),
+                sample_bytes(parts, cfg.num_chains, len(record)),
                 "sampling.num_chains",
                 cfg.num_chains,
             )
@@ -324,7 +324,7 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
         ev = recipe.evaluate
         # Latents at every step up to the last evaluated one, images at the evaluated ones.
         latent = math.prod(parts.model.decoder.latent_shape)
-        total = _sample_bytes(parts, ev.num_chains, len(ev.steps))
+        total = sample_bytes(parts, ev.num_chains, len(ev.steps))
         total += 8 * ev.num_chains * (max(ev.steps) + 1) * latent
         needs.append((total, "evaluate.num_chains", ev.num_chains))
     for nbytes, key, value in needs:
