@@ -63,6 +63,7 @@ _SEED_DRAW_HIGH = 2**63 - 1  # a seed drawn from a generator is in [0, 2**63 - 1
 # The spawn keys of numpy.random.SeedSequence(seed, spawn_key=...) that separate the streams.
 _START_KEY = (0,)
 _NOISE_KEY = 1
+_SHARD_KEY = 2
 
 
 if TYPE_CHECKING:
@@ -116,6 +117,31 @@ def block_generator(seed: int, index: int, device: torch.device | str = "cpu") -
         raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
     key = (_NOISE_KEY, index)
     return torch.Generator(device=device).manual_seed(_derived_seed(_check_seed(seed), key))
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The base seed of shard ``index`` of a sampling run with ``seed`` (see :func:`shard_bounds`).
+
+    Shard 0 runs with ``seed`` itself, so a run of one shard is the run ``Chain.run(seed=seed)``
+    would make; shard i > 0 with ``SeedSequence(seed, spawn_key=(2, i)).generate_state(1,
+    uint64)[0]``. A shard's chains depend on (seed, index, its size) alone: not on which process
+    runs it, nor on which shards ran before.
+    """
+    seed = _check_seed(seed)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
+    return seed if index == 0 else _derived_seed(seed, (_SHARD_KEY, index))
+
+
+def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """The (start, stop) chain ranges of ``n`` chains in shards of at most ``shard_size``.
+
+    ``ceil(n / shard_size)`` shards of nearly equal size (like the chunks of batch-statistics BN,
+    so the last shard is never a tiny remainder). Each shard is one ``Chain.run`` with
+    :func:`shard_seed`: the unit that is streamed to disk, resumed, and shared out between
+    processes.
+    """
+    return _chunk_bounds(_check_int("n", n, 1), _check_int("shard_size", shard_size, 1))
 
 
 def seed_from_generator(generator: torch.Generator | None = None) -> int:

@@ -32,6 +32,7 @@ Layout (names are the constants below)::
     samplers/                the sampler comparison: comparison.json, comparison.png and
                              LABEL/ (samples.safetensors, steps.png, settings.json)     (samplers)
     fitted/NAME-KEY/         what a sampler fitted, by its settings and model           (fit)
+    partial/samples-KEY/     the finished shards of a sampling run not yet complete   (partial)
     report.html, report/     the HTML report and its plots                          (report)
 """
 
@@ -64,11 +65,12 @@ INPAINTING = "inpainting"
 METRICS = "metrics.json"
 SAMPLERS = "samplers"
 FITTED = "fitted"
+PARTIAL = "partial"
 REPORT = "report.html"
 REPORT_ASSETS = "report"
 # Inside output folders.
 SETTINGS = "settings.json"
-SAMPLES_TENSORS = "samples.safetensors"
+SAMPLES_TENSORS = "samples.safetensors"  # the one file of a run of one shard
 INTERPOLATION_TENSORS = "interpolation.safetensors"
 INTERPOLATION_GRID = "interpolation.png"
 INPAINTING_TENSORS = "inpainting.safetensors"
@@ -89,7 +91,21 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "samplers": (SAMPLERS,),
     # What samplers fitted (sample, evaluate, samplers and run fit them), one folder each, kept.
     "fit": (FITTED,),
+    # The shards a sampling run finished, kept until the run completes so a killed run resumes.
+    "partial": (PARTIAL,),
 }
+
+
+def samples_file(index: int, count: int) -> str:
+    """The name in ``samples/`` of shard ``index`` of ``count``: ``samples.safetensors`` when
+    there is one, else ``samples-00003-of-00025.safetensors``."""
+    return SAMPLES_TENSORS if count == 1 else f"samples-{index:05d}-of-{count:05d}.safetensors"
+
+
+def partial_shard_file(index: int) -> str:
+    """The name in ``partial/samples-KEY/`` of a finished shard."""
+    return f"shard-{index:05d}.safetensors"
+
 
 FORMAT = "aesampler-run"
 VERSION = 1
@@ -232,7 +248,9 @@ _INNER_TEMPORARY = {
     CHECKPOINTS: re.compile(r"^(?:\.tmp-step-\d{8,}-|\.latest\.tmp-)(\d+)$"),
     IMAGES: re.compile(r"^\.epoch-\d{3,}-[a-z]+\.png\.tmp-(\d+)$"),
     FITTED: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
+    PARTIAL: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
 }
+_PARTIAL_TEMPORARY = re.compile(r"^\.shard-\d{5,}\.safetensors\.tmp-(\d+)$")
 
 # One lock per run directory and process, re-entrant: flock locks belong to open files, so a
 # second open of the lock file in the same process would wait for the first forever.
@@ -530,6 +548,53 @@ class RunDir:
         except BaseException:
             _remove(staged)
             raise
+
+    def partial_folder(self, name: str) -> tuple[Path, list[int]]:
+        """``partial/NAME/``, where a long command keeps what it finished until it completes.
+
+        The folder is reused when it exists (a killed run resumes from it: returned with the
+        indices of the shards it holds) and created otherwise; every other folder in
+        ``partial/`` is an unfinished run with other settings, and is removed. Temporary files
+        of dead writers inside the folder are removed too.
+        """
+        self.recover()
+        entry = self.path / PARTIAL
+        if _exists(entry) and (PARTIAL not in self.owned() or entry.is_symlink()):
+            raise RunDirError(
+                f"{str(entry)!r} exists but the manifest {MANIFEST} does not list it as "
+                "aesampler's output; move it away, or choose another output.dir (--out)"
+            )
+        if entry.is_dir():
+            for item in entry.iterdir():
+                if item.name != name and not item.is_symlink() and item.is_dir():
+                    _remove(item)  # another run's leftovers: its settings are gone
+        folder = entry / name
+        if not folder.is_dir():
+            with self.new_folder(PARTIAL, name, "partial"):
+                pass
+        done = []
+        for item in folder.iterdir():
+            temporary = _PARTIAL_TEMPORARY.match(item.name)
+            if temporary and not _pid_alive(int(temporary.group(1))):
+                item.unlink()
+            elif re.fullmatch(r"shard-(\d{5,})\.safetensors", item.name) and item.is_file():
+                done.append(int(item.name[6:-12]))
+        return folder, sorted(done)
+
+    def drop_partial(self, name: str) -> None:
+        """Remove ``partial/NAME/`` (its run completed), and ``partial/`` once it is empty."""
+        entry = self.path / PARTIAL
+        folder = entry / name
+        if folder.is_dir() and not folder.is_symlink() and PARTIAL in self.owned():
+            _remove(folder)
+            if not any(entry.iterdir()):
+                with self._locked():
+                    entry.rmdir()
+
+                    def change(document):
+                        document["entries"].pop(PARTIAL, None)
+
+                    self._update(change)
 
     # -- transactions ----------------------------------------------------------------------
 

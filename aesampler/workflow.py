@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +40,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import __version__
-from .chain import Chain, ChainResult, chunk_bounds, default_record, sampling_mode
+from .chain import (
+    Chain,
+    ChainResult,
+    chunk_bounds,
+    default_record,
+    sampling_mode,
+    shard_bounds,
+    shard_seed,
+)
 from .checkpoint import MODEL_WEIGHTS, CheckpointError, find_checkpoint, load_model
 from .data import ImageDataset
 from .errors import AesamplerError
@@ -60,13 +70,14 @@ from .rundir import (
     SAMPLER_STATE,
     SAMPLERS,
     SAMPLES,
-    SAMPLES_TENSORS,
     SETTINGS,
     STEPS_FIGURE,
     RunDir,
     Transaction,
     atomic_write_bytes,
+    partial_shard_file,
     read_json,
+    samples_file,
     save_png,
     write_json,
 )
@@ -93,6 +104,14 @@ class Components:
     registry: Registry
     _start: Sampler | None = field(default=None, init=False, repr=False)
     _context: SamplerContext | None = field(default=None, init=False, repr=False)
+    _digest: str | None = field(default=None, init=False, repr=False)
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the checkpoint's weights file: what the model is, for caches' keys."""
+        if self._digest is None:
+            weights = (self.checkpoint / MODEL_WEIGHTS).read_bytes()
+            self._digest = hashlib.sha256(weights).hexdigest()
+        return self._digest
 
     def start_sampler(self, log: Callable[[str], None] = print) -> Sampler:
         """The recipe's ``sampling.start`` sampler, fitted (or loaded from the run directory)."""
@@ -184,7 +203,7 @@ def fit_sampler(
     identity = {
         "sampler": {"name": spec.name, **settings},
         "aesampler": __version__,
-        "weights": hashlib.sha256((parts.checkpoint / MODEL_WEIGHTS).read_bytes()).hexdigest(),
+        "weights": parts.weights_digest(),
         "data": recipe.data.model_dump(mode="json"),
         "batchnorm": sampling.batchnorm,
         "seed": sampling.seed,
@@ -311,15 +330,15 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
     recipe = parts.recipe
     cfg = recipe.sampling
     needs = []
-    if sample:
+    if sample:  # one shard is in memory at a time
         record = cfg.record or default_record(cfg.most_steps)
-        needs.append(
-            (
-                sample_bytes(parts, cfg.num_chains, len(record)),
-                "sampling.num_chains",
-                cfg.num_chains,
-            )
+        largest = math.ceil(cfg.num_chains / math.ceil(cfg.num_chains / cfg.shard_size))
+        key, value = (
+            ("sampling.shard_size", cfg.shard_size)
+            if largest < cfg.num_chains
+            else ("sampling.num_chains", cfg.num_chains)
         )
+        needs.append((sample_bytes(parts, largest, len(record)), key, value))
     if evaluate and recipe.evaluate.enabled:
         ev = recipe.evaluate
         # Latents at every step up to the last evaluated one, images at the evaluated ones.
@@ -374,6 +393,18 @@ def chain_steps(
     return auto.steps, auto
 
 
+@dataclass(frozen=True)
+class SampleResult:
+    """What ``sample`` wrote: ``num_chains`` chains in ``shards`` files under ``folder``."""
+
+    folder: Path
+    num_chains: int
+    steps: int
+    recorded: tuple[int, ...]
+    shards: int
+    resumed: int  # shards a killed run had finished, kept rather than run again
+
+
 def sample(
     parts: Components,
     run_dir: Path,
@@ -381,8 +412,15 @@ def sample(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> ChainResult:
-    """Run ``sampling.num_chains`` chains from the prior and save grids and tensors.
+) -> SampleResult:
+    """Run ``sampling.num_chains`` chains and save grids and tensors in ``samples/``.
+
+    The chains run in shards of at most ``sampling.shard_size`` (:func:`aesampler.chain.
+    shard_bounds`), shard i as ``Chain.run`` seeded with :func:`aesampler.chain.shard_seed`, so
+    memory holds one shard at a time whatever the number of chains. With more than one shard,
+    each finished shard is saved at once in ``partial/samples-KEY/`` (KEY: a hash of the model's
+    weights and everything that decides the chains): a run killed midway, started again with the
+    same settings, keeps the shards it finished and runs the rest.
 
     The outputs replace ``samples/`` in one transaction, open from the moment the check passed:
     the old samples survive any failure, and nothing that appears at ``samples/`` meanwhile is
@@ -397,45 +435,135 @@ def sample(
     record = cfg.record
     if record is not None and auto is not None:  # the steps asked for that the chains reach
         record = sorted({t for t in record if t <= steps} | {steps})
-    chunks = len(chunk_bounds(cfg.num_chains, cfg.chunk_size, batchnorm=cfg.batchnorm))
+    shards = shard_bounds(cfg.num_chains, cfg.shard_size)
+    count = len(shards)
+    chunks = [len(chunk_bounds(b - a, cfg.chunk_size, batchnorm=cfg.batchnorm)) for a, b in shards]
     shown = min(cfg.grid_size, cfg.num_chains)
+    key = _samples_key(parts, steps, record)
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
-    # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
-    with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
-        result = _run_chain(
-            parts,
-            "chains",
-            chunks * (steps + 1),
-            progress,
-            n=cfg.num_chains,
+    def run_shard(index: int, bar: tqdm) -> ChainResult:
+        a, b = shards[index]
+        return parts.chain.run(
+            n=b - a,
             start=start,
             steps=steps,
             record=record,
             chunk_size=cfg.chunk_size,
             batchnorm=cfg.batchnorm,
-            seed=cfg.seed,
+            seed=shard_seed(cfg.seed, index),
+            out_device="cpu",
+            callback=lambda _: bar.update(1),
+            precision=cfg.precision,
         )
-        folder = txn.path(SAMPLES)
-        folder.mkdir()
+
+    def shard_tensors(result: ChainResult) -> dict[str, torch.Tensor]:
         tensors = {}
         for t in result.steps:
-            save_png(result.x[t][:shown], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
             tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
             tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
-        save_tensors(tensors, folder / SAMPLES_TENSORS)
+        return tensors
+
+    partial, done = None, []
+    if count > 1:  # finished shards are kept on disk until the run completes
+        partial, done = run.partial_folder(f"samples-{key}")
+        done = [i for i in done if i < count]
+        if done:
+            log(f"sample: resuming, {len(done)} of {count} shards were finished before")
+    todo = [i for i in range(count) if i not in done]
+    result = None
+    with tqdm(
+        total=sum(chunks[i] for i in todo) * (steps + 1),
+        desc="chains",
+        unit="step",
+        disable=not progress,
+    ) as bar:
+        for index in todo:
+            result = run_shard(index, bar)
+            if partial is not None:
+                save_tensors(shard_tensors(result), partial / partial_shard_file(index))
+                result = None  # on disk now: memory holds one shard at a time
+
+    # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
+    with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
+        folder = txn.path(SAMPLES)
+        folder.mkdir()
+        files = [samples_file(i, count) for i in range(count)]
+        if partial is None:
+            recorded = result.steps
+            save_tensors(shard_tensors(result), folder / files[0])
+            first = {t: result.x[t][:shown] for t in recorded}
+        else:
+            for i, name in enumerate(files):
+                _link_or_copy(partial / partial_shard_file(i), folder / name)
+            first = _first_chains([folder / name for name in files], shown)
+            recorded = tuple(sorted(first))
+        for t in recorded:
+            save_png(first[t], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
         settings = dict(
             cfg.model_dump(mode="json"),
             steps=steps,
-            steps_recorded=list(result.steps),
+            steps_recorded=list(recorded),
             start_describes=start.describes,
             steps_auto=None if auto is None else auto.as_dict(),
+            shards=[
+                {"file": name, "chains": list(bounds), "seed": shard_seed(cfg.seed, i)}
+                for i, (name, bounds) in enumerate(zip(files, shards))
+            ],
         )
         save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
-        shown_steps = {t: result.x[t][:shown] for t in result.steps}
-        steps_figure(shown_steps, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
+        steps_figure(first, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
         write_recipe(parts, txn)
-    return result
+    if partial is not None:
+        run.drop_partial(partial.name)
+    return SampleResult(
+        run.path / SAMPLES, cfg.num_chains, steps, tuple(recorded), count, len(done)
+    )
+
+
+def _samples_key(parts: Components, steps: int, record: list[int] | None) -> str:
+    """A hash of everything that decides the chains' values, for resuming their shards."""
+    identity = {
+        "sampling": parts.recipe.sampling.model_dump(mode="json", exclude={"grid_size"}),
+        "steps": steps,
+        "record": record,
+        "corruption": parts.recipe.chain_corruption.model_dump(mode="json")
+        if parts.recipe.chain_corruption
+        else None,
+        "weights": parts.weights_digest(),
+        "aesampler": __version__,
+    }
+    text = json.dumps(identity, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (instant, no second copy on disk), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _first_chains(files: list[Path], count: int) -> dict[int, torch.Tensor]:
+    """x of the first ``count`` chains at each recorded step, read from the shard files in order
+    (only those rows are read)."""
+    from safetensors import safe_open
+
+    parts: dict[int, list[torch.Tensor]] = {}
+    have = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            names = sorted(k for k in f.keys() if k.startswith("x/step-"))  # noqa: SIM118
+            rows = None
+            for name in names:
+                block = f.get_slice(name)
+                rows = min(block.get_shape()[0], count - have)
+                parts.setdefault(int(name[len("x/step-") :]), []).append(block[:rows])
+            have += rows or 0
+        if have >= count:
+            break
+    return {t: torch.cat(blocks) for t, blocks in sorted(parts.items())}
 
 
 def interpolate(

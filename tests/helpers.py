@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
+
+from aesampler import rundir
 from aesampler.recipe.loader import validate
 
 
@@ -26,3 +30,26 @@ def tiny_recipe(run_dir: Path, registry=None, **sections) -> object:
         else:
             data[section] = {**data.get(section, {}), **values}
     return validate(data, registry=registry)
+
+
+def crash_at(point: int, argv: list[str]) -> int:
+    """Run ``aesampler ARGV`` in a forked child that dies at its ``point``-th disk change."""
+    pid = os.fork()
+    if pid == 0:  # the child: no cleanup of any kind, as after SIGKILL
+        try:
+            # The parent's intra-op thread pool does not survive a fork (convolutions would
+            # wait for it forever): the child computes on one thread.
+            torch.set_num_threads(1)
+            os.environ[rundir._FAULT_ENV] = str(point)
+            rundir._fault_count = 0
+            with open(os.devnull, "w") as sink:
+                os.dup2(sink.fileno(), 1)
+                os.dup2(sink.fileno(), 2)
+            from aesampler.cli import main
+
+            code = main(argv)
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

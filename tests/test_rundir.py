@@ -21,6 +21,7 @@ from aesampler.checkpoint import CheckpointError, find_checkpoint
 from aesampler.rundir import MANIFEST, RunDir, RunDirError
 
 from .conftest import EXE, cli
+from .helpers import crash_at
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -376,29 +377,6 @@ def test_a_transaction_commits_or_rolls_back(tmp_path):
     assert not fresh.path.exists()
 
 
-def _crash_at(point: int, argv: list[str]) -> int:
-    """Run ``aesampler ARGV`` in a forked child that dies at its ``point``-th disk change."""
-    pid = os.fork()
-    if pid == 0:  # the child: no cleanup of any kind, as after SIGKILL
-        try:
-            # The parent's intra-op thread pool does not survive a fork (convolutions would
-            # wait for it forever): the child computes on one thread.
-            torch.set_num_threads(1)
-            os.environ[rundir._FAULT_ENV] = str(point)
-            rundir._fault_count = 0
-            with open(os.devnull, "w") as sink:
-                os.dup2(sink.fileno(), 1)
-                os.dup2(sink.fileno(), 2)
-            from aesampler.cli import main
-
-            code = main(argv)
-        except BaseException:
-            code = 3
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def _count_points(argv: list[str], monkeypatch) -> int:
     monkeypatch.setenv(rundir._FAULT_ENV, str(10**9))
     monkeypatch.setattr(rundir, "_fault_count", 0)
@@ -431,7 +409,7 @@ def test_a_writer_killed_at_any_point_leaves_the_old_or_the_new_result(
     counted = copy_run(tiny_run, tmp_path, "count")
     points = _count_points([a.replace("RUN", str(counted)) for a in argv], monkeypatch)
     new_dir = copy_run(tiny_run, tmp_path, "new")  # made as the victims are: forked, one thread
-    assert _crash_at(10**9, [a.replace("RUN", str(new_dir)) for a in argv]) == 0
+    assert crash_at(10**9, [a.replace("RUN", str(new_dir)) for a in argv]) == 0
     new = {e: tree(new_dir, e, str(new_dir)) for e in entries}
     assert all(old[e] != new[e] for e in entries[:1])
     assert points >= 8, points
@@ -439,7 +417,7 @@ def test_a_writer_killed_at_any_point_leaves_the_old_or_the_new_result(
     for point in range(1, points + 1):
         victim = tmp_path / f"victim-{point}"
         shutil.copytree(base, victim)
-        code = _crash_at(point, [a.replace("RUN", str(victim)) for a in argv])
+        code = crash_at(point, [a.replace("RUN", str(victim)) for a in argv])
         assert code == 137, (point, code)
         RunDir(victim).recover()  # what the next command does first
         for entry in entries:
@@ -585,9 +563,9 @@ def test_train_overwrite_killed_before_its_first_checkpoint_keeps_the_old_model(
     for point in range(1, points + 1):
         victim = tmp_path / f"victim-{point}"
         shutil.copytree(base, victim)
-        assert _crash_at(point, [a.replace("RUN", str(victim)) for a in argv]) == 137
+        assert crash_at(point, [a.replace("RUN", str(victim)) for a in argv]) == 137
         # The rollback itself is killed at its first disk change, then run again to the end.
-        _crash_at(1, ["report", str(victim)])
+        crash_at(1, ["report", str(victim)])
         RunDir(victim).recover()
         now = {e: tree(victim, e) for e in old}
         if now == old:

@@ -146,7 +146,14 @@ class SamplingSection(Section):
     record: list[NonNegativeInt] | None = Field(
         None, description="steps to record; default 0, 1, 5, 10 (those <= steps) and steps"
     )
-    chunk_size: PositiveInt | None = Field(None, description="chains per batch; default all")
+    chunk_size: PositiveInt | None = Field(
+        None, description="chains per batch; default all the chains of a shard"
+    )
+    shard_size: PositiveInt = Field(
+        2048,
+        description="chains run, saved and freed together (memory holds one shard); a killed "
+        "run resumes from its finished shards",
+    )
     batchnorm: Literal["batch", "running"] = "batch"
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
