@@ -16,7 +16,9 @@ generator derived from (seed, "start"). The noise of the transitions is drawn gr
 each group with its own generator on the modules' device derived from (seed, group index): with
 ``batchnorm="running"`` a group is a fixed block of ``block_size`` consecutive chains, so every
 chain's trajectory is independent of ``chunk_size``; with ``batchnorm="batch"`` a group is a
-chunk, the batch whose statistics BatchNorm uses.
+chunk, the batch whose statistics BatchNorm uses. Many chains are run as shards
+(:func:`shard_bounds`), each one ``Chain.run`` with its own base seed (:func:`shard_seed`), so a
+shard's chains do not depend on which process runs it or in what order.
 
 Non-finite numbers stop the run: a z0 with NaN or inf is refused before anything runs, and NaN or
 inf appearing in z_t or x_t raises :class:`NonFiniteChainError` naming the first such step. The
@@ -252,6 +254,20 @@ class ChainResult:
     @property
     def num_chains(self) -> int:
         return next(iter(self.z.values())).shape[0]
+
+    @classmethod
+    def concatenate(cls, results: Sequence[ChainResult]) -> ChainResult:
+        """The chains of several runs (shards) recorded at the same steps, in order."""
+        if not results:
+            raise ChainInputError("concatenate needs at least one result")
+        steps = results[0].steps
+        if any(r.steps != steps for r in results):
+            raise ChainInputError("results recorded at different steps cannot be concatenated")
+        if len(results) == 1:
+            return results[0]
+        z = {t: torch.cat([r.z[t] for r in results]) for t in steps}
+        x = {t: torch.cat([r.x[t] for r in results]) for t in steps}
+        return cls(z=StepTensors("z", z), x=StepTensors("x", x), steps=steps)
 
 
 def _unique_modules(roots: Iterable[nn.Module]) -> list[nn.Module]:

@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from aesampler import rundir
-from aesampler.chain import shard_bounds, shard_seed
+from aesampler.chain import ChainResult, shard_bounds, shard_seed
+from aesampler.errors import ChainInputError
+from aesampler.evaluation.evaluate import Evaluator
 from aesampler.recipe import load_recipe
 from aesampler.resources import ResourceError
 from aesampler.rundir import MANIFEST, RunDir
@@ -135,3 +137,33 @@ def test_the_memory_check_counts_one_shard(tiny_run):
     recipe = load_recipe(recipe_path, [*many, "sampling.shard_size=1000000000"])
     with pytest.raises(ResourceError, match="sampling.num_chains=1000000000"):
         check_sizes(build_components(recipe), sample=True, evaluate=False)
+
+
+def test_evaluation_chains_run_in_the_same_shards(tiny_run):
+    recipe_path, run, _ = tiny_run
+    recipe = load_recipe(recipe_path, [f"output.dir={run}", "sampling.shard_size=16"])
+    parts = build_components(recipe)
+    evaluator = Evaluator(parts, run, log=lambda _: None)
+    start = parts.start_sampler(lambda _: None)
+    result, latents = evaluator.run_chains(start, [0, 2], progress=False)
+    cfg = recipe.evaluate  # 40 chains: shards of 14, 13 and 13
+    assert [b - a for a, b in shard_bounds(cfg.num_chains, 16)] == [14, 13, 13]
+    shards = [
+        parts.chain.run(
+            n=b - a,
+            start=start,
+            steps=2,
+            record="all",
+            chunk_size=recipe.sampling.chunk_size,
+            seed=shard_seed(cfg.seed, i),
+        )
+        for i, (a, b) in enumerate(shard_bounds(cfg.num_chains, 16))
+    ]
+    joined = ChainResult.concatenate(shards)
+    assert result.steps == (0, 2) and result.num_chains == 40
+    for t in (0, 2):
+        assert torch.equal(result.x[t], joined.x[t]) and torch.equal(result.z[t], joined.z[t])
+    for t in (0, 1, 2):  # the latents of every step, in chain order
+        assert torch.equal(latents[t], joined.z[t])
+    with pytest.raises(ChainInputError, match="different steps"):
+        ChainResult.concatenate([shards[0], parts.chain.run(n=4, steps=1, seed=0)])

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..chain import ChainResult, shard_bounds, shard_seed
 from ..errors import AesamplerError
 from ..registry import Registry
 from ..samplers.base import encode_images
@@ -350,21 +351,28 @@ class Evaluator:
             all_z[step.step].append(step.z.float().cpu())
             bar.update(1)
 
+        results = []
         try:
-            result = self.parts.chain.run(
-                n=cfg.num_chains,
-                start=start,
-                steps=last,
-                record=record,
-                chunk_size=sampling.chunk_size,
-                batchnorm=sampling.batchnorm,
-                seed=cfg.seed,
-                out_device="cpu",
-                callback=keep_z,
-                precision=sampling.precision,
-            )
+            # In shards as `sample` runs them (shard 0 seeded with evaluate.seed itself): the
+            # chains do not depend on how many processes share the shards.
+            for index, (a, b) in enumerate(shard_bounds(cfg.num_chains, sampling.shard_size)):
+                results.append(
+                    self.parts.chain.run(
+                        n=b - a,
+                        start=start,
+                        steps=last,
+                        record=record,
+                        chunk_size=sampling.chunk_size,
+                        batchnorm=sampling.batchnorm,
+                        seed=shard_seed(cfg.seed, index),
+                        out_device="cpu",
+                        callback=keep_z,
+                        precision=sampling.precision,
+                    )
+                )
         finally:
             bar.close()
+        result = ChainResult.concatenate(results)
         return result, {t: torch.cat(v) for t, v in all_z.items()}
 
     def measure(
