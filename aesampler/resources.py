@@ -8,6 +8,8 @@ failing after training or after the machine has started swapping.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 from .errors import AesamplerError
 
@@ -61,4 +63,23 @@ def check_memory(nbytes: int, what: str) -> None:
             f"{what} needs about {format_bytes(nbytes)} of memory, but "
             f"{format_bytes(budget)} is available ({round(100 * MEMORY_SHARE)}% of what this "
             "machine has free); lower it"
+        )
+
+
+def free_disk(path: str | Path) -> int:
+    """Bytes free on the file system that holds ``path`` (or would: its nearest existing folder)."""
+    place = Path(path).expanduser().absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    return shutil.disk_usage(place).free
+
+
+def check_disk(nbytes: int, path: str | Path, what: str) -> None:
+    """Raise a ResourceError when ``nbytes`` of files would not fit on the disk of ``path``."""
+    free = free_disk(path)
+    if nbytes > free:
+        raise ResourceError(
+            f"{what} needs about {format_bytes(nbytes)} on disk, but the disk of "
+            f"{str(path)!r} has {format_bytes(free)} free; lower it, or choose another "
+            "output.dir (--out)"
         )

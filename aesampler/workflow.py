@@ -58,7 +58,7 @@ from .plugins import get_registry
 from .recipe import Recipe, build_dataset
 from .recipe.schema import ComponentSpec
 from .registry import Registry
-from .resources import check_memory
+from .resources import check_disk, check_memory
 from .rundir import (
     FITTED,
     INPAINTING,
@@ -339,6 +339,9 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
             else ("sampling.num_chains", cfg.num_chains)
         )
         needs.append((sample_bytes(parts, largest, len(record)), key, value))
+        # Every shard is written to disk: refuse a run that would fill it, before it starts.
+        total = sample_bytes(parts, cfg.num_chains, len(record))
+        check_disk(total, recipe.output.dir, f"sampling.num_chains={cfg.num_chains}")
     if evaluate and recipe.evaluate.enabled:
         ev = recipe.evaluate
         # Latents at every step up to the last evaluated one, images at the evaluated ones.

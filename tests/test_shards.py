@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aesampler import rundir
+from aesampler import resources, rundir
 from aesampler.chain import ChainResult, shard_bounds, shard_seed
 from aesampler.errors import ChainInputError
 from aesampler.evaluation.evaluate import Evaluator
@@ -122,21 +122,24 @@ def test_other_settings_start_afresh_and_drop_the_old_progress(tiny_run, tmp_pat
     assert not (victim / "partial").exists()
 
 
-def test_the_memory_check_counts_one_shard(tiny_run):
+def test_memory_is_checked_for_one_shard_and_the_disk_for_all(tiny_run, monkeypatch):
     recipe_path, run, _ = tiny_run
-    many = [
-        f"output.dir={run}",
-        "sampling.num_chains=1000000000",
-        "sampling.steps=0",
-        "sampling.record=[0]",
-    ]
+    # 10**6 chains of 8 x 8 images and 4-D latents, one recorded step: 272 MB in all.
+    many = [f"output.dir={run}", "sampling.num_chains=1000000", "sampling.steps=0"]
+    many.append("sampling.record=[0]")
+    monkeypatch.setattr(resources, "available_memory", lambda: 100 * 10**6)  # 80 MB to use
+    monkeypatch.setattr(resources, "free_disk", lambda path: 10**12)
     for fine in ("sampling.shard_size=4", "sampling.shard_size=2048"):
-        check_sizes(
-            build_components(load_recipe(recipe_path, [*many, fine])), sample=True, evaluate=False
-        )
-    recipe = load_recipe(recipe_path, [*many, "sampling.shard_size=1000000000"])
-    with pytest.raises(ResourceError, match="sampling.num_chains=1000000000"):
+        parts = build_components(load_recipe(recipe_path, [*many, fine]))
+        check_sizes(parts, sample=True, evaluate=False)
+    recipe = load_recipe(recipe_path, [*many, "sampling.shard_size=1000000"])
+    with pytest.raises(ResourceError, match=r"sampling.num_chains=1000000 needs .* of memory"):
         check_sizes(build_components(recipe), sample=True, evaluate=False)
+    monkeypatch.setattr(resources, "free_disk", lambda path: 100 * 10**6)
+    with pytest.raises(
+        ResourceError, match=r"sampling.num_chains=1000000 needs about 272.0 MB on disk"
+    ):
+        check_sizes(parts, sample=True, evaluate=False)
 
 
 def test_evaluation_chains_run_in_the_same_shards(tiny_run):
