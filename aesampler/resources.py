@@ -66,18 +66,23 @@ def check_memory(nbytes: int, what: str) -> None:
         )
 
 
-def free_disk(path: str | Path) -> int:
-    """Bytes free on the file system that holds ``path`` (or would: its nearest existing folder)."""
+def free_disk(path: str | Path) -> int | None:
+    """Bytes free on the file system that holds ``path`` (or would: its nearest existing folder).
+
+    None for a file system that reports no size at all (``/proc``, ``/sys``): not a disk, and
+    writing there fails with its own message.
+    """
     place = Path(path).expanduser().absolute()
     while not place.exists() and place != place.parent:
         place = place.parent
-    return shutil.disk_usage(place).free
+    usage = shutil.disk_usage(place)
+    return usage.free if usage.total > 0 else None
 
 
 def check_disk(nbytes: int, path: str | Path, what: str) -> None:
     """Raise a ResourceError when ``nbytes`` of files would not fit on the disk of ``path``."""
     free = free_disk(path)
-    if nbytes > free:
+    if free is not None and nbytes > free:
         raise ResourceError(
             f"{what} needs about {format_bytes(nbytes)} on disk, but the disk of "
             f"{str(path)!r} has {format_bytes(free)} free; lower it, or choose another "
