@@ -516,10 +516,15 @@ def _loop(
         seed=cfg.seed,
         drop_last=True,  # no image twice in an epoch
     )
+    # The loader draws its workers' base seed from this generator when each epoch starts; seeded
+    # from (seed, rank, epoch), so a resumed epoch leaves PyTorch's global generator (dropout)
+    # where the interrupted run had it.
+    workers = torch.Generator()
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
         sampler=sampler,
+        generator=workers,
         drop_last=True,  # batch-statistics BN must never see a tiny last batch
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
@@ -604,6 +609,7 @@ def _loop(
     try:
         while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
             sampler.set_epoch(epoch)
+            workers.manual_seed(_rank_seed(cfg.seed, world.rank, 3) + epoch)
             epoch_started = time.perf_counter()
             sums.clear()
             batches = 0
