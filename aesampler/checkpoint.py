@@ -200,7 +200,11 @@ STATE_KEYS: dict[str, type] = {
     "batch_in_epoch": int,
     "rng": dict,
 }
-RNG_KEYS = ("torch", "noise", "shuffle_epoch_start")
+RNG_KEYS = ("torch", "noise")  # rank 0's; ``rng.ranks`` (optional): every rank's, in rank order
+
+
+def _is_state(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:
@@ -223,8 +227,15 @@ def load_training_state(folder: Path) -> dict[str, Any]:
         problems += [
             f"'rng.{key}' is missing or not a byte tensor"
             for key in RNG_KEYS
-            if not (isinstance(rng.get(key), torch.Tensor) and rng[key].dtype == torch.uint8)
+            if not _is_state(rng.get(key))
         ]
+        ranks = rng.get("ranks", [rng])
+
+        def whole(r: Any) -> bool:
+            return isinstance(r, dict) and all(_is_state(r.get(k)) for k in RNG_KEYS)
+
+        if not (isinstance(ranks, list) and ranks and all(whole(r) for r in ranks)):
+            problems.append("'rng.ranks' is not a list of every rank's random states")
     if problems:
         raise CheckpointError(
             f"{file} cannot be resumed: {'; '.join(problems)}; it is damaged or was not written "

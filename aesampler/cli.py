@@ -1,7 +1,9 @@
 """The ``aesampler`` command line.
 
 User mistakes print one line, ``aesampler: error: ...``, and exit with status 2; ``--traceback``
-shows the stack instead.
+shows the stack instead. Under torchrun (``torchrun --nproc-per-node=N -m aesampler ...``) every
+process joins the run's process group first, and an error names the process that met it:
+``aesampler: error on rank 1 of 2: ...``; torchrun then stops the others and exits non-zero.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, distributed
 from .errors import AesamplerError
 from .plugins import get_registry
 from .rundir import RECIPE, RunDir
@@ -78,6 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     recipe = _load(args)
     result = train(recipe, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if not distributed.world().is_main:
+        return 0  # rank 0 speaks for the run
     losses = ", ".join(f"{k}={v:.4g}" for k, v in result.last_losses.items())
     print(
         f"trained {recipe.model.name} for {result.steps} steps ({result.epochs_completed} epochs) "
@@ -338,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The commands that run under torchrun: every process takes its part of the work.
+DISTRIBUTED_COMMANDS = frozenset({"train", "validate", "plugins"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may stand anywhere, also after options: `run R --quiet train.epochs=2`.
@@ -350,29 +359,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .plugins import set_builtins_only
 
     set_builtins_only(args.no_plugins)  # before the handler first asks for the registry
+    where = ""  # which process failed, under torchrun
     try:
+        world = distributed.world()
+        if world.enabled:
+            where = f" on {world}"
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise distributed.DistributedError(
+                    f"aesampler {args.command} does not run under torchrun yet; run it as one "
+                    f"process (torchrun runs: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
+                )
+            distributed.setup(distributed.default_device())
         return args.handler(args)
     except AesamplerError as error:
         if args.traceback:
             raise
-        print(f"aesampler: error: {error}", file=sys.stderr)
+        print(f"aesampler: error{where}: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a path that is a file, read-only, on a full disk, ...
         if args.traceback:
             raise
-        where = f" {str(error.filename)!r}" if error.filename else ""
+        what = f" {str(error.filename)!r}" if error.filename else ""
         reason = error.strerror or str(error)
-        print(f"aesampler: error: cannot use{where}: {reason}", file=sys.stderr)
+        print(f"aesampler: error{where}: cannot use{what}: {reason}", file=sys.stderr)
         return 2
     except MemoryError:
         if args.traceback:
             raise
         print(
-            "aesampler: error: out of memory; lower the sizes in the recipe (num_chains, "
+            f"aesampler: error{where}: out of memory; lower the sizes in the recipe (num_chains, "
             "chunk_size, batch_size, image_size, latent_dim)",
             file=sys.stderr,
         )
         return 2
+    except distributed.COMMUNICATION_ERRORS as error:  # a peer vanished: another rank failed
+        if args.traceback or not where:
+            raise
+        print(
+            f"aesampler: error{where}: lost contact with the other ranks "
+            f"({type(error).__name__}); the rank that failed first says why",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as error:  # a bug, here or in a plugin: the stack, and which rank met it
+        if args.traceback or not where:
+            raise
+        traceback.print_exc()
+        print(f"aesampler: error{where}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

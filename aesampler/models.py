@@ -35,6 +35,12 @@ class GenerativeAutoencoder(nn.Module, abc.ABC):
     encoder: Encoder
     decoder: Decoder
     architecture: dict[str, Any]
+    #: Under torchrun: the submodules (attribute names) whose forward passes in training_step
+    #: make every gradient an optimiser uses. The training loop wraps each in
+    #: DistributedDataParallel and runs training_step with the wrappers in their places, so each
+    #: backward pass averages the gradients over the ranks. None: the model does not train under
+    #: torchrun (see docs/distributed.md).
+    ddp_modules: ClassVar[tuple[str, ...] | None] = None
 
     @abc.abstractmethod
     def optimizer_groups(self) -> dict[str, Iterator[nn.Parameter]]:
@@ -86,6 +92,7 @@ class VAE(GenerativeAutoencoder):
     """
 
     kind = "vae"
+    ddp_modules = ("encoder", "decoder")
 
     def __init__(self, image_size: int, channels: int, latent_dim: int = 200, width: int = 64):
         super().__init__()
@@ -137,6 +144,9 @@ class AAE(GenerativeAutoencoder):
     """
 
     kind = "aae"
+    # In phase 3 the frozen adversary runs through its wrapper too: no gradient reaches its
+    # parameters, so DDP starts no reduction for it.
+    ddp_modules = ("encoder", "decoder", "adversary")
 
     def __init__(
         self,

@@ -13,27 +13,39 @@
   (see :mod:`aesampler.checkpoint`).
 
 Randomness: ``train.seed`` seeds the weight initialisation and dropout (PyTorch's global
-generator), the data order (a generator seeded with ``seed``) and the corruption and latent
-noise (a generator seeded with ``seed + 1``). All three states are saved in every checkpoint, so
-a resumed run continues exactly as an uninterrupted one would (bit for bit on CPU).
+generator), the data order (epoch e's order is a permutation drawn from ``seed + e``, as
+``DistributedSampler`` draws it) and the corruption and latent noise (a generator seeded with
+``seed + 1``). The random states are saved in every checkpoint, so a resumed run continues
+exactly as an uninterrupted one would (bit for bit on CPU).
+
+Under torchrun (see docs/distributed.md) every rank builds the same initial weights; rank r
+trains on every world_size-th image of each epoch's order, ``train.batch_size`` images per step,
+so one step uses world_size × batch_size images; the model's ``ddp_modules`` run wrapped in
+DistributedDataParallel, which averages the gradients over the ranks. Dropout and the noise
+of rank r > 0 come from seeds derived from (seed, rank), so ranks draw different noise (rank 0's
+are a single process's). Logged losses are averaged over the ranks; validation, grids, metrics,
+checkpoints and the run directory are rank 0's alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .chain import Chain
 from .checkpoint import (
     MODEL_WEIGHTS,
@@ -88,17 +100,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _Metrics:
-    """Appends JSON lines to metrics.jsonl, flushed line by line."""
+    """Appends JSON lines to metrics.jsonl, flushed line by line (None: another rank's, no file)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
         # Line-buffered: a crash loses no line. Closed by close(), in train()'s finally.
-        self._file = open(path, "a", buffering=1)  # noqa: SIM115
+        self._file = open(path, "a", buffering=1) if path is not None else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def train(
@@ -126,7 +140,10 @@ def train(
             "trained; sample or evaluate it (aesampler sample/evaluate/run), or remove "
             "model.checkpoint to train a new model"
         )
-    device = resolve_device(cfg.device)
+    world = distributed.world()
+    if not world.is_main:  # rank 0 speaks for the run
+        progress, log = False, _silent
+    device = distributed.rank_device(resolve_device(cfg.device))
     run = RunDir(recipe.output.dir)
 
     # Build everything before touching the run directory: bad data or parameters lose nothing.
@@ -136,42 +153,54 @@ def train(
         note = dataset.skipped_note()
         if note is not None:
             log(note)
-    if len(train_set) < cfg.batch_size:
+    per_rank = len(train_set) // world.world_size
+    if per_rank < cfg.batch_size:
+        ranks = f": {per_rank} for each of {world.world_size} ranks" if world.enabled else ""
         raise TrainingError(
             f"train.batch_size is {cfg.batch_size} but the training split of "
-            f"{recipe.data.name!r} holds only {len(train_set)} images"
+            f"{recipe.data.name!r} holds only {len(train_set)} images{ranks}"
         )
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(recipe, train_set, registry).to(device)
+    if world.rank > 0:  # dropout: each rank its own masks
+        torch.manual_seed(_rank_seed(cfg.seed, world.rank, 0))
     corruption = build_corruption(recipe, registry)
     optimizers = {
         name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
         for name, params in model.optimizer_groups().items()
     }
+    replicas = _Replicas(model, optimizers, device)  # before the run directory is touched
     start = _Start()
     if resume:
-        start = _resume_state(run, model, optimizers, device)
-        _truncate_log(run / TRAIN_LOG, start.step)
-        atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
+        # Rank 0 checks, repairs and reads the run directory; the others receive what it read.
+        loaded = distributed.main_first(_read_resume, run, model, optimizers, recipe)
+        start = _resume_state(distributed.broadcast_object(loaded), model, optimizers, cfg, log)
         where = f"step {start.step} (epoch {start.epoch + 1}, batch {start.skip})"
         log(f"resuming {run.path} at {where}")
-        parts = (model, optimizers, corruption, train_set, valid_set)
+        parts = (model, replicas, optimizers, corruption, train_set, valid_set)
         return _loop(recipe, run, *parts, start, progress, log)
 
-    train_entries = OUTPUTS["train"]
-    owned_before = list(run.owned()) if run.is_aesampler() else []
-    # A new model makes every output of the old one stale: all of them are replaced.
-    run.check_replaceable("train", [*train_entries, *owned_before], overwrite)
-    stale = [e for e in owned_before if e not in train_entries]
-    with run.transaction("train", train_entries, replace=stale) as txn:
-        for entry in train_entries:
-            txn.direct(entry)
-        atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
-        run.record_components(_provenance(recipe, registry))
+    with contextlib.ExitStack() as stack:
+
+        def begin():  # rank 0 alone: the run directory's transaction spans the whole loop
+            train_entries = OUTPUTS["train"]
+            owned_before = list(run.owned()) if run.is_aesampler() else []
+            # A new model makes every output of the old one stale: all of them are replaced.
+            run.check_replaceable("train", [*train_entries, *owned_before], overwrite)
+            stale = [e for e in owned_before if e not in train_entries]
+            txn = stack.enter_context(run.transaction("train", train_entries, replace=stale))
+            for entry in train_entries:
+                txn.direct(entry)
+            atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
+            run.record_components(_provenance(recipe, registry))
+            return txn
+
+        txn = distributed.main_first(begin)
         return _loop(
             recipe,
             run,
             model,
+            replicas,
             optimizers,
             corruption,
             train_set,
@@ -179,8 +208,99 @@ def train(
             start,
             progress,
             log,
-            on_first_checkpoint=txn.commit,
+            on_first_checkpoint=txn.commit if txn is not None else None,
         )
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _rank_seed(seed: int, rank: int, stream: int) -> int:
+    """The seed of one random stream of one rank.
+
+    Rank 0 keeps a single process's seeds (``seed + stream``); rank r > 0 gets a seed hashed from
+    (seed, stream, rank), far from every other rank's.
+    """
+    if rank == 0:
+        return seed + stream
+    digest = hashlib.blake2b(f"aesampler:{seed}:{stream}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # below 2**63: any torch seed
+
+
+class _Replicas:
+    """The model's ``ddp_modules`` wrapped in DistributedDataParallel, in their places for a step.
+
+    Only :meth:`in_place` puts the wrappers into the model: everywhere else the model holds its
+    own modules, so its checkpoints have a single process's state-dict keys and rank 0 validates
+    and draws grids without the other ranks. BN running statistics are rank 0's
+    (``forward_sync_buffers``: DDP copies them to every rank before each forward). A single process
+    wraps nothing.
+    """
+
+    def __init__(self, model, optimizers: dict[str, torch.optim.Optimizer], device: torch.device):
+        self.model = model
+        self.wrapped: dict[str, DistributedDataParallel] = {}
+        if not distributed.world().enabled:
+            return
+        for name in _ddp_module_names(model, optimizers):
+            self.wrapped[name] = DistributedDataParallel(
+                getattr(model, name),
+                device_ids=[device.index] if device.type == "cuda" else None,
+                forward_sync_buffers=True,
+            )
+
+    @contextlib.contextmanager
+    def in_place(self) -> Iterator[None]:
+        for name, wrapper in self.wrapped.items():
+            setattr(self.model, name, wrapper)
+        try:
+            yield
+        finally:
+            for name, wrapper in self.wrapped.items():
+                setattr(self.model, name, wrapper.module)
+
+
+def _ddp_module_names(model, optimizers: dict[str, torch.optim.Optimizer]) -> tuple[str, ...]:
+    """The model's ``ddp_modules``, checked to cover every parameter its optimisers step."""
+    what = f"model {getattr(model, 'kind', '?')!r} ({type(model).__qualname__})"
+    names = getattr(model, "ddp_modules", None)
+    if names is None:
+        raise distributed.DistributedError(
+            f"{what} cannot train under torchrun: it does not set ddp_modules, the names of its "
+            "submodules whose forward passes in training_step make every gradient its "
+            "optimisers use (see 'Your own model' in docs/distributed.md); train it in one process"
+        )
+    children = dict(model.named_children())
+    unknown = [n for n in names if n not in children]
+    if unknown:
+        raise distributed.DistributedError(
+            f"{what}: ddp_modules names {unknown}, which are not submodules of the model "
+            f"(its submodules: {sorted(children)})"
+        )
+    owner: dict[int, str] = {}
+    for name in names:
+        for param in children[name].parameters():
+            if owner.setdefault(id(param), name) != name:
+                raise distributed.DistributedError(
+                    f"{what}: ddp_modules {owner[id(param)]!r} and {name!r} share parameters; "
+                    "each parameter must belong to one of them"
+                )
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    outside = [
+        param_names.get(id(p), "?")
+        for optimizer in optimizers.values()
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if id(p) not in owner
+    ]
+    if outside:
+        raise distributed.DistributedError(
+            f"{what}: its optimisers step {outside[:3]}{' ...' if len(outside) > 3 else ''}, "
+            f"which belong to none of its ddp_modules {list(names)}: their gradients would not "
+            "be averaged over the ranks"
+        )
+    return tuple(names)
 
 
 def _recipe_bytes(recipe: Recipe) -> bytes:
@@ -197,18 +317,20 @@ def _provenance(recipe: Recipe, registry: Registry | None) -> dict:
 
 @dataclass
 class _Start:
-    """Where the loop starts: step, epoch, batch within the epoch, the data order's state."""
+    """Where the loop starts: step, epoch, batches of the epoch to skip, this rank's RNG states."""
 
     step: int = 0
     epoch: int = 0
     skip: int = 0
-    shuffle_state: torch.Tensor | None = None
     noise_state: torch.Tensor | None = None
     checkpoint: Path | None = None
 
 
-def _resume_state(run: RunDir, model, optimizers, device: torch.device) -> _Start:
-    """Load the run's checkpoint into ``model`` and ``optimizers``; nothing is written."""
+def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, Any]:
+    """Rank 0: check and repair the run directory, read its checkpoint, drop the log past it.
+
+    Returns what every rank needs to resume (plain tensors: it is broadcast to the others).
+    """
     if not run.exists() or run.is_empty():
         raise TrainingError(f"cannot resume: {str(run.path)!r} does not exist or is empty")
     if not (run / CHECKPOINTS / "latest").is_file():
@@ -241,6 +363,27 @@ def _resume_state(run: RunDir, model, optimizers, device: torch.device) -> _Star
             f"{folder / TRAINING_STATE} holds no state for the optimisers {missing}"
         )
     load_weights(model, folder / MODEL_WEIGHTS)
+    _truncate_log(run / TRAIN_LOG, state["step"])
+    atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
+    weights = None  # rank 0 has them; the others receive a copy
+    if distributed.world().enabled:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"folder": folder, "state": state, "weights": weights}
+
+
+def _resume_state(loaded: dict[str, Any], model, optimizers, cfg, log) -> _Start:
+    """Load what :func:`_read_resume` read into this rank's model, optimisers and generators.
+
+    The position in the interrupted epoch is the number of images of the epoch's order already
+    trained on (``samples_in_epoch``; the order does not depend on the number of ranks). With
+    world_size × batch_size images per step the run skips the steps that cover them; when they
+    do not divide evenly it rounds down, so a few images of that epoch are trained on twice.
+    """
+    folder, state = loaded["folder"], loaded["state"]
+    world = distributed.world()
+    device = next(model.parameters()).device
+    if not world.is_main:
+        model.load_state_dict(loaded["weights"])
     for name, optimizer in optimizers.items():
         try:
             optimizer.load_state_dict(state["optimizers"][name])
@@ -249,15 +392,30 @@ def _resume_state(run: RunDir, model, optimizers, device: torch.device) -> _Star
                 f"{folder / TRAINING_STATE}: the state of optimiser {name!r} does not fit the "
                 f"model: {error}"
             ) from None
-    torch.set_rng_state(state["rng"]["torch"])
-    if device.type == "cuda" and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    rng = state["rng"]
+    ranks = rng.get("ranks", [rng])  # a checkpoint written before torchrun: one rank's states
+    mine = ranks[world.rank] if world.rank < len(ranks) else None
+    noise_state = None
+    if mine is not None:
+        torch.set_rng_state(mine["torch"])
+        if device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], device)
+        noise_state = mine["noise"]
+    # else: a rank the interrupted run did not have: its streams start from (seed, rank) afresh.
+    per_step = world.world_size * cfg.batch_size
+    done = state.get("samples_in_epoch", state["batch_in_epoch"] * cfg.batch_size)
+    skip = done // per_step
+    if done % per_step:
+        log(
+            f"the interrupted epoch had trained on {done} images of its order; with "
+            f"{world.world_size} rank(s) x batch {cfg.batch_size} it resumes after "
+            f"{skip * per_step}, so {done - skip * per_step} images are trained on again"
+        )
     return _Start(
         step=state["step"],
         epoch=state["epoch"],
-        skip=state["batch_in_epoch"],
-        shuffle_state=state["rng"]["shuffle_epoch_start"],
-        noise_state=state["rng"]["noise"],
+        skip=skip,
+        noise_state=noise_state,
         checkpoint=folder,
     )
 
@@ -284,7 +442,9 @@ class _PendingLosses:
     Reading a loss with ``float()`` after every step makes the host wait for the device (a
     host-device synchronisation per step, which stalls a GPU). The training loop instead adds
     each step's detached losses here and reads them all at once every ``train.log_every`` steps
-    and at the end of each epoch: one copy for many steps.
+    and at the end of each epoch: one copy for many steps. Under torchrun that read averages
+    each step's losses over the ranks (one all-reduce): every rank logs, and checks, the same
+    values.
     """
 
     def __init__(self, device: torch.device):
@@ -312,7 +472,7 @@ class _PendingLosses:
         """Every buffered step as (step, epoch, {loss: value}), oldest first; empties the buffer."""
         if not self.steps:
             return []
-        values = torch.stack(self.rows).cpu().tolist()  # the one synchronisation
+        values = distributed.all_reduce_mean(torch.stack(self.rows)).cpu().tolist()  # the one sync
         out = [
             (step, epoch, dict(zip(self.names or [], row)))
             for (step, epoch), row in zip(self.steps, values)
@@ -325,6 +485,7 @@ def _loop(
     recipe: Recipe,
     run: RunDir,
     model,
+    replicas: _Replicas,
     optimizers,
     corruption,
     train_set,
@@ -335,21 +496,36 @@ def _loop(
     on_first_checkpoint: Callable[[], None] | None = None,
 ) -> TrainResult:
     cfg = recipe.train
+    world = distributed.world()
+    main = world.is_main  # rank 0 writes; the others train and wait
     device = next(model.parameters()).device
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    noise = torch.Generator(device=device).manual_seed(_rank_seed(cfg.seed, world.rank, 1))
     step, epoch, skip = start.step, start.epoch, start.skip
-    epoch_start_state = shuffle.get_state() if start.shuffle_state is None else start.shuffle_state
     if start.noise_state is not None:
         noise.set_state(start.noise_state)
-    (run / IMAGES).mkdir(exist_ok=True)
+    if main:
+        (run / IMAGES).mkdir(exist_ok=True)
 
+    # Epoch e's order is a permutation seeded with seed + e, whatever the number of ranks; rank r
+    # takes every world_size-th image of it, so step k trains on images k·W·B to (k+1)·W·B - 1.
+    sampler = DistributedSampler(
+        train_set,
+        num_replicas=world.world_size,
+        rank=world.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,  # no image twice in an epoch
+    )
+    # The loader draws its workers' base seed from this generator when each epoch starts; seeded
+    # from (seed, rank, epoch), so a resumed epoch leaves PyTorch's global generator (dropout)
+    # where the interrupted run had it.
+    workers = torch.Generator()
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
-        shuffle=True,
+        sampler=sampler,
+        generator=workers,
         drop_last=True,  # batch-statistics BN must never see a tiny last batch
-        generator=shuffle,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
@@ -369,7 +545,7 @@ def _loop(
     picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
     grid_x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
 
-    metrics = _Metrics(run / TRAIN_LOG)
+    metrics = _Metrics(run / TRAIN_LOG if main else None)
     bar = tqdm(
         total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True
     )
@@ -404,9 +580,36 @@ def _loop(
         if last:
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
 
+    def save(record: dict[str, Any], state: dict[str, Any], complete: bool) -> Path:
+        """Rank 0: the epoch's metrics line, grids and checkpoint."""
+        # The grids draw from the global generators: forked, so training's streams (saved in
+        # ``state``) go on as if no grid had been drawn.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            valid = _validate(model, valid_set, cfg.batch_size, device)
+            record.update({f"valid/{k}": v for k, v in valid.items()})
+            metrics.write(record)
+            tag = f"epoch-{record['epoch']:03d}"
+            _save_grids(model, run / IMAGES, tag, grid_x, grid_z, corruption, cfg.seed)
+        info = {
+            "step": step,
+            "epoch": epoch,
+            "epoch_complete": complete,
+            "data": train_set.describe(),
+            "corruption": recipe.corruption.model_dump() if recipe.corruption else None,
+            "aesampler_version": __version__,
+        }
+        saved = save_checkpoint(run.path, model, info, state)
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
+        seconds = record["seconds"]
+        (bar.write if progress else log)(
+            f"epoch {record['epoch']}/{cfg.epochs} (step {step}, {seconds:.1f}s): {summary}"
+        )
+        return saved
+
     try:
         while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
-            shuffle.set_state(epoch_start_state)
+            sampler.set_epoch(epoch)
+            workers.manual_seed(_rank_seed(cfg.seed, world.rank, 3) + epoch)
             epoch_started = time.perf_counter()
             sums.clear()
             batches = 0
@@ -416,7 +619,8 @@ def _loop(
                 x = x.to(device, non_blocking=True)
                 x_input = corruption(x, generator=noise) if corruption is not None else x
                 model.train()
-                losses = model.training_step(x, x_input, optimizers, noise)
+                with replicas.in_place():
+                    losses = model.training_step(x, x_input, optimizers, noise)
                 step += 1
                 pending.add(step, epoch + 1, losses)
                 bar.update(1)
@@ -431,7 +635,6 @@ def _loop(
             complete = skip == 0
             if complete:
                 epoch += 1
-                epoch_start_state = shuffle.get_state()
             record = {
                 "event": "epoch",
                 "epoch": epoch if complete else epoch + 1,
@@ -439,48 +642,29 @@ def _loop(
                 "step": step,
                 "seconds": round(time.perf_counter() - epoch_started, 3),
                 **{f"train/{k}": v / max(batches, 1) for k, v in sums.items()},
-                **{
-                    f"valid/{k}": v
-                    for k, v in _validate(model, valid_set, cfg.batch_size, device).items()
-                },
             }
-            metrics.write(record)
-            tag = f"epoch-{record['epoch']:03d}"
-            _save_grids(model, run / IMAGES, tag, grid_x, grid_z, corruption, cfg.seed)
+            rng = distributed.all_gather_object(_rng_states(noise, device))  # every rank's
             state = {
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "step": step,
                 "epoch": epoch,
                 "batch_in_epoch": skip,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "noise": noise.get_state(),
-                    "shuffle_epoch_start": epoch_start_state,
-                    **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                },
+                # The position in the epoch's order, whatever world size resumes it.
+                "samples_in_epoch": skip * world.world_size * cfg.batch_size,
+                "world_size": world.world_size,
+                "rng": {**rng[0], "ranks": rng},
             }
-            info = {
-                "step": step,
-                "epoch": epoch,
-                "epoch_complete": complete,
-                "data": train_set.describe(),
-                "corruption": recipe.corruption.model_dump() if recipe.corruption else None,
-                "aesampler_version": __version__,
-            }
-            checkpoint = save_checkpoint(run.path, model, info, state)
+            checkpoint = distributed.broadcast_object(
+                distributed.main_first(save, record, state, complete)
+            )
             if on_first_checkpoint is not None:
                 on_first_checkpoint()  # a resumable run exists now: the old outputs can go
                 on_first_checkpoint = None
-            summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
-            seconds = record["seconds"]
-            (bar.write if progress else log)(
-                f"epoch {record['epoch']}/{cfg.epochs} (step {step}, {seconds:.1f}s): {summary}"
-            )
     finally:
         bar.close()
         metrics.close()
     if checkpoint is None:
-        checkpoint = find_checkpoint(run.path)
+        checkpoint = distributed.broadcast_object(find_checkpoint(run.path) if main else None)
     return TrainResult(
         run_dir=run.path,
         checkpoint=checkpoint,
@@ -489,6 +673,14 @@ def _loop(
         seconds=time.perf_counter() - started,
         last_losses=last,
     )
+
+
+def _rng_states(noise: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's random states: dropout (PyTorch's global generators) and the noise."""
+    states = {"torch": torch.get_rng_state(), "noise": noise.get_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 @torch.no_grad()

@@ -189,7 +189,14 @@ def test_the_mmd_curve_subsamples_a_large_reference_reproducibly():
 def test_a_saved_state_that_does_not_fit_is_fitted_again(compared, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(compared[0], copy)
-    gmm = next(p for p in (copy / "fitted").iterdir() if p.name.startswith("ex_post_gmm-"))
+    # The 2-component mixture, given without a covariance (folder names are hashes: pick by
+    # settings, not by the order of the listing).
+    gmm = next(
+        p
+        for p in (copy / "fitted").iterdir()
+        if p.name.startswith("ex_post_gmm-")
+        and json.loads((p / "settings.json").read_text())["sampler"]["components"] == 2
+    )
     flow = next(p for p in (copy / "fitted").iterdir() if p.name.startswith("latent_flow-"))
     shutil.copy(gmm / "state.safetensors", flow / "state.safetensors")  # not a flow's state
     settings = json.loads((gmm / "settings.json").read_text())

@@ -100,7 +100,9 @@ class TrainSection(Section):
     max_steps: PositiveInt | None = Field(
         None, description="stop after this many optimiser steps (for smoke runs)"
     )
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(
+        64, description="images per step of each process (under torchrun a step trains N × this)"
+    )
     lr: Annotated[Float, Field(gt=0)] = 2e-4
     betas: tuple[Annotated[Float, Field(ge=0, lt=1)], Annotated[Float, Field(ge=0, lt=1)]] = (
         0.5,
