@@ -120,6 +120,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         do_compare=None if kind == "run" else kind == "compare-samplers",
         checkpoint=checkpoint,
     )
+    if not distributed.world().is_main:
+        return 0  # rank 0 speaks for the run
     if result.metrics is not None:
         from .evaluation import format_table
 
@@ -344,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The commands that run under torchrun: every process takes its part of the work.
-DISTRIBUTED_COMMANDS = frozenset({"train", "validate", "plugins"})
+DISTRIBUTED_COMMANDS = frozenset({"train", "sample", "evaluate", "run", "validate", "plugins"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

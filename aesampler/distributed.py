@@ -14,6 +14,7 @@ identity, so single-process code needs no branches.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,6 +82,16 @@ def world() -> World:
             "run (0 <= RANK < WORLD_SIZE); start aesampler with torchrun, or unset them"
         )
     return World(rank=rank, world_size=size, local_rank=local)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def voice(progress: bool, log: Callable[[str], None]) -> tuple[bool, Callable[[str], None]]:
+    """What this process shows: rank 0 (or a single process) its progress bars and messages as
+    asked, every other rank nothing, so a run under torchrun speaks once."""
+    return (progress, log) if world().is_main else (False, _silent)
 
 
 def default_device() -> torch.device:
@@ -156,6 +167,16 @@ def all_gather_object(obj: T) -> list[T]:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_object(obj: T, dst: int = 0) -> list[T] | None:
+    """Every rank's ``obj`` in rank order on rank ``dst``, None on the others (``[obj]`` in a
+    single process)."""
+    if not _active():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
     return out
 
 

@@ -141,8 +141,7 @@ def train(
             "model.checkpoint to train a new model"
         )
     world = distributed.world()
-    if not world.is_main:  # rank 0 speaks for the run
-        progress, log = False, _silent
+    progress, log = distributed.voice(progress, log)  # rank 0 speaks for the run
     device = distributed.rank_device(resolve_device(cfg.device))
     run = RunDir(recipe.output.dir)
 
@@ -210,10 +209,6 @@ def train(
             log,
             on_first_checkpoint=txn.commit if txn is not None else None,
         )
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 def _rank_seed(seed: int, rank: int, stream: int) -> int:

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .chain import (
     Chain,
     ChainResult,
@@ -67,6 +67,7 @@ from .rundir import (
     INTERPOLATION_TENSORS,
     METRICS,
     RECIPE,
+    REPORT,
     SAMPLER_STATE,
     SAMPLERS,
     SAMPLES,
@@ -118,6 +119,16 @@ class Components:
         if self._start is None:
             self._start = fit_sampler(self, self.recipe.sampling.start, log)
         return self._start
+
+    def shared_start_sampler(self, log: Callable[[str], None] = print) -> Sampler:
+        """:meth:`start_sampler`, fitted once for all the processes of a run under torchrun.
+
+        Rank 0 fits it (and saves what it fitted in the run directory) while the others wait;
+        they then load that state. In a single process it is ``start_sampler(log)``. Every rank
+        must call it.
+        """
+        distributed.main_first(self.start_sampler, log)
+        return self.start_sampler(log)
 
     def sampler_context(self, log: Callable[[str], None] = print) -> SamplerContext:
         """What samplers fit on: this model's encodings of each split, each encoded once."""
@@ -273,7 +284,7 @@ def build_components(
     """Load the recipe's trained model and build the chain its ``sampling`` section describes."""
     registry = registry or get_registry()
     folder = checkpoint_for(recipe, checkpoint)
-    device = resolve_device(recipe.sampling.device or recipe.train.device)
+    device = distributed.rank_device(resolve_device(recipe.sampling.device or recipe.train.device))
     model, info = load_model(folder, registry, device)
     if recipe.sampling.precision == "bf16":
         # With bf16 autocast the convolutions run fastest in channels-last layout (aesampler
@@ -431,10 +442,13 @@ def sample(
     """
     cfg = parts.recipe.sampling
     run = RunDir(run_dir)
-    run.check_replaceable("sample", [SAMPLES], overwrite)
+    world = distributed.world()
+    progress, log = distributed.voice(progress, log)
+    distributed.main_first(run.check_replaceable, "sample", [SAMPLES], overwrite)
     check_sizes(parts, sample=True, evaluate=False)
-    start = parts.start_sampler(log)
-    steps, auto = chain_steps(parts, start, log)
+    start = parts.shared_start_sampler(log)
+    chosen = distributed.main_first(chain_steps, parts, start, log)  # pilot chains: rank 0's
+    steps, auto = distributed.broadcast_object(chosen)
     record = cfg.record
     if record is not None and auto is not None:  # the steps asked for that the chains reach
         record = sorted({t for t in record if t <= steps} | {steps})
@@ -469,23 +483,32 @@ def sample(
 
     partial, done = None, []
     if count > 1:  # finished shards are kept on disk until the run completes
-        partial, done = run.partial_folder(f"samples-{key}")
+        found = distributed.main_first(run.partial_folder, f"samples-{key}")
+        partial, done = distributed.broadcast_object(found)
         done = [i for i in done if i < count]
         if done:
             log(f"sample: resuming, {len(done)} of {count} shards were finished before")
     todo = [i for i in range(count) if i not in done]
+    # Under torchrun the shards are dealt out in turn; one shard is rank 0's, kept in memory.
+    mine = todo[world.rank :: world.world_size] if partial is not None else todo
+    mine = mine if partial is not None or world.is_main else []
     result = None
     with tqdm(
-        total=sum(chunks[i] for i in todo) * (steps + 1),
-        desc="chains",
+        total=sum(chunks[i] for i in mine) * (steps + 1),
+        desc="chains" if not world.enabled else f"chains ({len(mine)} of {len(todo)} shards)",
         unit="step",
         disable=not progress,
     ) as bar:
-        for index in todo:
+        for index in mine:
             result = run_shard(index, bar)
             if partial is not None:
                 save_tensors(shard_tensors(result), partial / partial_shard_file(index))
                 result = None  # on disk now: memory holds one shard at a time
+    ran = distributed.gather_object(len(mine))  # on rank 0: every rank's shards are on disk
+    if world.enabled and ran is not None:
+        log(f"sample: {len(todo)} shards run by {world.world_size} processes: {ran} each")
+    if not world.is_main:
+        return SampleResult(run.path / SAMPLES, cfg.num_chains, steps, (), count, len(done))
 
     # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
     with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
@@ -696,6 +719,10 @@ def run(
 
     started = time.perf_counter()
     registry = registry or get_registry()
+    # Under torchrun every rank trains, samples and runs evaluation chains, each its share;
+    # rank 0 alone writes, interpolates, inpaints, measures, compares and reports.
+    main = distributed.world().is_main
+    progress, log = distributed.voice(progress, log)
     run_dir = RunDir(recipe.output.dir)
     evaluating = do_evaluate and recipe.evaluate.enabled
     interpolating = do_interpolate and recipe.interpolation.enabled
@@ -708,7 +735,7 @@ def run(
         *([METRICS] if evaluating else []),
         *([SAMPLERS] if comparing else []),
     ]
-    if evaluating or comparing:  # fail before training, not after it
+    if main and (evaluating or comparing):  # fail before training, not after it
         from .evaluation.evaluate import uses_features
 
         wanted = [
@@ -719,7 +746,7 @@ def run(
             registry.create("feature_extractor", spec.name, **spec.params).check(
                 build_dataset(recipe, "train", registry)
             )
-    if inpainting:  # a mask that hides nothing (or everything) fails now, not after training
+    if main and inpainting:  # a mask that hides nothing (or everything) fails now
         from .inpaint import recipe_mask
 
         size = build_dataset(recipe, "test", registry).image_size
@@ -745,7 +772,7 @@ def run(
             )
         parts = build_components(recipe, checkpoint=checkpoint, registry=registry)
         remake = overwrite
-        run_dir.check_replaceable("run", outputs, overwrite)
+        distributed.main_first(run_dir.check_replaceable, "run", outputs, overwrite)
     if interpolating or evaluating or inpainting or comparing:
         parts.dataset("test")  # the data fits the model: checked before any chain runs
     check_sizes(parts, sample=do_sample, evaluate=evaluating)
@@ -755,6 +782,13 @@ def run(
         check_size(parts)
     if do_sample:
         sample(parts, run_dir.path, overwrite=remake, progress=progress, log=log)
+    if not main:  # the other ranks' share of the evaluation chains, then they are done
+        if evaluating:
+            from .evaluation import evaluate
+
+            evaluate(parts, run_dir.path, registry=registry, progress=progress, log=log)
+        seconds = time.perf_counter() - started
+        return RunResult(run_dir.path, run_dir / REPORT, trained, seconds)
     if interpolating:
         interpolate(parts, run_dir.path, overwrite=remake, progress=progress)
     filled = None

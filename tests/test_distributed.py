@@ -128,15 +128,17 @@ def exact(tmp_path_factory):
     return root, load_registry(extra_plugins=[("exact", module)])
 
 
-def torchrun(*args: str, plugin_root=None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node=2 -m aesampler ARGS`` on this Python."""
+def torchrun(
+    *args: str, plugin_root=None, timeout: int = 240, processes: int = 2
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node=PROCESSES -m aesampler ARGS`` on this Python."""
     paths = [str(plugin_root)] if plugin_root else []
     paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node=2", "-m", "aesampler", *args]
+    command += [f"--nproc-per-node={processes}", "-m", "aesampler", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -311,3 +313,32 @@ def test_a_model_without_ddp_modules_gets_one_clear_error_under_torchrun(monkeyp
     with pytest.raises(distributed.DistributedError, match=r"step \['adversary.net.0.weight'"):
         quiet(partial, registry=registry)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_chains_and_metrics_do_not_depend_on_the_number_of_processes(tiny_run, tmp_path):
+    """`aesampler run` of a trained model (sample, interpolate, evaluate, report) by 1 and by 2
+    processes: bit-identical shards of chains and identical metrics."""
+    recipe, run, _ = tiny_run
+    checkpoint = find_checkpoint(run)
+    # 12 chains in shards of 4, 4 and 4; 40 evaluation chains in 8 shards of 5.
+    settings = ["sampling.shard_size=5", f"model.checkpoint={checkpoint}", "evaluate.bootstrap=0"]
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"out-{processes}"
+        done = torchrun(
+            "run", str(recipe), "--out", str(out), "--quiet", *settings, processes=processes
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("run finished in") == 1  # rank 0 speaks for the run
+        if processes == 2:  # the shards were shared out
+            assert "sample: 3 shards run by 2 processes: [2, 1] each" in done.stdout
+            assert "evaluation: 8 shards run by 2 processes: [4, 4] each" in done.stdout
+        outputs[processes] = out
+    one, two = outputs[1] / "samples", outputs[2] / "samples"
+    names = [f"samples-{i:05d}-of-00003.safetensors" for i in range(3)]
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert not (outputs[2] / "partial").exists()
+    metrics = [json.loads((outputs[n] / "metrics.json").read_text())["metrics"] for n in (1, 2)]
+    assert metrics[0] == metrics[1]
+    assert (outputs[2] / "report.html").is_file()

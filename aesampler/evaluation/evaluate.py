@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .. import distributed
 from ..chain import ChainResult, shard_bounds, shard_seed
 from ..errors import AesamplerError
 from ..registry import Registry
@@ -339,41 +340,12 @@ class Evaluator:
         """Run ``evaluate.num_chains`` chains from ``start`` up to the last step of ``record``.
 
         Returns the chain result (x and z at the ``record`` steps, on the CPU) and the latents
-        of every step 0..max(record).
+        of every step 0..max(record). This process runs them all, also under torchrun (where
+        ``evaluate`` shares them out with :func:`evaluation_chains`).
         """
-        cfg, sampling = self.cfg, self.parts.recipe.sampling
-        record = sorted(set(record))
-        last = record[-1]
-        all_z: dict[int, list[torch.Tensor]] = {t: [] for t in range(last + 1)}
-        bar = tqdm(desc="evaluation chains", unit="step", disable=not progress)
-
-        def keep_z(step) -> None:
-            all_z[step.step].append(step.z.float().cpu())
-            bar.update(1)
-
-        results = []
-        try:
-            # In shards as `sample` runs them (shard 0 seeded with evaluate.seed itself): the
-            # chains do not depend on how many processes share the shards.
-            for index, (a, b) in enumerate(shard_bounds(cfg.num_chains, sampling.shard_size)):
-                results.append(
-                    self.parts.chain.run(
-                        n=b - a,
-                        start=start,
-                        steps=last,
-                        record=record,
-                        chunk_size=sampling.chunk_size,
-                        batchnorm=sampling.batchnorm,
-                        seed=shard_seed(cfg.seed, index),
-                        out_device="cpu",
-                        callback=keep_z,
-                        precision=sampling.precision,
-                    )
-                )
-        finally:
-            bar.close()
-        result = ChainResult.concatenate(results)
-        return result, {t: torch.cat(v) for t, v in all_z.items()}
+        chains = evaluation_chains(self.parts, start, record, progress=progress, shared=False)
+        assert chains is not None  # rank 0, or a single process
+        return chains
 
     def measure(
         self, samples: Mapping[int, Tensor], latents: Mapping[int, Tensor], *, progress=True
@@ -408,6 +380,68 @@ class Evaluator:
         return info
 
 
+def evaluation_chains(
+    parts,
+    start,
+    record: Iterable[int],
+    *,
+    progress: bool = True,
+    shared: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[ChainResult, dict[int, Tensor]] | None:
+    """Run ``evaluate.num_chains`` chains from ``start`` up to the last step of ``record``.
+
+    The chains run in the shards ``sample`` uses (``sampling.shard_size``; shard i seeded with
+    ``shard_seed(evaluate.seed, i)``), so they do not depend on how many processes run them.
+    Under torchrun, with ``shared``, the shards are dealt out to the ranks in turn and gathered
+    on rank 0, and every rank must call this; without, this process runs them all. Returns the
+    chain result (x and z at the ``record`` steps, on the CPU) and the latents of every step
+    0..max(record) on rank 0 (or a single process), None on the other ranks.
+    """
+    cfg, sampling = parts.recipe.evaluate, parts.recipe.sampling
+    world = distributed.world() if shared else distributed.World()
+    record = sorted(set(record))
+    last = record[-1]
+    shards = shard_bounds(cfg.num_chains, sampling.shard_size)
+    mine = list(range(world.rank, len(shards), world.world_size))
+    done: list[tuple[int, ChainResult, dict[int, Tensor]]] = []
+    bar = tqdm(desc="evaluation chains", unit="step", disable=not progress)
+    try:
+        for index in mine:
+            a, b = shards[index]
+            all_z: dict[int, list[Tensor]] = {t: [] for t in range(last + 1)}
+
+            def keep_z(step, all_z=all_z) -> None:
+                all_z[step.step].append(step.z.float().cpu())
+                bar.update(1)
+
+            result = parts.chain.run(
+                n=b - a,
+                start=start,
+                steps=last,
+                record=record,
+                chunk_size=sampling.chunk_size,
+                batchnorm=sampling.batchnorm,
+                seed=shard_seed(cfg.seed, index),
+                out_device="cpu",
+                callback=keep_z,
+                precision=sampling.precision,
+            )
+            done.append((index, result, {t: torch.cat(v) for t, v in all_z.items()}))
+    finally:
+        bar.close()
+    gathered = distributed.gather_object(done) if world.enabled else [done]
+    if gathered is None:
+        return None
+    if world.enabled:
+        ran = [len(rank) for rank in gathered]
+        log(f"evaluation: {len(shards)} shards run by {world.world_size} processes: {ran} each")
+    by_index = sorted((item for rank in gathered for item in rank), key=lambda item: item[0])
+    result = ChainResult.concatenate([r for _, r, _ in by_index])
+    latents = {t: torch.cat([z[t] for _, _, z in by_index]) for t in range(last + 1)}
+    return result, latents
+
+
 def evaluate(
     parts,
     run_dir: str | Path,
@@ -415,18 +449,26 @@ def evaluate(
     registry: Registry | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict:
+) -> dict | None:
     """Compute the recipe's ``evaluate`` metrics for the trained model in ``parts``.
 
     Returns the report that ``aesampler evaluate`` writes to ``metrics.json`` (the caller writes
-    it: :func:`aesampler.workflow.run` does so in a run-directory transaction). ``run_dir``
-    places the default feature-classifier cache beside the run.
+    it: :func:`aesampler.workflow.run` does so in a run-directory transaction). Under torchrun
+    every rank calls it and runs its share of the chains; rank 0 measures them and gets the
+    report, the other ranks None. ``run_dir`` places the default feature-classifier cache beside
+    the run.
     """
     recipe = parts.recipe
     cfg, sampling = recipe.evaluate, recipe.sampling
-    evaluator = Evaluator(parts, run_dir, registry=registry, log=log)
-    start = parts.start_sampler(log)
-    result, latents = evaluator.run_chains(start, cfg.steps, progress=progress)
+    main = distributed.world().is_main
+    progress, log = distributed.voice(progress, log)
+    # Under torchrun: rank 0 prepares the measurements; every rank runs its shards of chains.
+    evaluator = Evaluator(parts, run_dir, registry=registry, log=log) if main else None
+    start = parts.shared_start_sampler(log)
+    chains = evaluation_chains(parts, start, cfg.steps, progress=progress, log=log)
+    if evaluator is None or chains is None:
+        return None
+    result, latents = chains
     measured = evaluator.measure({t: result.x[t] for t in cfg.steps}, latents, progress=progress)
     spec = recipe.chain_corruption
     report = {
