@@ -87,6 +87,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse ``train.precision: bf16`` where autocast would fall back to float16.
+
+    On CUDA devices without bfloat16, :func:`aesampler.chain.autocast_for` computes in float16,
+    whose narrow range needs loss scaling in training (which the models' steps do not do).
+    """
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError(
+            f"train.precision is 'bf16' but {device} has no bfloat16 support (float16 training "
+            "would need loss scaling); use train.precision: fp32"
+        )
+
+
 class _Metrics:
     """Appends JSON lines to metrics.jsonl, flushed line by line."""
 
@@ -127,6 +140,7 @@ def train(
             "model.checkpoint to train a new model"
         )
     device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)
     run = RunDir(recipe.output.dir)
 
     # Build everything before touching the run directory: bad data or parameters lose nothing.
@@ -143,6 +157,7 @@ def train(
         )
     torch.manual_seed(cfg.seed)
     model = build_model(recipe, train_set, registry).to(device)
+    model.train_precision = cfg.precision  # what model.autocast() computes in
     corruption = build_corruption(recipe, registry)
     optimizers = {
         name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
