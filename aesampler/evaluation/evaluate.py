@@ -347,7 +347,9 @@ class Evaluator:
         bar = tqdm(desc="evaluation chains", unit="step", disable=not progress)
 
         def keep_z(step) -> None:
-            all_z[step.step].append(step.z.float().cpu())
+            # Kept on the chain's device and copied to the host once, at the end: no
+            # host-device synchronisation per step.
+            all_z[step.step].append(step.z.float())
             bar.update(1)
 
         try:
@@ -365,7 +367,7 @@ class Evaluator:
             )
         finally:
             bar.close()
-        return result, {t: torch.cat(v) for t, v in all_z.items()}
+        return result, {t: torch.cat(v).cpu() for t, v in all_z.items()}
 
     def measure(
         self, samples: Mapping[int, Tensor], latents: Mapping[int, Tensor], *, progress=True
