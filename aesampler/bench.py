@@ -21,6 +21,10 @@ as null.
 The sizes are the paper's 64 × 64 DCGAN networks (3 channels, latent 200, width 64) and the
 quickstart's 32 × 32 ones (1 channel, latent 200, width 32), with fresh random weights: speed
 does not depend on what the weights learned.
+
+With ``training=True`` it also times training (:func:`bench_training`): the variants of
+:data:`TRAIN_VARIANTS` (``aesampler train`` and the bare loop, fp32 and ``train.precision:
+bf16``, and bf16 with channels-last) against the bare fp32 training loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -70,7 +75,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024, repe
         torch.mm(a, b)
         _sync(device)
         times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times)
+    return 2 * size**3 / min(times)  # the fastest: other load only ever slows a product down
 
 
 def _sync(device: torch.device) -> None:
@@ -134,7 +139,7 @@ def bench(
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Time the chain's variants; returns the rows and the machine's matmul peaks."""
+    """Time the chain's variants (and training's); returns the rows and the matmul peaks."""
     device = torch.device(device)
     peaks = {
         "fp32": matmul_peak(device, torch.float32),
@@ -184,7 +189,10 @@ def bench(
                 )
             log(f"bench: {name} {size}x{size}, batch {batch}: done")
     if training:
-        rows += [Row(**row) for row in bench_training(repeats=repeats, log=log)]
+        found = bench_training(
+            repeats=repeats, networks=networks, device=device, peaks=peaks, log=log
+        )
+        rows += [Row(**row) for row in found]
     return {
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -202,86 +210,226 @@ TRAIN_RECIPE = {
     "corruption": {"name": "gaussian", "sigma": 0.5},
     "train": {"epochs": 1, "batch_size": 64, "lr": 2e-4, "betas": [0.5, 0.999], "seed": 0},
 }
+#: Training steps timed per round on the paper's 64 × 64 networks (synthetic images).
+PAPER_TRAIN_STEPS = 3
+#: The training variants: (row name, whose loop, train.precision, channels-last), the first
+#: being the reference. The bare loops run the model's own ``training_step`` and nothing else;
+#: ``aesampler train`` needs a dataset, so it is timed on the quickstart only.
+TRAIN_VARIANTS = (
+    ("train: bare loop", "bare", "fp32", False),
+    ("train: aesampler train", "aesampler", "fp32", False),
+    ("train: bare loop bf16", "bare", "bf16", False),
+    ("train: aesampler train bf16", "aesampler", "bf16", False),
+    ("train: bare loop bf16+channels_last", "bare", "bf16", True),
+)
 
 
-def _bare_training(recipe, registry) -> float:
-    """One epoch of the loop a user would write; returns its seconds (data loading included)."""
-    from torch.utils.data import DataLoader
+class _BareTraining:
+    """The loop a user would write around the model's ``training_step``, fp32 weights.
 
-    from .recipe import build_corruption, build_dataset, build_model
-
-    cfg = recipe.train
-    train_set = build_dataset(recipe, "train", registry)
-    torch.manual_seed(cfg.seed)
-    model = build_model(recipe, train_set, registry)
-    corruption = build_corruption(recipe, registry)
-    optimizers = {
-        name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
-        for name, params in model.optimizer_groups().items()
-    }
-    loader = DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    noise = torch.Generator().manual_seed(cfg.seed + 1)
-    started = time.perf_counter()
-    model.train()
-    for x, _ in loader:
-        model.training_step(x, corruption(x, generator=noise), optimizers, noise)
-    return time.perf_counter() - started
-
-
-def bench_training(*, repeats: int = 3, log: Callable[[str], None] = print) -> list[dict]:
-    """``aesampler train``'s loop against the bare loop, one quickstart epoch each.
-
-    The bare loop trains the same model with the same optimisers on the same batches, and
-    nothing else. ``aesampler train`` is timed by its own per-epoch clock (the ``seconds`` of
-    the epoch record in metrics.jsonl), which covers its data loading, training steps and
-    per-step log, but not the validation pass, the image grids or the checkpoint that follow.
+    ``precision`` is the model's ``train_precision`` (bf16 autocast of its forward passes);
+    with ``channels_last`` the weights and the images are in channels-last memory layout.
     """
+
+    def __init__(self, recipe, registry, device, precision: str, channels_last: bool, data=None):
+        from .recipe import build_corruption, build_model
+
+        cfg = recipe.train
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(recipe, data, registry).to(device)
+        self.model.train_precision = precision
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.layout)
+        self.corruption = build_corruption(recipe, registry)
+        self.optimizers = {
+            name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+            for name, params in self.model.optimizer_groups().items()
+        }
+        self.noise = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.device = device
+
+    def step(self, x: torch.Tensor) -> None:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+        x_input = self.corruption(x, generator=self.noise) if self.corruption is not None else x
+        self.model.train()
+        self.model.training_step(x, x_input, self.optimizers, self.noise)
+
+    def flops(self, x: torch.Tensor) -> int:
+        """Floating-point operations of one training step on ``x`` (the step is taken)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.step(x)
+        return counter.get_total_flops()
+
+
+def bench_training(
+    *,
+    repeats: int = 3,
+    networks: tuple[str, ...] = ("quickstart",),
+    device: str | torch.device = "cpu",
+    peaks: dict[str, float] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Training's variants (:data:`TRAIN_VARIANTS`) against the bare fp32 training loop.
+
+    On the quickstart, each variant trains one epoch of :data:`TRAIN_RECIPE` from the same
+    initial weights: the bare loops over the same batches with the same optimisers and nothing
+    else, timed around the epoch (data loading included); ``aesampler train`` by its own
+    per-epoch clock (the ``seconds`` of the epoch record in metrics.jsonl), which covers its
+    data loading, training steps and per-step log, but not the validation pass, the image grids
+    or the checkpoint that follow. On the paper's 64 × 64 networks, the bare loops time
+    :data:`PAPER_TRAIN_STEPS` steps on fixed synthetic images. Variants are interleaved round
+    by round (a first round warms up) and each ratio is the median of the rounds' ratios.
+    """
+    device = torch.device(device)
+    if peaks is None:
+        peaks = {
+            "fp32": matmul_peak(device, torch.float32),
+            "bf16": matmul_peak(device, autocast_dtype(device)),
+        }
     import tempfile
 
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as folder:  # the run directories of aesampler train
+        if "quickstart" in networks:
+            rows += _bench_quickstart_training(folder, repeats, device, peaks, log)
+        if "paper" in networks:
+            rows += _bench_paper_training(folder, repeats, device, peaks, log)
+    return rows
+
+
+def _bench_quickstart_training(folder, repeats, device, peaks, log) -> list[dict]:
+    from torch.utils.data import DataLoader
+
     from .plugins import get_registry
+    from .recipe import build_dataset
     from .recipe.loader import validate
     from .training import train
 
     registry = get_registry()
-    rounds: list[tuple[float, float, int]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        for i in range(repeats + 1):  # the first round warms up
-            recipe = validate(
-                {**TRAIN_RECIPE, "output": {"dir": f"{folder}/run-{i}"}}, registry=registry
-            )
-            bare = _bare_training(recipe, registry)
-            result = train(recipe, registry=registry, progress=False, log=lambda _: None)
-            lines = (Path(folder) / f"run-{i}" / "metrics.jsonl").read_text().splitlines()
-            epoch = next(json.loads(x) for x in lines if '"event": "epoch"' in x)
-            if i:
-                rounds.append((bare, float(epoch["seconds"]), result.steps))
-            log(f"bench: training round {i}: bare {bare:.1f}s, aesampler {epoch['seconds']}s")
-    steps = rounds[0][2]
-    images = steps * TRAIN_RECIPE["train"]["batch_size"]
-    bare_median = statistics.median(r[0] for r in rounds)
-    ours_median = statistics.median(r[1] for r in rounds)
-    return [
-        {
-            "name": name,
-            "network": "quickstart",
-            "image_size": 32,
-            "batch": TRAIN_RECIPE["train"]["batch_size"],
-            "images_per_s": images / seconds,
-            "ratio_to_reference": statistics.median(r[0] / r[index] for r in rounds),
-            "peak_memory_bytes": None,
-            "fraction_of_matmul_peak": None,
-        }
-        for name, seconds, index in (
-            ("train: bare loop", bare_median, 0),
-            ("train: aesampler train", ours_median, 1),
+    base = {
+        **TRAIN_RECIPE,
+        "train": {**TRAIN_RECIPE["train"], "device": str(device)},
+        "output": {"dir": folder},
+    }
+    recipe = validate(base, registry=registry)
+    cfg = recipe.train
+    train_set = build_dataset(recipe, "train", registry)
+
+    def bare(precision: str, channels_last: bool) -> tuple[float, int]:
+        loop = _BareTraining(recipe, registry, device, precision, channels_last, train_set)
+        loader = DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            pin_memory=device.type == "cuda",
         )
-    ]
+        _sync(device)
+        started = time.perf_counter()
+        for x, _ in loader:
+            loop.step(x)
+        _sync(device)
+        return time.perf_counter() - started, len(loader)
+
+    def ours(out: str, precision: str) -> tuple[float, int]:
+        spec = {**base, "train": {**base["train"], "precision": precision}, "output": {"dir": out}}
+        result = train(validate(spec, registry=registry), progress=False, log=lambda _: None)
+        lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+        epoch = next(json.loads(x) for x in lines if '"event": "epoch"' in x)
+        return float(epoch["seconds"]), result.steps
+
+    x = next(iter(DataLoader(train_set, batch_size=cfg.batch_size)))[0]
+    flops = _BareTraining(recipe, registry, device, "fp32", False, train_set).flops(x)
+    seconds: dict[str, list[float]] = {name: [] for name, *_ in TRAIN_VARIANTS}
+    memory: dict[str, int | None] = dict.fromkeys(seconds)
+    steps = 0
+    for i in range(repeats + 1):  # the first round warms up
+        for name, loop, precision, channels_last in TRAIN_VARIANTS:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if loop == "bare":
+                took, steps = bare(precision, channels_last)
+            else:
+                took, steps = ours(f"{folder}/run-{i}-{precision}", precision)
+            if device.type == "cuda":
+                memory[name] = torch.cuda.max_memory_allocated(device)
+            if i:
+                seconds[name].append(took)
+        said = ", ".join(f"{name[7:]} {v[-1]:.1f}s" for name, v in seconds.items() if i)
+        log(f"bench: quickstart training round {i}{': ' + said if said else ' (warm-up)'}")
+    size = train_set.image_size
+    return _training_rows("quickstart", size, cfg.batch_size, steps, flops, seconds, memory, peaks)
+
+
+def _bench_paper_training(folder, repeats, device, peaks, log) -> list[dict]:
+    from .plugins import get_registry
+    from .recipe.loader import validate
+
+    registry = get_registry()
+    _, size, channels, width = next(n for n in NETWORKS if n[0] == "paper")
+    spec = {
+        **TRAIN_RECIPE,
+        "model": {**TRAIN_RECIPE["model"], "width": width},
+        "data": {"name": "digits", "image_size": size},  # only for validation: no data is read
+        "train": {**TRAIN_RECIPE["train"], "device": str(device)},
+        "output": {"dir": folder},  # nothing is written
+    }
+    recipe = validate(spec, registry=registry)
+    batch = recipe.train.batch_size
+    images = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+    data = SimpleNamespace(image_size=size, channels=channels)  # what build_model reads
+    variants = {
+        name: _BareTraining(recipe, registry, device, precision, channels_last, data)
+        for name, loop, precision, channels_last in TRAIN_VARIANTS
+        if loop == "bare"
+    }
+    flops = _BareTraining(recipe, registry, device, "fp32", False, data).flops(images)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    memory: dict[str, int | None] = dict.fromkeys(variants)
+    for i in range(repeats + 1):  # the first round warms up
+        for name, loop in variants.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            started = time.perf_counter()
+            for _ in range(PAPER_TRAIN_STEPS):
+                loop.step(images)
+            _sync(device)
+            if i:
+                seconds[name].append(time.perf_counter() - started)
+            if device.type == "cuda":
+                memory[name] = torch.cuda.max_memory_allocated(device)
+        log(f"bench: paper training round {i}" + ("" if i else " (warm-up)"))
+    return _training_rows("paper", size, batch, PAPER_TRAIN_STEPS, flops, seconds, memory, peaks)
+
+
+def _training_rows(network, size, batch, steps, flops, seconds, memory, peaks) -> list[dict]:
+    """One row per variant; the reference is the first (the bare fp32 loop)."""
+    reference = next(iter(seconds.values()))
+    precisions = {name: precision for name, _, precision, _ in TRAIN_VARIANTS}
+    rows = []
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        peak = peaks[precisions[name]]
+        rows.append(
+            asdict(
+                Row(
+                    name,
+                    network,
+                    size,
+                    batch,
+                    steps * batch / median,
+                    statistics.median(r / t for r, t in zip(reference, times)),
+                    memory[name],
+                    steps * flops / median / peak if peak else None,
+                )
+            )
+        )
+    return rows
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

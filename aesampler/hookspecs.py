@@ -80,7 +80,8 @@ def register_models(register: Register) -> None:
     :class:`aesampler.models.GenerativeAutoencoder`: an ``nn.Module`` with ``encoder`` and
     ``decoder`` attributes, an ``architecture`` dict of plain values that rebuilds it through
     the same factory, ``optimizer_groups()`` and ``training_step(x, x_input, optimizers,
-    generator)``.
+    generator)``, which runs its forward passes inside ``self.autocast()`` to follow
+    ``train.precision`` (a step that does not trains in fp32).
     """
 
 

@@ -8,11 +8,17 @@ input x̃ = C(x) and the clean target x, so DVAE = ``vae`` + ``gaussian`` and DA
 
 Both reconstruct with binary cross-entropy, summed over pixels and averaged over the batch
 (nats per image), and use the 200-D prior N(0, I) by default (§4.1).
+
+Precision (``train.precision``): the training loop sets a model's ``train_precision``, and a
+training step runs its forward passes inside :meth:`GenerativeAutoencoder.autocast` (bfloat16
+autocast for ``"bf16"``, nothing for ``"fp32"``). Losses, backward passes and optimiser steps run
+outside it, in fp32, on fp32 parameters and optimiser state.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -20,7 +26,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .interfaces import Decoder, DeterministicEncoder, Encoder, GaussianEncoder, ModuleDecoder
+from .chain import PRECISIONS, autocast_for
+from .interfaces import (
+    Decoder,
+    DeterministicEncoder,
+    Encoder,
+    GaussianEncoder,
+    ModuleDecoder,
+    Posterior,
+)
 from .nn import Adversary, DCGANDecoder, DCGANEncoder
 
 
@@ -41,6 +55,28 @@ class GenerativeAutoencoder(nn.Module, abc.ABC):
     #: backward pass averages the gradients over the ranks. None: the model does not train under
     #: torchrun (see docs/distributed.md).
     ddp_modules: ClassVar[tuple[str, ...] | None] = None
+
+    #: What :meth:`autocast` computes in: ``"fp32"`` or ``"bf16"``. The training loop sets it
+    #: from ``train.precision``; it is not part of the model's weights or architecture.
+    train_precision: str = "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context ``training_step`` runs its forward passes in, at ``train_precision``.
+
+        For ``"bf16"``, autocast on the model's device (see :func:`aesampler.chain.autocast_for`);
+        for ``"fp32"``, nothing. Compute the losses, the backward passes and the optimiser steps
+        outside it: the losses on outputs cast to float32, so that they and the gradients they
+        start from are fp32. A model whose ``training_step`` never enters this context trains in
+        fp32 whatever ``train.precision`` says.
+        """
+        if self.train_precision not in PRECISIONS:
+            raise ValueError(
+                f"train_precision must be one of {PRECISIONS}, got {self.train_precision!r}"
+            )
+        if self.train_precision == "fp32":
+            return contextlib.nullcontext()
+        parameter = next(self.parameters(), None)
+        return autocast_for(None if parameter is None else parameter.device, self.train_precision)
 
     @abc.abstractmethod
     def optimizer_groups(self) -> dict[str, Iterator[nn.Parameter]]:
@@ -69,8 +105,17 @@ class GenerativeAutoencoder(nn.Module, abc.ABC):
 
 
 def _bce(x_rec: Tensor, x: Tensor) -> Tensor:
-    """Binary cross-entropy summed over pixels, averaged over the batch: nats per image."""
-    return F.binary_cross_entropy(x_rec, x, reduction="sum") / x.shape[0]
+    """Binary cross-entropy summed over pixels, averaged over the batch: nats per image.
+
+    Computed in fp32 (``x_rec`` may come from an autocast forward pass in bfloat16).
+    """
+    return F.binary_cross_entropy(x_rec.float(), x, reduction="sum") / x.shape[0]
+
+
+def _bce_logits(logits: Tensor, target: float) -> Tensor:
+    """Mean binary cross-entropy of ``logits`` against a constant label, computed in fp32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -111,10 +156,14 @@ class VAE(GenerativeAutoencoder):
         return {"autoencoder": self.parameters()}
 
     def training_step(self, x, x_input, optimizers, generator=None):
-        posterior = self.encoder(x_input)
-        z = posterior.sample(generator)  # (B, latent_dim), reparameterised
-        reconstruction = _bce(self.decoder(z), x)
-        mean, std = posterior.mean, posterior.std
+        with self.autocast():
+            posterior = self.encoder(x_input)
+        # The noise and the KL in fp32, whatever precision the networks ran in.
+        mean, std = posterior.mean.float(), posterior.std.float()
+        z = Posterior(mean, std).sample(generator)  # (B, latent_dim), reparameterised
+        with self.autocast():
+            x_rec = self.decoder(z)
+        reconstruction = _bce(x_rec, x)
         # KL(N(μ, σ²) ‖ N(0, 1)) = ½ Σ (μ² + σ² − log σ² − 1), per image.
         kl = 0.5 * (mean.square() + std.square() - 2 * std.log() - 1).sum() / x.shape[0]
         loss = reconstruction + kl
@@ -185,23 +234,26 @@ class AAE(GenerativeAutoencoder):
 
     def training_step(self, x, x_input, optimizers, generator=None):
         # 1. Reconstruction.
-        z = self.encoder(x_input).mean  # (B, latent_dim)
-        reconstruction = _bce(self.decoder(z), x)
+        with self.autocast():
+            z = self.encoder(x_input).mean  # (B, latent_dim)
+            x_rec = self.decoder(z)
+        reconstruction = _bce(x_rec, x)
         _step(optimizers["autoencoder"], reconstruction)
 
         # 2. Adversary: prior draws are real (1), encodings are fake (0).
+        z = z.detach().float()
         z_prior = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        real, fake = self.adversary(z_prior), self.adversary(z.detach())
-        adversary = F.binary_cross_entropy_with_logits(
-            real, torch.ones_like(real)
-        ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        with self.autocast():
+            real, fake = self.adversary(z_prior), self.adversary(z)
+        adversary = _bce_logits(real, 1.0) + _bce_logits(fake, 0.0)
         _step(optimizers["adversary"], adversary)
 
         # 3. Generator: the encoder minimises -log D(e(x̃)); the adversary is held fixed.
         self.adversary.requires_grad_(False)
         try:
-            judged = self.adversary(self.encoder(x_input).mean)
-            generator_loss = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+            with self.autocast():
+                judged = self.adversary(self.encoder(x_input).mean)
+            generator_loss = _bce_logits(judged, 1.0)
             _step(optimizers["generator"], generator_loss)
         finally:
             self.adversary.requires_grad_(True)

@@ -99,6 +99,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse ``train.precision: bf16`` where autocast would fall back to float16.
+
+    On CUDA devices without bfloat16, :func:`aesampler.chain.autocast_for` computes in float16,
+    whose narrow range needs loss scaling in training (which the models' steps do not do).
+    """
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError(
+            f"train.precision is 'bf16' but {device} has no bfloat16 support (float16 training "
+            "would need loss scaling); use train.precision: fp32"
+        )
+
+
 class _Metrics:
     """Appends JSON lines to metrics.jsonl, flushed line by line (None: another rank's, no file)."""
 
@@ -143,6 +156,7 @@ def train(
     world = distributed.world()
     progress, log = distributed.voice(progress, log)  # rank 0 speaks for the run
     device = distributed.rank_device(resolve_device(cfg.device))
+    check_precision(device, cfg.precision)
     run = RunDir(recipe.output.dir)
 
     # Build everything before touching the run directory: bad data or parameters lose nothing.
@@ -161,6 +175,7 @@ def train(
         )
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(recipe, train_set, registry).to(device)
+    model.train_precision = cfg.precision  # what model.autocast() computes in
     if world.rank > 0:  # dropout: each rank its own masks
         torch.manual_seed(_rank_seed(cfg.seed, world.rank, 0))
     corruption = build_corruption(recipe, registry)
@@ -684,16 +699,20 @@ def _validate(
 ) -> dict[str, float]:
     """Mean reconstruction BCE (nats per image) of the posterior mean on up to ``limit`` images."""
     model.eval()
-    total, count = 0.0, 0
+    # Summed on the device in float64 (each batch's float32 sum is exact in it, as it was in a
+    # Python float) and read once: no host-device synchronisation per batch.
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     loader = DataLoader(
-        torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))), batch_size=batch_size
+        torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))),
+        batch_size=batch_size,
+        pin_memory=device.type == "cuda",
     )
     for x, _ in loader:
-        x = x.to(device)
+        x = x.to(device, non_blocking=True)
         rec = model.reconstruct(x)
-        total += torch.nn.functional.binary_cross_entropy(rec, x, reduction="sum").item()
+        total += torch.nn.functional.binary_cross_entropy(rec, x, reduction="sum").double()
         count += len(x)
-    return {"reconstruction": total / max(count, 1)}
+    return {"reconstruction": total.item() / max(count, 1)}
 
 
 @torch.no_grad()

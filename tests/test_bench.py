@@ -65,7 +65,7 @@ def test_bench_prints_a_table_and_writes_every_documented_field(tmp_path):
     assert "bf16+channels_last" in done.stdout and "× reference" in done.stdout
 
 
-def test_the_training_bench_times_the_same_epoch_both_ways(monkeypatch):
+def test_the_training_bench_times_every_variant_on_both_networks(monkeypatch):
     from aesampler import bench
 
     tiny = {
@@ -75,9 +75,20 @@ def test_the_training_bench_times_the_same_epoch_both_ways(monkeypatch):
         "train": {"epochs": 1, "batch_size": 64, "seed": 0, "grid_size": 4},
     }
     monkeypatch.setattr(bench, "TRAIN_RECIPE", tiny)
+    monkeypatch.setattr(bench, "NETWORKS", (("paper", 8, 3, 4),))
+    monkeypatch.setattr(bench, "PAPER_TRAIN_STEPS", 1)
     said = []
-    rows = bench.bench_training(repeats=1, log=said.append)
-    assert [row["name"] for row in rows] == ["train: bare loop", "train: aesampler train"]
-    assert rows[0]["ratio_to_reference"] == 1.0
-    assert all(row["images_per_s"] > 0 and row["ratio_to_reference"] > 0 for row in rows)
-    assert len(said) == 2  # a warm-up round and a timed one
+    rows = bench.bench_training(repeats=1, networks=("quickstart", "paper"), log=said.append)
+    names = [name for name, *_ in bench.TRAIN_VARIANTS]
+    bare = [name for name, loop, *_ in bench.TRAIN_VARIANTS if loop == "bare"]
+    assert [(row["network"], row["name"]) for row in rows] == [
+        *(("quickstart", name) for name in names),
+        *(("paper", name) for name in bare),
+    ]
+    assert names[0] == "train: bare loop" and "train: aesampler train bf16" in names
+    for row in rows:
+        assert row["image_size"] == 8 and row["batch"] == 64
+        assert row["images_per_s"] > 0 and row["ratio_to_reference"] > 0
+        assert 0 < row["fraction_of_matmul_peak"] < 10
+    assert rows[0]["ratio_to_reference"] == 1.0 and rows[len(names)]["ratio_to_reference"] == 1.0
+    assert len(said) == 4  # per network, a warm-up round and a timed one

@@ -150,7 +150,7 @@ def test_broken_recipe_catalogue(tmp_path):
         f"  {p}:12: train.epochs: Input should be greater than 0 (got 0)",
         f"  {p}:13: train.betas.1: Input should be less than 1 (got 1.5)",
         f"  {p}:14: train.lrr: unknown key. Did you mean 'lr'? Keys here: epochs, max_steps, batch_size, lr, "
-        "betas, seed, device, num_workers, log_every, grid_size",
+        "betas, seed, device, precision, num_workers, log_every, grid_size",
         f"  {p}:15: output.dir: missing: this key is required",
         f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, inpaint, evaluate, samplers, output",
         f"  {p} (command line): train.seed: a seed must be an integer from 0 to 2**63 - 1 (got -1)",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from typing import ClassVar
 
 import pytest
 import torch
@@ -252,3 +253,70 @@ def test_losses_are_read_from_the_device_every_log_every_steps_and_all_are_logge
         assert sum(reads) == 9 and max(reads) == every, reads
     strip = lambda lines: [{k: v for k, v in line.items() if k != "seconds"} for line in lines]  # noqa: E731
     assert strip(logs[1]) == strip(logs[4])
+
+
+def test_bf16_training_keeps_weights_optimiser_state_and_checkpoint_format_fp32(tmp_path):
+    """train.precision: bf16 trains (finite losses) under autocast, and what it saves has the
+    keys, shapes and dtypes of an fp32 run's checkpoint."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = tmp_path / precision
+        result = quiet(tiny_recipe(runs[precision], train={"precision": precision, "max_steps": 6}))
+        assert all(torch.isfinite(torch.tensor(v)) for v in result.last_losses.values())
+    w32, w16 = weights(runs["fp32"]), weights(runs["bf16"])
+    assert {k: (v.shape, v.dtype) for k, v in w32.items()} == {
+        k: (v.shape, v.dtype) for k, v in w16.items()
+    }
+    assert {v.dtype for v in w16.values() if v.is_floating_point()} == {torch.float32}
+    assert any(not torch.equal(w32[k], w16[k]) for k in w32)  # bf16 did compute differently
+    states = [load_training_state(find_checkpoint(runs[p])) for p in ("fp32", "bf16")]
+    for name, state in states[1]["optimizers"].items():
+        for index, values in state["state"].items():
+            reference = states[0]["optimizers"][name]["state"][index]
+            for key, value in values.items():
+                assert value.dtype == reference[key].dtype, (name, index, key)
+                assert value.stride() == reference[key].stride(), (name, index, key)
+    model, _ = load_model(runs["bf16"])
+    assert model.train_precision == "fp32"  # precision is the loop's setting, not the model's
+
+
+class _PlainAAE(AAE):
+    """A third-party model written before train.precision: its step never enters autocast."""
+
+    seen: ClassVar[set] = set()  # the dtypes its decoder produced in training
+
+    def training_step(self, x, x_input, optimizers, generator=None):
+        x_rec = self.decoder(self.encoder(x_input).mean)
+        type(self).seen.add(x_rec.dtype)
+        loss = torch.nn.functional.binary_cross_entropy(x_rec, x)
+        optimizers["autoencoder"].zero_grad()
+        loss.backward()
+        optimizers["autoencoder"].step()
+        return {"loss": loss.detach()}
+
+
+class _PlainPlugin:
+    @aesampler.hookimpl
+    def register_models(self, register):
+        register("plain_aae", _PlainAAE)
+
+
+def test_a_model_that_ignores_the_precision_trains_in_fp32_under_bf16(tmp_path):
+    registry = load_registry(extra_plugins=[("plain", _PlainPlugin())])
+    recipe = tiny_recipe(
+        tmp_path / "run", registry, model={"name": "plain_aae"}, train={"precision": "bf16"}
+    )
+    _PlainAAE.seen = set()
+    result = quiet(recipe, registry=registry)
+    assert result.steps == 1455 // 64 and torch.isfinite(torch.tensor(result.last_losses["loss"]))
+    assert _PlainAAE.seen == {torch.float32}
+
+
+def test_bf16_training_is_refused_on_a_cuda_device_without_bfloat16(monkeypatch):
+    from aesampler.training import check_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(TrainingError, match="cuda:0 has no bfloat16 support"):
+        check_precision(torch.device("cuda:0"), "bf16")
+    check_precision(torch.device("cuda:0"), "fp32")
+    check_precision(torch.device("cpu"), "bf16")

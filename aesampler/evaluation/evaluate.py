@@ -412,7 +412,9 @@ def evaluation_chains(
             all_z: dict[int, list[Tensor]] = {t: [] for t in range(last + 1)}
 
             def keep_z(step, all_z=all_z) -> None:
-                all_z[step.step].append(step.z.float().cpu())
+                # Kept on the chain's device and copied to the host once per shard: no
+                # host-device synchronisation per step.
+                all_z[step.step].append(step.z.float())
                 bar.update(1)
 
             result = parts.chain.run(
@@ -427,7 +429,7 @@ def evaluation_chains(
                 callback=keep_z,
                 precision=sampling.precision,
             )
-            done.append((index, result, {t: torch.cat(v) for t, v in all_z.items()}))
+            done.append((index, result, {t: torch.cat(v).cpu() for t, v in all_z.items()}))
     finally:
         bar.close()
     gathered = distributed.gather_object(done) if world.enabled else [done]

@@ -58,12 +58,9 @@ class FeatureExtractor(abc.ABC):
 
     @torch.no_grad()
     def __call__(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        return torch.cat(
-            [
-                self.features(x[i : i + batch_size]).float().cpu()
-                for i in range(0, len(x), batch_size)
-            ]
-        )
+        # One copy to the host at the end, not one (and a synchronisation) per batch.
+        parts = [self.features(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+        return torch.cat(parts).cpu()
 
 
 class PixelFeatures(FeatureExtractor):

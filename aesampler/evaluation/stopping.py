@@ -101,7 +101,7 @@ def choose_steps(
     latents: dict[int, list[Tensor]] = {}
 
     def keep(step) -> None:
-        latents.setdefault(step.step, []).append(step.z.float().cpu())
+        latents.setdefault(step.step, []).append(step.z.float())  # to the host at the end
 
     chain.run(
         n=chains,
@@ -115,5 +115,5 @@ def choose_steps(
         callback=keep,
         precision=precision,
     )
-    curve = mmd_curve({t: torch.cat(v) for t, v in latents.items()}, reference)
+    curve = mmd_curve({t: torch.cat(v).cpu() for t, v in latents.items()}, reference)
     return AutoSteps(first_minimum(curve), max_steps, chains, curve)

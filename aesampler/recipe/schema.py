@@ -110,6 +110,12 @@ class TrainSection(Section):
     )
     seed: Seed = 0
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="fp32: exact; bf16: the forward passes of each training step run under "
+        "bfloat16 autocast (faster where the hardware has bf16 units); losses, gradients, "
+        "weights and optimiser state stay fp32",
+    )
     num_workers: NonNegativeInt = 0
     log_every: PositiveInt = Field(
         10,

@@ -95,10 +95,11 @@ def encode_images(
     out = []
     with sampling_mode([model], batchnorm):
         for x in images:
-            out.append(model.encoder(x.to(device)).sample(generator).float().cpu())
+            x = x.to(device, non_blocking=True)  # asynchronous from pinned memory
+            out.append(model.encoder(x).sample(generator).float())
     if not out:
         raise SamplerError("there are no images to encode")
-    return torch.cat(out)
+    return torch.cat(out).cpu()  # one synchronisation, not one per batch
 
 
 _EIGEN_FLOOR = 1e-10  # of the largest variance: keeps whitening finite
