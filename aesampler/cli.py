@@ -373,7 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"process (torchrun runs: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
                 )
             distributed.setup(distributed.default_device())
-        return args.handler(args)
+        code = args.handler(args)
+        if code == 0:
+            distributed.finish()  # the ranks leave together
+        return code
     except AesamplerError as error:
         if args.traceback:
             raise

@@ -13,6 +13,7 @@ identity, so single-process code needs no branches.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,6 +212,28 @@ def main_first(fn, *args, **kwargs):
     if failure is not None:
         raise OtherRankFailedError(f"rank 0 failed ({failure})")
     return None
+
+
+#: How long a rank that has finished waits at :func:`finish` for the others (rank 0 may still be
+#: measuring, comparing and reporting alone). A rank that fails meanwhile ends the run at once
+#: (torchrun stops the others), so this bounds only a rank that hangs.
+FINISH_TIMEOUT = datetime.timedelta(hours=24)
+
+
+def finish() -> None:
+    """Wait until every rank has finished its command; a no-op in a single process.
+
+    Called on success only. The ranks then leave the process group together, so no rank tears
+    its connections down while another still uses them. The wait has its own, long timeout
+    (:data:`FINISH_TIMEOUT`): rank 0's own work after the last collective can take longer than
+    the process group's.
+    """
+    if not _active():
+        return
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=FINISH_TIMEOUT, wait_all_ranks=True)
+    else:  # monitored_barrier is gloo's alone: the group's own barrier and timeout
+        dist.barrier()
 
 
 def teardown() -> None:
