@@ -138,9 +138,23 @@ def setup(device: torch.device) -> World:
     cuda = torch.cuda.is_available() and dist.is_nccl_available()
     try:
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+        # Waiting for rank 0 (it fits, chooses steps, runs a lone shard, measures, reports)
+        # can outlast the default group's 30 minutes: these exchanges have a group of their own.
+        global _coordination
+        _coordination = dist.new_group(backend="gloo", timeout=COORDINATION_TIMEOUT)
     except (RuntimeError, ValueError) as error:
         raise DistributedError(f"{w}: cannot join the process group: {error}") from None
     return w
+
+
+#: How long a rank waits for the others in the exchanges of :func:`barrier`,
+#: :func:`broadcast_object`, :func:`all_gather_object`, :func:`gather_object`, :func:`main_first`
+#: and :func:`finish`: rank 0 may work alone for long (fitting a start sampler, measuring,
+#: comparing samplers, writing the report). A rank that fails ends the run at once (torchrun
+#: stops the others), so this bounds only a rank that hangs. DDP's gradient all-reduces keep the
+#: default group and its timeout.
+COORDINATION_TIMEOUT = datetime.timedelta(hours=24)
+_coordination: Any = None  # the gloo group of the exchanges above, made by setup()
 
 
 def _active() -> bool:
@@ -150,7 +164,7 @@ def _active() -> bool:
 def barrier() -> None:
     """Wait until every rank has come here; a no-op in a single process."""
     if _active():
-        dist.barrier()
+        dist.barrier(group=_coordination)
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -158,7 +172,7 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     if not _active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=_coordination)
     return box[0]
 
 
@@ -167,7 +181,7 @@ def all_gather_object(obj: T) -> list[T]:
     if not _active():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_coordination)
     return out
 
 
@@ -177,7 +191,7 @@ def gather_object(obj: T, dst: int = 0) -> list[T] | None:
     if not _active():
         return [obj]
     out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
+    dist.gather_object(obj, out, dst=dst, group=_coordination)
     return out
 
 
@@ -214,29 +228,20 @@ def main_first(fn, *args, **kwargs):
     return None
 
 
-#: How long a rank that has finished waits at :func:`finish` for the others (rank 0 may still be
-#: measuring, comparing and reporting alone). A rank that fails meanwhile ends the run at once
-#: (torchrun stops the others), so this bounds only a rank that hangs.
-FINISH_TIMEOUT = datetime.timedelta(hours=24)
-
-
 def finish() -> None:
     """Wait until every rank has finished its command; a no-op in a single process.
 
     Called on success only. The ranks then leave the process group together, so no rank tears
-    its connections down while another still uses them. The wait has its own, long timeout
-    (:data:`FINISH_TIMEOUT`): rank 0's own work after the last collective can take longer than
-    the process group's.
+    its connections down while another still uses them. The wait is a gloo
+    ``monitored_barrier`` of :data:`COORDINATION_TIMEOUT`, which names a rank that never comes.
     """
-    if not _active():
-        return
-    if dist.get_backend() == "gloo":
-        dist.monitored_barrier(timeout=FINISH_TIMEOUT, wait_all_ranks=True)
-    else:  # monitored_barrier is gloo's alone: the group's own barrier and timeout
-        dist.barrier()
+    if _active():
+        dist.monitored_barrier(_coordination, timeout=COORDINATION_TIMEOUT, wait_all_ranks=True)
 
 
 def teardown() -> None:
     """Leave the process group, if this process joined one."""
+    global _coordination
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the coordination group too
+    _coordination = None

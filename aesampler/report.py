@@ -42,6 +42,7 @@ from .rundir import (
     REPORT_ASSETS,
     SAMPLERS,
     SAMPLES,
+    SAMPLES_TENSORS,
     SETTINGS,
     STEPS_FIGURE,
     TRAIN_LOG,
@@ -882,11 +883,18 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
             after = f"after {t} transition{'s' * (t != 1)}"
             caption = f"step 0: {start}" if t == 0 else f"step {t}: {after}"
             figures.append(_figure(f"{SAMPLES}/{name}", caption))
+        tensors = sorted(p.name for p in (run_dir / SAMPLES).glob("samples*.safetensors"))
+        if len(tensors) > 1:
+            raw = (
+                f"<code>samples/{html.escape(tensors[0])}</code> to "
+                f"<code>samples/{html.escape(tensors[-1])}</code> ({len(tensors)} shards)"
+            )
+        else:
+            raw = f"<code>samples/{html.escape(tensors[0] if tensors else SAMPLES_TENSORS)}</code>"
         sections.append(
             "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
             f"places: step 0 decodes {html.escape(origin)}; step t decodes the latents "
-            "after t decode–corrupt–encode transitions. Raw tensors: "
-            "<code>samples/samples.safetensors</code>.</p>"
+            f"after t decode–corrupt–encode transitions. Raw tensors: {raw}.</p>"
             f'<div class="grids">{"".join(figures)}</div>'
         )
     interpolation = run_dir / INTERPOLATION / INTERPOLATION_GRID

@@ -565,9 +565,7 @@ class RunDir:
                 "aesampler's output; move it away, or choose another output.dir (--out)"
             )
         if entry.is_dir():
-            for item in entry.iterdir():
-                if item.name != name and not item.is_symlink() and item.is_dir():
-                    _remove(item)  # another run's leftovers: its settings are gone
+            self._drop_partials(keep=name)
         folder = entry / name
         if not folder.is_dir():
             with self.new_folder(PARTIAL, name, "partial"):
@@ -581,20 +579,35 @@ class RunDir:
                 done.append(int(item.name[6:-12]))
         return folder, sorted(done)
 
-    def drop_partial(self, name: str) -> None:
-        """Remove ``partial/NAME/`` (its run completed), and ``partial/`` once it is empty."""
+    def _drop_partials(self, keep: str | None = None) -> None:
+        """Remove every run's folder in ``partial/`` but ``keep`` (staging folders of live
+        writers are theirs; :meth:`recover` removes those of dead ones)."""
+        for item in (self.path / PARTIAL).iterdir():
+            if item.name == keep or item.is_symlink() or not item.is_dir():
+                continue
+            staging = _INNER_TEMPORARY[PARTIAL].match(item.name)
+            if staging and _pid_alive(int(staging.group(1))):
+                continue
+            _remove(item)  # another run's leftovers: its settings are gone
+
+    def drop_partial(self, name: str | None = None) -> None:
+        """Remove ``partial/NAME/`` (its run completed; with no name, every run's), and
+        ``partial/`` once it is empty."""
         entry = self.path / PARTIAL
-        folder = entry / name
-        if folder.is_dir() and not folder.is_symlink() and PARTIAL in self.owned():
-            _remove(folder)
-            if not any(entry.iterdir()):
-                with self._locked():
-                    entry.rmdir()
+        if not entry.is_dir() or entry.is_symlink() or PARTIAL not in self.owned():
+            return
+        if name is None:
+            self._drop_partials()
+        elif (entry / name).is_dir() and not (entry / name).is_symlink():
+            _remove(entry / name)
+        if not any(entry.iterdir()):
+            with self._locked():
+                entry.rmdir()
 
-                    def change(document):
-                        document["entries"].pop(PARTIAL, None)
+                def change(document):
+                    document["entries"].pop(PARTIAL, None)
 
-                    self._update(change)
+                self._update(change)
 
     # -- transactions ----------------------------------------------------------------------
 

@@ -436,9 +436,9 @@ def sample(
     weights and everything that decides the chains): a run killed midway, started again with the
     same settings, keeps the shards it finished and runs the rest.
 
-    The outputs replace ``samples/`` in one transaction, open from the moment the check passed:
-    the old samples survive any failure, and nothing that appears at ``samples/`` meanwhile is
-    replaced.
+    The outputs replace ``samples/`` in one transaction, checked before the chains run and
+    again when they have: the old samples survive any failure, and nothing that appeared at
+    ``samples/`` meanwhile is replaced without ``overwrite``.
     """
     cfg = parts.recipe.sampling
     run = RunDir(run_dir)
@@ -456,7 +456,7 @@ def sample(
     count = len(shards)
     chunks = [len(chunk_bounds(b - a, cfg.chunk_size, batchnorm=cfg.batchnorm)) for a, b in shards]
     shown = min(cfg.grid_size, cfg.num_chains)
-    key = _samples_key(parts, steps, record)
+    key = _samples_key(parts, start, steps, record)
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
     def run_shard(index: int, bar: tqdm) -> ChainResult:
@@ -488,6 +488,8 @@ def sample(
         done = [i for i in done if i < count]
         if done:
             log(f"sample: resuming, {len(done)} of {count} shards were finished before")
+    elif world.is_main:
+        run.drop_partial()  # what a killed run with other settings left is of no use now
     todo = [i for i in range(count) if i not in done]
     # Under torchrun the shards are dealt out in turn; one shard is rank 0's, kept in memory.
     mine = todo[world.rank :: world.world_size] if partial is not None else todo
@@ -510,7 +512,9 @@ def sample(
     if not world.is_main:
         return SampleResult(run.path / SAMPLES, cfg.num_chains, steps, (), count, len(done))
 
-    # Open from the check on: whatever appears at samples/ meanwhile is not replaced.
+    # The chains took long: checked again, so that whatever appeared at samples/ meanwhile (a
+    # folder that is not aesampler's, or a sample without --overwrite) is not replaced.
+    run.check_replaceable("sample", [SAMPLES], overwrite)
     with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
         folder = txn.path(SAMPLES)
         folder.mkdir()
@@ -547,12 +551,22 @@ def sample(
     )
 
 
-def _samples_key(parts: Components, steps: int, record: list[int] | None) -> str:
-    """A hash of everything that decides the chains' values, for resuming their shards."""
+def _samples_key(parts: Components, start: Sampler, steps: int, record: list[int] | None) -> str:
+    """A hash of everything that decides the chains' values, for resuming their shards: the
+    model's weights, the sampling settings, the device the chains run on, the start sampler's
+    fitted state (and the data it was fitted on), the chain's corruption, the version."""
+    state = hashlib.sha256()
+    for name, tensor in sorted(start.state_dict().items()):
+        state.update(name.encode())
+        state.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     identity = {
         "sampling": parts.recipe.sampling.model_dump(mode="json", exclude={"grid_size"}),
         "steps": steps,
         "record": record,
+        "device": str(parts.device),
+        "start_state": state.hexdigest(),
+        "data": parts.recipe.data.model_dump(mode="json"),
+        "transition": parts.recipe.sampling.transition.model_dump(mode="json"),
         "corruption": parts.recipe.chain_corruption.model_dump(mode="json")
         if parts.recipe.chain_corruption
         else None,

@@ -602,18 +602,36 @@ def test_an_output_inside_another_runs_output_is_refused(tiny_run, tmp_path):
 def test_a_file_that_appears_while_sampling_is_not_replaced(tiny_run, tmp_path, monkeypatch):
     copy = copy_run(tiny_run, tmp_path)
     shutil.rmtree(copy / "samples")
-    import aesampler.workflow as workflow
+    from aesampler.chain import Chain
 
-    real = workflow._run_chain
+    real = Chain.run
 
-    def meanwhile(*args, **kwargs):
-        result = real(*args, **kwargs)
+    def meanwhile(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
         if kwargs.get("n") == 12:  # the sampling chains, not the interpolation
             (copy / "samples").mkdir(exist_ok=True)
             (copy / "samples" / "analysis.txt").write_text("mine")
         return result
 
-    monkeypatch.setattr(workflow, "_run_chain", meanwhile)
+    monkeypatch.setattr(Chain, "run", meanwhile)
+    done = cli("sample", str(copy), "--quiet")
+    # Checked again once the chains have run: without --overwrite nothing there is replaced.
+    assert done.returncode == 2 and "already exists; pass --overwrite" in done.stderr
+    assert (copy / "samples" / "analysis.txt").read_text() == "mine"
+
+    # And what appears while the outputs are written is caught by the transaction.
+    shutil.rmtree(copy / "samples")
+    import aesampler.workflow as workflow
+
+    real_figure = workflow.save_settings
+
+    def late(*args, **kwargs):
+        real_figure(*args, **kwargs)
+        (copy / "samples").mkdir(exist_ok=True)
+        (copy / "samples" / "analysis.txt").write_text("mine")
+
+    monkeypatch.setattr(Chain, "run", real)
+    monkeypatch.setattr(workflow, "save_settings", late)
     done = cli("sample", str(copy), "--quiet")
     assert done.returncode == 2 and "appeared while aesampler was writing" in done.stderr
     assert (copy / "samples" / "analysis.txt").read_text() == "mine"

@@ -120,6 +120,11 @@ def test_other_settings_start_afresh_and_drop_the_old_progress(tiny_run, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "resuming" not in done.stdout
     assert not (victim / "partial").exists()
+    # A run of one shard keeps nothing in partial/, and clears what others left there.
+    stale, _ = run.partial_folder("samples-0123456789ab")
+    done = cli("sample", str(recipe_path), "--overwrite", "--quiet", "--out", str(victim))
+    assert done.returncode == 0, done.stderr
+    assert not (victim / "partial").exists() and "partial" not in run.owned()
 
 
 def test_memory_is_checked_for_one_shard_and_the_disk_for_all(tiny_run, monkeypatch):
