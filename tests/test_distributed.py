@@ -342,3 +342,36 @@ def test_chains_and_metrics_do_not_depend_on_the_number_of_processes(tiny_run, t
     metrics = [json.loads((outputs[n] / "metrics.json").read_text())["metrics"] for n in (1, 2)]
     assert metrics[0] == metrics[1]
     assert (outputs[2] / "report.html").is_file()
+
+
+def test_a_fitted_start_sampler_and_auto_steps_are_rank_0s(tiny_run, tmp_path):
+    """Rank 0 fits the start sampler and chooses `steps: auto`; the other rank loads and uses
+    them, so `sample` by 2 processes writes what 1 process writes."""
+    recipe, run, _ = tiny_run
+    checkpoint = find_checkpoint(run)
+    settings = [
+        "sampling.shard_size=5",
+        f"model.checkpoint={checkpoint}",
+        "sampling.start.name=ex_post_gmm",
+        "sampling.start.components=2",
+        "sampling.steps=auto",
+        "sampling.max_steps=3",
+        "sampling.auto_chains=10",
+        "sampling.record=null",
+    ]
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"out-{processes}"
+        done = torchrun(
+            "sample", str(recipe), "--out", str(out), "--quiet", *settings, processes=processes
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("steps: auto chose") == 1  # rank 0's pilot chains only
+        outputs[processes] = out
+    fitted = [sorted(p.name for p in (outputs[n] / "fitted").iterdir()) for n in (1, 2)]
+    assert fitted[0] == fitted[1] and len(fitted[0]) == 1  # fitted once, by rank 0
+    one, two = outputs[1] / "samples", outputs[2] / "samples"
+    chosen = [json.loads((o / "settings.json").read_text())["steps"] for o in (one, two)]
+    assert chosen[0] == chosen[1]
+    for name in [f"samples-{i:05d}-of-00003.safetensors" for i in range(3)]:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
