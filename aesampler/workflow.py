@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,6 +129,34 @@ class Components:
         """
         distributed.main_first(self.start_sampler, log)
         return self.start_sampler(log)
+
+    def run_shard(
+        self,
+        start: Sampler,
+        index: int,
+        n: int,
+        *,
+        seed: int,
+        steps: int,
+        record: Iterable[int] | None,
+        callback: Callable | None = None,
+    ) -> ChainResult:
+        """Shard ``index`` (its ``n`` chains) of a run seeded with ``seed``: one ``Chain.run``
+        seeded with :func:`aesampler.chain.shard_seed`, with the recipe's chunks, BN mode and
+        precision; results on the CPU. ``sample`` and the evaluation run their chains so."""
+        cfg = self.recipe.sampling
+        return self.chain.run(
+            n=n,
+            start=start,
+            steps=steps,
+            record=record,
+            chunk_size=cfg.chunk_size,
+            batchnorm=cfg.batchnorm,
+            seed=shard_seed(seed, index),
+            out_device="cpu",
+            callback=callback,
+            precision=cfg.precision,
+        )
 
     def sampler_context(self, log: Callable[[str], None] = print) -> SamplerContext:
         """What samplers fit on: this model's encodings of each split, each encoded once."""
@@ -461,17 +489,9 @@ def sample(
 
     def run_shard(index: int, bar: tqdm) -> ChainResult:
         a, b = shards[index]
-        return parts.chain.run(
-            n=b - a,
-            start=start,
-            steps=steps,
-            record=record,
-            chunk_size=cfg.chunk_size,
-            batchnorm=cfg.batchnorm,
-            seed=shard_seed(cfg.seed, index),
-            out_device="cpu",
-            callback=lambda _: bar.update(1),
-            precision=cfg.precision,
+        update = lambda _: bar.update(1)  # noqa: E731
+        return parts.run_shard(
+            start, index, b - a, seed=cfg.seed, steps=steps, record=record, callback=update
         )
 
     def shard_tensors(result: ChainResult) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import distributed
-from ..chain import ChainResult, shard_bounds, shard_seed
+from ..chain import ChainResult, shard_bounds
 from ..errors import AesamplerError
 from ..registry import Registry
 from ..samplers.base import encode_images
@@ -417,17 +417,8 @@ def evaluation_chains(
                 all_z[step.step].append(step.z.float())
                 bar.update(1)
 
-            result = parts.chain.run(
-                n=b - a,
-                start=start,
-                steps=last,
-                record=record,
-                chunk_size=sampling.chunk_size,
-                batchnorm=sampling.batchnorm,
-                seed=shard_seed(cfg.seed, index),
-                out_device="cpu",
-                callback=keep_z,
-                precision=sampling.precision,
+            result = parts.run_shard(
+                start, index, b - a, seed=cfg.seed, steps=last, record=record, callback=keep_z
             )
             done.append((index, result, {t: torch.cat(v).cpu() for t, v in all_z.items()}))
     finally:
