@@ -579,6 +579,14 @@ class RunDir:
                 done.append(int(item.name[6:-12]))
         return folder, sorted(done)
 
+    def partial_bytes(self) -> int:
+        """Bytes of the files in ``partial/``: a resumed run reuses them, and a run with other
+        settings deletes them, so either way they are room for the run that starts."""
+        entry = self.path / PARTIAL
+        if not entry.is_dir() or entry.is_symlink() or PARTIAL not in self.owned():
+            return 0
+        return sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+
     def _drop_partials(self, keep: str | None = None) -> None:
         """Remove every run's folder in ``partial/`` but ``keep`` (staging folders of live
         writers are theirs; :meth:`recover` removes those of dead ones)."""

@@ -379,7 +379,9 @@ def check_sizes(parts: Components, *, sample: bool, evaluate: bool) -> None:
         )
         needs.append((sample_bytes(parts, largest, len(record)), key, value))
         # Every shard is written to disk: refuse a run that would fill it, before it starts.
+        # What partial/ holds is room for it (reused on resume, deleted otherwise).
         total = sample_bytes(parts, cfg.num_chains, len(record))
+        total -= RunDir(recipe.output.dir).partial_bytes()
         check_disk(total, recipe.output.dir, f"sampling.num_chains={cfg.num_chains}")
     if evaluate and recipe.evaluate.enabled:
         ev = recipe.evaluate

@@ -175,3 +175,19 @@ def test_evaluation_chains_run_in_the_same_shards(tiny_run):
         assert torch.equal(latents[t], joined.z[t])
     with pytest.raises(ChainInputError, match="different steps"):
         ChainResult.concatenate([shards[0], parts.chain.run(n=4, steps=1, seed=0)])
+
+
+def test_the_disk_check_counts_what_partial_holds_as_room(tiny_run, tmp_path, monkeypatch):
+    recipe_path, _, _ = tiny_run
+    copy = _copy(tiny_run, tmp_path, "copy")
+    # 10**6 chains, one recorded step: 272 MB; the disk has 100 MB free.
+    many = [f"output.dir={copy}", "sampling.num_chains=1000000", "sampling.steps=0"]
+    parts = build_components(load_recipe(recipe_path, [*many, "sampling.record=[0]"]))
+    monkeypatch.setattr(resources, "free_disk", lambda path: 100 * 10**6)
+    with pytest.raises(ResourceError, match="on disk"):
+        check_sizes(parts, sample=True, evaluate=False)
+    # A killed run left 200 MB of shards (a sparse file here): reused or deleted, they are room.
+    folder, _ = RunDir(copy).partial_folder("samples-0123456789ab")
+    with open(folder / "shard-00000.safetensors", "wb") as shard:
+        shard.truncate(200 * 10**6)
+    check_sizes(parts, sample=True, evaluate=False)
