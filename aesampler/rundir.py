@@ -25,7 +25,8 @@ Layout (names are the constants below)::
     metrics.jsonl            training losses, one line per step and per epoch      (train)
     images/                  per-epoch reconstruction and sample grids              (train)
     checkpoints/             step-NNNNNNNN/ folders and ``latest``                  (train)
-    samples/                 grids, steps.png, samples.safetensors, settings.json   (sample)
+    samples/                 grids, steps.png, samples.safetensors (or its shards),
+                             settings.json                                          (sample)
     interpolation/           interpolation.png, .safetensors, settings.json         (interpolate)
     inpainting/              step-NNN.png, inpainting.png, .safetensors, settings.json (inpaint)
     metrics.json             sample quality at every evaluated step                 (evaluate)

@@ -12,7 +12,8 @@ Files written into the run directory:
 * ``samples/step-NNN.png``: the first ``sampling.grid_size`` chains at each recorded step, each
   chain in the same place in every grid (the paper's Figure 4); ``samples/steps.png`` puts them
   side by side; ``samples/samples.safetensors`` holds z and x of every chain at every recorded
-  step (keys ``z/step-NNN`` and ``x/step-NNN``) for other tools;
+  step (keys ``z/step-NNN`` and ``x/step-NNN``) for other tools, or with more chains than
+  ``sampling.shard_size`` one file per shard, ``samples/samples-NNNNN-of-MMMMM.safetensors``;
 * ``interpolation/interpolation.png``: for each pair of test images, a row of interpolated
   latents decoded as they are, then the same row after ``interpolation.steps`` chain steps (the
   paper's Figures 2, 5 and 6); ``interpolation/interpolation.safetensors`` holds the tensors;
