@@ -252,6 +252,7 @@ _INNER_TEMPORARY = {
     PARTIAL: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
 }
 _PARTIAL_TEMPORARY = re.compile(r"^\.shard-\d{5,}\.safetensors\.tmp-(\d+)$")
+_PARTIAL_RUN = re.compile(r"^samples-[0-9a-f]{12}$")  # the folders partial_folder makes
 
 # One lock per run directory and process, re-entrant: flock locks belong to open files, so a
 # second open of the lock file in the same process would wait for the first forever.
@@ -589,14 +590,14 @@ class RunDir:
         return sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
 
     def _drop_partials(self, keep: str | None = None) -> None:
-        """Remove every run's folder in ``partial/`` but ``keep`` (staging folders of live
-        writers are theirs; :meth:`recover` removes those of dead ones)."""
+        """Remove every run's folder in ``partial/`` but ``keep``: only the names
+        :meth:`partial_folder` makes (staging folders are :meth:`recover`'s to tidy, and
+        anything else is left alone)."""
         for item in (self.path / PARTIAL).iterdir():
             if item.name == keep or item.is_symlink() or not item.is_dir():
                 continue
-            staging = _INNER_TEMPORARY[PARTIAL].match(item.name)
-            if staging and _pid_alive(int(staging.group(1))):
-                continue
+            if not _PARTIAL_RUN.match(item.name):
+                continue  # not a name aesampler makes there (its dead staging: recover())
             _remove(item)  # another run's leftovers: its settings are gone
 
     def drop_partial(self, name: str | None = None) -> None:

@@ -125,6 +125,14 @@ def test_other_settings_start_afresh_and_drop_the_old_progress(tiny_run, tmp_pat
     done = cli("sample", str(recipe_path), "--overwrite", "--quiet", "--out", str(victim))
     assert done.returncode == 0, done.stderr
     assert not (victim / "partial").exists() and "partial" not in run.owned()
+    # Only the folders aesampler makes there are removed: anything else stays.
+    stale, _ = run.partial_folder("samples-0123456789ab")
+    (victim / "partial" / "notes").mkdir()
+    (victim / "partial" / "notes" / "mine.txt").write_text("mine")
+    done = cli(*argv, "--out", str(victim), "sampling.seed=11")
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+    assert (victim / "partial" / "notes" / "mine.txt").read_text() == "mine"
 
 
 def test_memory_is_checked_for_one_shard_and_the_disk_for_all(tiny_run, monkeypatch):
