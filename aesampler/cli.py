@@ -118,6 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # commands do their work whatever those say.
         do_inpaint=None if kind == "run" else kind == "inpaint",
         do_compare=None if kind == "run" else kind == "compare-samplers",
+        do_tune=kind == "tune",
         checkpoint=checkpoint,
     )
     if not distributed.world().is_main:
@@ -130,6 +131,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .comparison import format_comparison
 
         print(format_comparison(result.comparison))
+    if result.tuning is not None:
+        from .tuning import format_tuning
+
+        print(format_tuning(result.tuning))
     trained = f"trained {result.trained_steps} steps, " if result.trained_steps is not None else ""
     print(
         f"{kind} finished in {result.seconds:.1f}s ({trained}outputs in {result.run_dir}); "
@@ -269,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "compare-samplers",
             "fit every sampler of samplers.compare and measure each alone and with chain steps",
+        ),
+        (
+            "tune",
+            "choose the start sampler, batch-norm mode, chain corruption and steps on the "
+            "validation split (what sampling.start: auto samples with)",
         ),
     ):
         command = sub.add_parser(

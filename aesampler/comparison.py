@@ -17,7 +17,10 @@ Files, in the run directory's ``samplers/`` (replaced as one, in a transaction):
     LABEL/steps.png          the first samplers.grid_size chains at each measured step
     LABEL/settings.json      the sampler's section and what fitting it measured
 
-LABEL is the sampler's name, followed by ``-2``, ``-3``, ... when a name is compared twice.
+LABEL is the sampler's name (with the batch-norm mode and chain corruption the entry sets, if
+any: ``ex_post_gmm-running-none``), followed by ``-2``, ``-3``, ... when a name is compared
+twice. Each entry runs its chains in its own batch-norm mode and corruption (``batchnorm``,
+``corruption``; defaults ``sampling.batchnorm`` and the recipe's chain corruption).
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ from .rundir import (
 FORMAT = "aesampler-sampler-comparison"
 #: The metric whose best step the comparison reports (when the recipe measures it).
 PRIMARY = "frechet"
+
+
+def entry_name(spec) -> str:
+    """A sampler entry's name, with the batch-norm mode and corruption it sets, if any:
+    ``ex_post_gmm``, ``ex_post_gmm-running``, ``prior-batch-none``."""
+    return "-".join(part for part in (spec.name, spec.batchnorm, spec.corruption) if part)
 
 
 def labels(names: list[str]) -> list[str]:
@@ -90,8 +99,7 @@ def compare_samplers(
     run.check_replaceable("samplers", [SAMPLERS], overwrite)
     check_size(parts)
     evaluator = Evaluator(parts, run.path, log=log)
-    valid = parts.sampler_context(log).encodings("valid")
-    names = labels([spec.name for spec in cfg.compare])
+    names = labels([entry_name(spec) for spec in cfg.compare])
     rows = []
     measured = None
     with run.transaction("samplers", with_recipe(run, SAMPLERS)) as txn:
@@ -105,17 +113,24 @@ def compare_samplers(
             fit_stats = dict(getattr(sampler, "stats", None) or {})
             started = time.perf_counter()
             last = max(cfg.steps)
-            result, latents = evaluator.run_chains(sampler, range(last + 1), progress=progress)
+            batchnorm, corruption = setting = parts.setting(spec)
+            result, latents = evaluator.run_chains(
+                sampler, range(last + 1), progress=progress, setting=setting
+            )
             sample_stats = {
                 k: v
                 for k, v in (getattr(sampler, "stats", None) or {}).items()
                 if k not in fit_stats
             }
+            valid = parts.sampler_context(log, batchnorm).encodings("valid")
             curve = mmd_curve(latents, valid)
             auto = first_minimum(curve)
             measured_steps = sorted({*cfg.steps, auto})
             measured = evaluator.measure(
-                {t: result.x[t] for t in measured_steps}, latents, progress=progress
+                {t: result.x[t] for t in measured_steps},
+                latents,
+                progress=progress,
+                batchnorm=batchnorm,
             )
             chain_seconds = time.perf_counter() - started
             best = _best_step(measured, PRIMARY)
@@ -123,6 +138,7 @@ def compare_samplers(
                 "label": label,
                 "sampler": spec.model_dump(mode="json"),
                 "describes": sampler.describes,
+                "setting": {"batchnorm": batchnorm, "corruption": corruption},
                 "fit_seconds": fit_seconds,
                 "fit_loaded": fitting["loaded"],
                 "fit_stats": fit_stats,
@@ -152,7 +168,17 @@ def compare_samplers(
             )
             write_json(
                 out / SETTINGS,
-                {k: row[k] for k in ("label", "sampler", "describes", "fit_seconds", "fit_stats")},
+                {
+                    k: row[k]
+                    for k in (
+                        "label",
+                        "sampler",
+                        "describes",
+                        "setting",
+                        "fit_seconds",
+                        "fit_stats",
+                    )
+                },
             )
             log(f"sampler {label}: {_summary(row)}")
         reference = evaluator.reference_info(measured)

@@ -100,7 +100,8 @@ KINDS: tuple[Kind, ...] = (
         "register_samplers",
         "aesampler.samplers.Sampler",
         sections=(("sampling", "start"),),
-        lists=(("samplers", "compare"),),
+        lists=(("samplers", "compare"), ("tune", "samplers")),
+        reserved=("batchnorm", "corruption"),
         built_once=True,
     ),
     Kind(

@@ -28,6 +28,7 @@ from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError
 from .rundir import (
     CHECKPOINTS,
+    CHOSEN_FIGURE,
     COMPARISON,
     COMPARISON_FIGURE,
     IMAGES,
@@ -37,6 +38,7 @@ from .rundir import (
     INTERPOLATION_GRID,
     METRICS,
     OUTPUTS,
+    PAPER_FIGURE,
     RECIPE,
     REPORT,
     REPORT_ASSETS,
@@ -46,6 +48,9 @@ from .rundir import (
     SETTINGS,
     STEPS_FIGURE,
     TRAIN_LOG,
+    TUNING,
+    TUNING_FIGURE,
+    TUNING_FILE,
     RunDir,
     atomic_write_bytes,
     read_json,
@@ -192,6 +197,47 @@ def steps_figure(samples: dict[int, torch.Tensor], path: Path, start: str = "pri
         axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         axis.set_title(f"step 0 ({start})" if t == 0 else f"step {t}")
         axis.axis("off")
+    _save_figure(figure, path)
+
+
+def tuning_figure(document: dict, path: Path) -> None:
+    """The search's last round: the validation score of each configuration against the chain
+    step, the paper's configuration dashed, the choice marked, steps flagged as copying hollow."""
+    score = document["settings"]["score"]
+    rounds = len(document["rounds"])
+    figure = Figure(figsize=(7.5, 4.2))
+    axis = figure.add_subplot(1, 1, 1)
+    choice = document["choice"]
+    for c in document["candidates"]:
+        if len(c["rounds"]) != rounds:
+            continue
+        last = c["rounds"][-1]
+        steps = sorted(int(t) for t in last[score])
+        values = [last[score][str(t)] for t in steps]
+        (line,) = axis.plot(
+            steps, values, "--" if c["paper"] else "-", label=c["label"] + (" (paper)" * c["paper"])
+        )
+        flagged = [t for t in steps if last["copying_flag"].get(str(t))]
+        if flagged:
+            axis.plot(
+                flagged,
+                [last[score][str(t)] for t in flagged],
+                "o",
+                mfc="none",
+                color=line.get_color(),
+            )
+        if c["label"] == choice["label"]:
+            axis.plot(
+                [choice["steps"]],
+                [last[score][str(choice["steps"])]],
+                "*",
+                ms=14,
+                color=line.get_color(),
+            )
+    axis.set_xlabel("chain step")
+    axis.set_ylabel(f"{score} to validation images")
+    axis.set_title(f"last round ({document['rounds'][-1]['chains']} chains each); *: chosen")
+    axis.legend(fontsize=7)
     _save_figure(figure, path)
 
 
@@ -557,7 +603,7 @@ COMPARED_FIELDS = [
 ]
 """What the report reads from each entry of the comparison's ``samplers`` list."""
 
-_LABEL = re.compile(r"[a-z][a-z0-9_]*(?:-\d+)?")
+_LABEL = re.compile(r"[a-z][a-z0-9_]*(?:-(?:batch|running))?(?:-(?:training|none))?(?:-\d+)?")
 
 
 def read_comparison(path: Path) -> dict:
@@ -666,6 +712,117 @@ def _comparison_section(run_dir: Path) -> str:
     ]
     if grids:
         parts.append("".join(grids))
+    return "".join(parts)
+
+
+def _tuning_section(run_dir: Path) -> str:
+    path = run_dir / TUNING / TUNING_FILE
+    document = _read_json(path, "the search behind sampling.start: auto")
+    try:
+        return _tuning_html(document)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise ReportError(
+            f"{str(path)!r} is not a search aesampler tune wrote ({type(error).__name__}: "
+            f"{error}); re-create it with aesampler tune --overwrite"
+        ) from None
+
+
+def _cell(cell: dict | None) -> str:
+    if not isinstance(cell, dict):
+        return "–"
+    return f"{cell['value']:.4g} <small>[{cell['low']:.3g}, {cell['high']:.3g}]</small>"
+
+
+def _tuning_html(document: dict) -> str:
+    settings, choice, paper, test = (
+        document["settings"],
+        document["choice"],
+        document["paper"],
+        document["test"],
+    )
+    score = settings["score"]
+    steps = list(range(int(settings["max_steps"]) + 1))
+    rounds = document["rounds"]
+    threshold = settings["copying_threshold"]
+    cost = document["cost"]
+    parts = ["<h2>How this model samples best (sampling.start: auto)</h2>"]
+    parts.append(
+        "<p>"
+        + html.escape(
+            f"{len(document['candidates'])} configurations (start sampler × batch-norm mode × "
+            f"chain corruption) × steps 0–{steps[-1]}, scored by {score} to "
+            f"{settings['reference_size']} validation images; successive halving over "
+            f"{len(rounds)} rounds of {', '.join(str(r['chains']) for r in rounds)} chains. "
+            f"Chosen: {choice['label']} at step {choice['steps']}. The test split was read only "
+            f"after the choice. Cost: {cost['search_seconds']:.0f} s of search "
+            f"({cost['fit_seconds']:.0f} s fitting), {cost['test_seconds']:.0f} s on the test "
+            "split."
+            + (
+                ""
+                if settings.get("copying_test")
+                else " No copying test was registered (the data_copying metric)."
+            )
+        )
+        + "</p>"
+    )
+    # The chosen configuration beside the paper's, on the test split.
+    keys = [k for k in test["chosen"]["metrics"] if k in test["paper"]["metrics"]]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["on the test split", "step", *keys])
+    body = ""
+    for name in ("chosen", "paper"):
+        entry = test[name]
+        cells = [_cell(entry["metrics"][k].get(str(entry["step"]))) for k in keys]
+        title = "chosen" if name == "chosen" else "the paper's"
+        body += (
+            f"<tr><th>{title}<br><small>{html.escape(entry['label'])}</small></th>"
+            f"<td>{entry['step']}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        )
+    parts.append(f"<table><tr>{head}</tr>{body}</table>")
+    figures = [
+        _figure(f"{TUNING}/{CHOSEN_FIGURE}", f"chosen: {choice['label']} (test chains)"),
+        _figure(f"{TUNING}/{PAPER_FIGURE}", f"the paper's: {paper['label']} (test chains)"),
+    ]
+    parts.append(f'<div class="grids">{"".join(figures)}</div>')
+    # The grid's last round, on the validation split.
+    yard = document["yardstick"]
+    head = "".join(
+        f"<th>{html.escape(h)}</th>"
+        for h in ["configuration", *[f"step {t}" for t in steps], "novelty (best step)"]
+    )
+    body = ""
+    finalists = [c for c in document["candidates"] if len(c["rounds"]) == len(rounds)]
+    for c in sorted(finalists, key=lambda c: min(c["rounds"][-1][score].values())):
+        last = c["rounds"][-1]
+        cells = []
+        for t in steps:
+            value = last[score].get(str(t))
+            flag = " ⚑" if last["copying_flag"].get(str(t)) else ""
+            mark = " ★" if c["label"] == choice["label"] and t == choice["steps"] else ""
+            cells.append("–" if value is None else f"{value:.4g}{flag}{mark}")
+        best = min(last[score], key=last[score].get)
+        novelty = last["novelty"].get(best)
+        cells.append("–" if novelty is None else f"{novelty:.4g}")
+        label = html.escape(c["label"] + (" (paper)" if c["paper"] else ""))
+        body += f"<tr><th>{label}</th>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>"
+    parts.append(
+        f"<p>{html.escape(score)} to validation images in the last round "
+        f"({rounds[-1]['chains']} chains each); ★ chosen, ⚑ flagged as copying (C_T &lt; "
+        f"{threshold:g}). The yardstick, validation images encoded and decoded: "
+        + html.escape(
+            "; ".join(
+                f"{mode} BN: {score} {v.get(score, float('nan')):.4g}, novelty "
+                f"{v.get('novelty', float('nan')):.4g}"
+                for mode, v in yard.items()
+            )
+        )
+        + f".</p><table><tr>{head}</tr>{body}</table>"
+    )
+    parts.append(
+        _figure(
+            f"{TUNING}/{TUNING_FIGURE}",
+            "The last round: each configuration's validation score against the chain step.",
+        )
+    )
     return "".join(parts)
 
 
@@ -917,6 +1074,8 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
         sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
     if (run_dir / SAMPLERS / COMPARISON).is_file():
         sections.append(_comparison_section(run_dir))
+    if (run_dir / TUNING / TUNING_FILE).is_file():
+        sections.append(_tuning_section(run_dir))
     steps, epochs = _read_metrics(run_dir)
     if steps:
         plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))

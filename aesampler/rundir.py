@@ -32,6 +32,9 @@ Layout (names are the constants below)::
     metrics.json             sample quality at every evaluated step                 (evaluate)
     samplers/                the sampler comparison: comparison.json, comparison.png and
                              LABEL/ (samples.safetensors, steps.png, settings.json)     (samplers)
+    tuning/                  the search behind sampling.start: auto: tuning.json (the
+                             grid, the choice, test scores), tuning.png, chosen.png,
+                             paper.png                                               (tune)
     fitted/NAME-KEY/         what a sampler fitted, by its settings and model           (fit)
     partial/samples-KEY/     the finished shards of a sampling run not yet complete   (partial)
     report.html, report/     the HTML report and its plots                          (report)
@@ -65,6 +68,7 @@ INTERPOLATION = "interpolation"
 INPAINTING = "inpainting"
 METRICS = "metrics.json"
 SAMPLERS = "samplers"
+TUNING = "tuning"
 FITTED = "fitted"
 PARTIAL = "partial"
 REPORT = "report.html"
@@ -80,6 +84,10 @@ SAMPLER_STATE = "state.safetensors"
 STEPS_FIGURE = "steps.png"
 COMPARISON = "comparison.json"
 COMPARISON_FIGURE = "comparison.png"
+TUNING_FILE = "tuning.json"
+TUNING_FIGURE = "tuning.png"
+CHOSEN_FIGURE = "chosen.png"
+PAPER_FIGURE = "paper.png"
 
 #: What each command writes (and so what its ``--overwrite`` may replace).
 OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -90,6 +98,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "evaluate": (METRICS,),
     "report": (REPORT, REPORT_ASSETS),
     "samplers": (SAMPLERS,),
+    "tune": (TUNING,),
     # What samplers fitted (sample, evaluate, samplers and run fit them), one folder each, kept.
     "fit": (FITTED,),
     # The shards a sampling run finished, kept until the run completes so a killed run resumes.

@@ -57,7 +57,7 @@ from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe import Recipe, build_dataset
-from .recipe.schema import ComponentSpec
+from .recipe.schema import ComponentSpec, SamplerSpec
 from .registry import Registry
 from .resources import check_disk, check_memory
 from .rundir import (
@@ -74,6 +74,8 @@ from .rundir import (
     SAMPLES,
     SETTINGS,
     STEPS_FIGURE,
+    TUNING,
+    TUNING_FILE,
     RunDir,
     Transaction,
     atomic_write_bytes,
@@ -88,6 +90,7 @@ from .training import resolve_device, train
 
 if TYPE_CHECKING:
     from .evaluation.stopping import AutoSteps
+    from .tuning import TunedStart
 
 
 class WorkflowError(AesamplerError):
@@ -105,8 +108,11 @@ class Components:
     checkpoint: Path
     registry: Registry
     _start: Sampler | None = field(default=None, init=False, repr=False)
-    _context: SamplerContext | None = field(default=None, init=False, repr=False)
+    _contexts: dict[str, SamplerContext] = field(default_factory=dict, init=False, repr=False)
+    _chains: dict[str, Chain] = field(default_factory=dict, init=False, repr=False)
     _digest: str | None = field(default=None, init=False, repr=False)
+    #: The configuration ``sampling.start: auto`` chose (set by :func:`resolve_start`).
+    tuned: TunedStart | None = field(default=None, init=False, repr=False)
 
     def weights_digest(self) -> str:
         """SHA-256 of the checkpoint's weights file: what the model is, for caches' keys."""
@@ -115,11 +121,43 @@ class Components:
             self._digest = hashlib.sha256(weights).hexdigest()
         return self._digest
 
+    @property
+    def start_spec(self) -> SamplerSpec:
+        """The start sampler's entry: ``sampling.start``, or what ``auto`` chose."""
+        if self.recipe.sampling.tuned:
+            if self.tuned is None:
+                raise WorkflowError(
+                    "sampling.start is auto, but no configuration has been chosen yet: run "
+                    "aesampler tune (or resolve_start) first"
+                )
+            return self.tuned.spec
+        return self.recipe.sampling.start
+
+    def start_steps(self) -> int:
+        """The chain steps of ``sampling.start: auto``'s choice."""
+        self.start_spec  # noqa: B018 (raises when nothing is chosen yet)
+        return self.tuned.steps
+
+    def setting(self, spec: SamplerSpec) -> tuple[str, str]:
+        """(batch-norm mode, chain corruption) of a sampler entry, defaults filled in."""
+        return spec.setting(self.recipe.sampling.batchnorm)
+
     def start_sampler(self, log: Callable[[str], None] = print) -> Sampler:
-        """The recipe's ``sampling.start`` sampler, fitted (or loaded from the run directory)."""
+        """The start sampler (``sampling.start``, or what ``auto`` chose), fitted (or loaded
+        from the run directory)."""
         if self._start is None:
-            self._start = fit_sampler(self, self.recipe.sampling.start, log)
+            self._start = fit_sampler(self, self.start_spec, log)
         return self._start
+
+    def chain_for(self, corruption: str = "training") -> Chain:
+        """The recipe's chain with its corruption (``training``), or without any (``none``)."""
+        if corruption not in ("training", "none"):
+            raise ValueError(f"corruption must be 'training' or 'none', got {corruption!r}")
+        if corruption == "training" or self.recipe.chain_corruption is None:
+            return self.chain
+        if corruption not in self._chains:
+            self._chains[corruption] = _build_chain(self.recipe, self.model, self.registry, None)
+        return self._chains[corruption]
 
     def shared_start_sampler(self, log: Callable[[str], None] = print) -> Sampler:
         """:meth:`start_sampler`, fitted once for all the processes of a run under torchrun.
@@ -141,40 +179,48 @@ class Components:
         steps: int,
         record: Iterable[int] | None,
         callback: Callable | None = None,
+        setting: tuple[str, str] | None = None,
     ) -> ChainResult:
         """Shard ``index`` (its ``n`` chains) of a run seeded with ``seed``: one ``Chain.run``
-        seeded with :func:`aesampler.chain.shard_seed`, with the recipe's chunks, BN mode and
-        precision; results on the CPU. ``sample`` and the evaluation run their chains so."""
+        seeded with :func:`aesampler.chain.shard_seed`, with the recipe's chunks and precision
+        and the start entry's ``setting`` (batch-norm mode, corruption; default: those of the
+        start sampler's entry); results on the CPU. ``sample`` and the evaluation run their
+        chains so."""
         cfg = self.recipe.sampling
-        return self.chain.run(
+        batchnorm, corruption = setting or self.setting(self.start_spec)
+        return self.chain_for(corruption).run(
             n=n,
             start=start,
             steps=steps,
             record=record,
             chunk_size=cfg.chunk_size,
-            batchnorm=cfg.batchnorm,
+            batchnorm=batchnorm,
             seed=shard_seed(seed, index),
             out_device="cpu",
             callback=callback,
             precision=cfg.precision,
         )
 
-    def sampler_context(self, log: Callable[[str], None] = print) -> SamplerContext:
-        """What samplers fit on: this model's encodings of each split, each encoded once."""
-        if self._context is None:
-            sampling = self.recipe.sampling
+    def sampler_context(
+        self, log: Callable[[str], None] = print, batchnorm: str | None = None
+    ) -> SamplerContext:
+        """What samplers fit on: this model's encodings of each split, each encoded once, with
+        batch normalisation in ``batchnorm`` mode (default: ``sampling.batchnorm``)."""
+        sampling = self.recipe.sampling
+        mode = batchnorm or sampling.batchnorm
+        if mode not in self._contexts:
 
             def encode(split: str) -> torch.Tensor:
                 loader = DataLoader(self.dataset(split), batch_size=256)
                 return encode_images(
                     self.model,
                     (x for x, _ in loader),
-                    batchnorm=sampling.batchnorm,
+                    batchnorm=mode,
                     seed=sampling.seed,
                     device=self.device,
                 )
 
-            self._context = SamplerContext(
+            self._contexts[mode] = SamplerContext(
                 self.model.decoder.latent_shape,
                 encode,
                 seed=sampling.seed,
@@ -182,8 +228,9 @@ class Components:
                 model=self.model,
                 log=log,
             )
-        self._context.log = log
-        return self._context
+        context = self._contexts[mode]
+        context.log = log
+        return context
 
     def dataset(self, split: str) -> ImageDataset:
         """A split of the recipe's data, checked against the geometry the model was trained on."""
@@ -202,16 +249,18 @@ class Components:
 
 def fit_sampler(
     parts: Components,
-    spec: ComponentSpec,
+    spec: SamplerSpec,
     log: Callable[[str], None] = print,
     details: dict | None = None,
 ) -> Sampler:
     """Build the sampler ``spec`` names and fit it, or load what it fitted before for this model.
 
-    A sampler that fits (``fits = True``) saves its state in the run directory under
-    ``fitted/NAME-KEY/``, KEY a hash of its settings (with the defaults it was not given), the
-    aesampler version, the model's weights, the data, the batch-norm mode and the seed; a later
-    command with the same KEY loads it instead of fitting again. A saved state that cannot be
+    The sampler fits on encodings made in the entry's batch-norm mode. A sampler that fits
+    (``fits = True``) saves its state in the run directory under ``fitted/NAME-KEY/``, KEY a
+    hash of its settings (with the defaults it was not given), the aesampler version, the
+    model's weights, the data, the batch-norm mode and the seed; a later command with the same
+    KEY loads it instead of fitting again. (The entry's chain corruption is not in KEY: it acts
+    after the draws, so what a sampler fits does not depend on it.) A saved state that cannot be
     read or does not fit the sampler is fitted again. What fitting measured (a sampler's
     ``stats``) and took is kept beside the state; ``details``, when given, receives
     ``fit_seconds`` and ``loaded``.
@@ -228,7 +277,8 @@ def fit_sampler(
         sampler.check_model(parts.model)
     except SamplerError as error:
         raise WorkflowError(f"sampler {spec.name!r}: {error}") from None
-    context = parts.sampler_context(log)
+    batchnorm, _ = parts.setting(spec)
+    context = parts.sampler_context(log, batchnorm)
     details.update(fit_seconds=0.0, loaded=False)
     if not sampler.fits:
         sampler.fit(context)
@@ -245,7 +295,7 @@ def fit_sampler(
         "aesampler": __version__,
         "weights": parts.weights_digest(),
         "data": recipe.data.model_dump(mode="json"),
-        "batchnorm": sampling.batchnorm,
+        "batchnorm": batchnorm,
         "seed": sampling.seed,
     }
     text = json.dumps(identity, sort_keys=True, default=repr)
@@ -325,7 +375,14 @@ def build_components(
     if clashes:
         detail = ", ".join(f"{k}: recipe {a!r}, checkpoint {b!r}" for k, (a, b) in clashes.items())
         raise WorkflowError(f"the checkpoint {folder} does not match the recipe's model ({detail})")
-    spec = recipe.chain_corruption
+    chain = _build_chain(recipe, model, registry, recipe.chain_corruption)
+    return Components(recipe, model, chain, device, folder, registry)
+
+
+def _build_chain(
+    recipe: Recipe, model: GenerativeAutoencoder, registry: Registry, spec: ComponentSpec | None
+) -> Chain:
+    """The recipe's transition around the model's networks, corrupting with ``spec`` (or not)."""
     corruption = registry.create("corruption", spec.name, **spec.params) if spec else None
     transition = registry.create(
         "transition",
@@ -335,8 +392,7 @@ def build_components(
         corruption=corruption,
         **recipe.sampling.transition.params,
     )
-    chain = Chain.from_transition(transition, model.decoder)
-    return Components(recipe, model, chain, device, folder, registry)
+    return Chain.from_transition(transition, model.decoder)
 
 
 def _run_chain(
@@ -409,7 +465,8 @@ def write_recipe(parts: Components, txn: Transaction) -> None:
 def chain_steps(
     parts: Components, start: Sampler, log: Callable[[str], None] = print
 ) -> tuple[int, AutoSteps | None]:
-    """``sampling.steps``, or with ``steps: auto`` the steps that pilot chains choose.
+    """``sampling.steps``, the steps ``sampling.start: auto`` chose, or with ``steps: auto``
+    the steps that pilot chains choose.
 
     The pilot runs ``sampling.auto_chains`` chains from ``start`` (seeded with
     ``sampling.seed + 1``, so not the chains being chosen for) up to ``sampling.max_steps``, and
@@ -417,19 +474,22 @@ def chain_steps(
     validation images stops falling (:mod:`aesampler.evaluation.stopping`).
     """
     cfg = parts.recipe.sampling
+    if cfg.tuned:
+        return parts.start_steps(), None
     if cfg.steps != "auto":
         return cfg.steps, None
     from .evaluation.stopping import choose_steps  # SciPy and scikit-learn: only when needed
 
-    reference = parts.sampler_context(log).encodings("valid")
+    batchnorm, corruption = parts.setting(parts.start_spec)
+    reference = parts.sampler_context(log, batchnorm).encodings("valid")
     auto = choose_steps(
-        parts.chain,
+        parts.chain_for(corruption),
         start,
         reference,
         max_steps=cfg.max_steps,
         chains=cfg.auto_chains,
         seed=cfg.seed + 1,
-        batchnorm=cfg.batchnorm,
+        batchnorm=batchnorm,
         chunk_size=cfg.chunk_size,
         precision=cfg.precision,
     )
@@ -477,15 +537,22 @@ def sample(
     progress, log = distributed.voice(progress, log)
     distributed.main_first(run.check_replaceable, "sample", [SAMPLES], overwrite)
     check_sizes(parts, sample=True, evaluate=False)
+    if cfg.tuned:
+        from .tuning import resolve_start
+
+        resolve_start(parts, progress=progress, log=log)
     start = parts.shared_start_sampler(log)
     chosen = distributed.main_first(chain_steps, parts, start, log)  # pilot chains: rank 0's
     steps, auto = distributed.broadcast_object(chosen)
     record = cfg.record
-    if record is not None and auto is not None:  # the steps asked for that the chains reach
+    if cfg.tuned:  # the steps asked for (or the default ones) up to the chosen step, and it
+        record = record or default_record(cfg.most_steps)
+    if record is not None and (auto is not None or cfg.tuned):  # those the chains reach
         record = sorted({t for t in record if t <= steps} | {steps})
+    batchnorm, corruption = parts.setting(parts.start_spec)
     shards = shard_bounds(cfg.num_chains, cfg.shard_size)
     count = len(shards)
-    chunks = [len(chunk_bounds(b - a, cfg.chunk_size, batchnorm=cfg.batchnorm)) for a, b in shards]
+    chunks = [len(chunk_bounds(b - a, cfg.chunk_size, batchnorm=batchnorm)) for a, b in shards]
     shown = min(cfg.grid_size, cfg.num_chains)
     key = _samples_key(parts, start, steps, record)
     from .report import steps_figure  # matplotlib is imported only when pictures are made
@@ -555,17 +622,21 @@ def sample(
             save_png(first[t], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
         settings = dict(
             cfg.model_dump(mode="json"),
+            batchnorm=batchnorm,
             steps=steps,
             steps_recorded=list(recorded),
+            start=parts.start_spec.model_dump(mode="json"),
             start_describes=start.describes,
+            chain={"batchnorm": batchnorm, "corruption": corruption},
+            tuned=None if parts.tuned is None else parts.tuned.as_dict(),
             steps_auto=None if auto is None else auto.as_dict(),
             shards=[
                 {"file": name, "chains": list(bounds), "seed": shard_seed(cfg.seed, i)}
                 for i, (name, bounds) in enumerate(zip(files, shards))
             ],
         )
-        save_settings(parts, folder, settings, ["transition", "corruption", "sampler"])
-        steps_figure(first, folder / STEPS_FIGURE, parts.recipe.sampling.start.name)
+        save_settings(parts, folder, settings, ["transition", "corruption", "sampler"], corruption)
+        steps_figure(first, folder / STEPS_FIGURE, parts.start_spec.name)
         write_recipe(parts, txn)
     if partial is not None:
         run.drop_partial(partial.name)
@@ -584,6 +655,8 @@ def _samples_key(parts: Components, start: Sampler, steps: int, record: list[int
         state.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     identity = {
         "sampling": parts.recipe.sampling.model_dump(mode="json", exclude={"grid_size"}),
+        "start": parts.start_spec.model_dump(mode="json"),
+        "setting": parts.setting(parts.start_spec),
         "steps": steps,
         "record": record,
         "device": str(parts.device),
@@ -682,16 +755,23 @@ def interpolate(
     return tensors
 
 
-def save_settings(parts: Components, folder: Path, settings: dict, kinds: list[str]) -> None:
-    """What produced these pictures, for the report and for whoever reads them later."""
-    spec = parts.recipe.chain_corruption
+def save_settings(
+    parts: Components,
+    folder: Path,
+    settings: dict,
+    kinds: list[str],
+    corruption: str = "training",
+) -> None:
+    """What produced these pictures, for the report and for whoever reads them later
+    (``corruption``: whether the chains used the recipe's chain corruption or none)."""
+    spec = parts.recipe.chain_corruption if corruption == "training" else None
     used = [("model", parts.recipe.model.name)]
     if "transition" in kinds:
         used.append(("transition", parts.recipe.sampling.transition.name))
     if "corruption" in kinds and spec is not None:
         used.append(("corruption", spec.name))
     if "sampler" in kinds:
-        used.append(("sampler", parts.recipe.sampling.start.name))
+        used.append(("sampler", parts.start_spec.name))
     if "dataset" in kinds:
         used.append(("dataset", parts.recipe.data.name))
     components = parts.registry.provenance(used)
@@ -719,6 +799,7 @@ class RunResult:
     metrics: dict | None = None
     inpainting: dict[int, float] | None = None
     comparison: dict | None = None
+    tuning: dict | None = None
 
 
 def run(
@@ -734,6 +815,7 @@ def run(
     do_evaluate: bool = True,
     do_inpaint: bool | None = None,
     do_compare: bool | None = None,
+    do_tune: bool = False,
     checkpoint: str | Path | None = None,
 ) -> RunResult:
     """Train (unless a checkpoint is given), sample, interpolate, inpaint, evaluate, report.
@@ -746,7 +828,10 @@ def run(
     outputs of the commands asked for are written into the run directory (``overwrite``
     replaces those, and only those). A run that trains a new model (or resumes one) remakes its
     pictures and metrics. ``do_compare`` runs the sampler comparison (None: when
-    ``samplers.enabled``).
+    ``samplers.enabled``). ``do_tune`` searches for the best way to sample
+    (:mod:`aesampler.tuning`) even when ``sampling.start`` is not ``auto``; with ``auto`` the
+    search runs whenever samples or metrics are made and ``tuning/`` holds none for this
+    model and these settings.
 
     Everything that can be checked is checked before anything is written: the recipe, the
     checkpoint and its fit to the recipe, the data's geometry, the feature extractor, the sizes,
@@ -772,6 +857,9 @@ def run(
         *([METRICS] if evaluating else []),
         *([SAMPLERS] if comparing else []),
     ]
+    tuning = do_tune or (recipe.sampling.tuned and (do_sample or evaluating))
+    if tuning:
+        outputs.append(TUNING)
     if main and (evaluating or comparing):  # fail before training, not after it
         from .evaluation.evaluate import uses_features
 
@@ -817,6 +905,16 @@ def run(
         from .comparison import check_size
 
         check_size(parts)
+    searched = None
+    if tuning:
+        from .tuning import resolve_start, tune
+
+        if do_tune:  # the tune command: search again
+            searched = tune(parts, run_dir.path, overwrite=overwrite, progress=progress, log=log)
+        else:
+            resolve_start(parts, overwrite=remake, progress=progress, log=log)
+        if main and searched is None and (run_dir / TUNING / TUNING_FILE).is_file():
+            searched = read_json(run_dir / TUNING / TUNING_FILE, "the search's record")
     if do_sample:
         sample(parts, run_dir.path, overwrite=remake, progress=progress, log=log)
     if not main:  # the other ranks' share of the evaluation chains, then they are done
@@ -858,4 +956,4 @@ def run(
         )
     report = write_report(run_dir.path)
     seconds = time.perf_counter() - started
-    return RunResult(run_dir.path, report, trained, seconds, metrics, filled, comparison)
+    return RunResult(run_dir.path, report, trained, seconds, metrics, filled, comparison, searched)

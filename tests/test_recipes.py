@@ -152,7 +152,7 @@ def test_broken_recipe_catalogue(tmp_path):
         f"  {p}:14: train.lrr: unknown key. Did you mean 'lr'? Keys here: epochs, max_steps, batch_size, lr, "
         "betas, seed, device, precision, num_workers, log_every, grid_size",
         f"  {p}:15: output.dir: missing: this key is required",
-        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, inpaint, evaluate, samplers, output",
+        f"  {p}:16: extra: unknown key. Keys here: model, data, corruption, train, sampling, interpolation, inpaint, evaluate, samplers, tune, output",
         f"  {p} (command line): train.seed: a seed must be an integer from 0 to 2**63 - 1 (got -1)",
     ]
 
@@ -723,8 +723,15 @@ def test_the_loaders_tables_are_derived_from_the_kinds():
     assert loader.COMPONENT_LISTS == {
         ("evaluate", "metrics"): "metric",
         ("samplers", "compare"): "sampler",
+        ("tune", "samplers"): "sampler",
     }
-    assert loader.RESERVED == {("model",): ("checkpoint",)}
+    reserved = ("batchnorm", "corruption")
+    assert loader.RESERVED == {
+        ("model",): ("checkpoint",),
+        ("sampling", "start"): reserved,
+        ("samplers", "compare"): reserved,
+        ("tune", "samplers"): reserved,
+    }
     assert set(loader.BUILT_ONCE) == {"corruption", "sampler", "metric", "feature_extractor"}
     assert loader.COMPONENT_SECTIONS[("sampling", "start")] == ("sampler", ())
 

@@ -281,24 +281,29 @@ class Evaluator:
         *,
         registry: Registry | None = None,
         log: Callable[[str], None] = print,
+        reference_split: str | None = None,
+        reference_size: int | None = None,
+        metrics: list[tuple[str, Metric]] | None = None,
     ):
         recipe, registry = parts.recipe, registry or parts.registry
         cfg = recipe.evaluate
         self.parts, self.cfg, self.log = parts, cfg, log
-        self.metrics: list[tuple[str, Metric]] = [
+        self.reference_split = reference_split or cfg.reference_split
+        size = reference_size or cfg.reference_size
+        self.metrics: list[tuple[str, Metric]] = metrics or [
             (spec.name, registry.create("metric", spec.name, **spec.params)) for spec in cfg.metrics
         ]
         extractor: FeatureExtractor = registry.create(
             "feature_extractor", cfg.feature_extractor.name, **cfg.feature_extractor.params
         )
         train_set = parts.dataset("train")
-        reference_set = parts.dataset(cfg.reference_split)
-        split = repr(cfg.reference_split)
-        self.reference = _images(reference_set, cfg.reference_size, cfg.seed, f"the {split} split")
+        reference_set = parts.dataset(self.reference_split)
+        split = repr(self.reference_split)
+        self.reference = _images(reference_set, size, cfg.seed, f"the {split} split")
         self.train_images = _images(train_set, cfg.train_size, cfg.seed, "the 'train' split")
         held_out = (
             f"the held-out images ({len(self.reference)} from the {split} split; "
-            f"evaluate.reference_size={cfg.reference_size})"
+            f"reference_size={size})"
         )
         self.labels = {
             "samples": "the images x_t of the evaluation chains at step {step} "
@@ -326,31 +331,68 @@ class Evaluator:
             if uses_features(self.metrics)
             else {"name": cfg.feature_extractor.name, "note": UNUSED_EXTRACTOR}
         )
-        self.reference_z = encode_images(
-            parts.model,
-            self.reference,
-            batchnorm=recipe.sampling.batchnorm,
-            seed=cfg.seed,
-            device=parts.device,
-        )
+        self._reference_z: dict[str, Tensor] = {}
+
+    def reference_latents(self, batchnorm: str | None = None) -> Tensor:
+        """Encodings of the reference images in ``batchnorm`` mode (default:
+        ``sampling.batchnorm``): P̂(Z) as chains in that mode see it."""
+        mode = batchnorm or self.parts.recipe.sampling.batchnorm
+        if mode not in self._reference_z:
+            self._reference_z[mode] = encode_images(
+                self.parts.model,
+                self.reference,
+                batchnorm=mode,
+                seed=self.cfg.seed,
+                device=self.parts.device,
+            )
+        return self._reference_z[mode]
+
+    @property
+    def reference_z(self) -> Tensor:
+        return self.reference_latents()
 
     def run_chains(
-        self, start, record: Iterable[int], *, progress: bool = True
+        self,
+        start,
+        record: Iterable[int],
+        *,
+        progress: bool = True,
+        setting: tuple[str, str] | None = None,
+        num_chains: int | None = None,
+        seed: int | None = None,
     ) -> tuple[Any, dict[int, Tensor]]:
-        """Run ``evaluate.num_chains`` chains from ``start`` up to the last step of ``record``.
+        """Run ``evaluate.num_chains`` chains (or ``num_chains``) from ``start`` up to the last
+        step of ``record``, in ``setting`` (batch-norm mode, chain corruption; default: the
+        start entry's), seeded with ``evaluate.seed`` (or ``seed``).
 
         Returns the chain result (x and z at the ``record`` steps, on the CPU) and the latents
         of every step 0..max(record). This process runs them all, also under torchrun (where
         ``evaluate`` shares them out with :func:`evaluation_chains`).
         """
-        chains = evaluation_chains(self.parts, start, record, progress=progress, shared=False)
+        chains = evaluation_chains(
+            self.parts,
+            start,
+            record,
+            progress=progress,
+            shared=False,
+            setting=setting,
+            num_chains=num_chains,
+            seed=seed,
+        )
         assert chains is not None  # rank 0, or a single process
         return chains
 
     def measure(
-        self, samples: Mapping[int, Tensor], latents: Mapping[int, Tensor], *, progress=True
+        self,
+        samples: Mapping[int, Tensor],
+        latents: Mapping[int, Tensor],
+        *,
+        progress=True,
+        batchnorm: str | None = None,
+        bootstrap: int | None = None,
     ) -> dict:
-        """Every metric at every step of ``samples`` (images by step), see :func:`measure`."""
+        """Every metric at every step of ``samples`` (images by step), see :func:`measure`;
+        the latents are compared with the reference's encodings in ``batchnorm`` mode."""
         cfg = self.cfg
         return measure(
             samples,
@@ -359,9 +401,9 @@ class Evaluator:
             self.extractor,
             train=self.train_images,
             latents=latents,
-            reference_latents=self.reference_z,
+            reference_latents=self.reference_latents(batchnorm),
             prior_latents=None,
-            bootstrap=cfg.bootstrap,
+            bootstrap=cfg.bootstrap if bootstrap is None else bootstrap,
             confidence=cfg.confidence,
             seed=cfg.seed,
             labels=self.labels,
@@ -371,7 +413,7 @@ class Evaluator:
     def reference_info(self, measured: dict | None = None) -> dict:
         """What the measurements compare with: the split, the images, the novelty baseline."""
         info = {
-            "split": self.cfg.reference_split,
+            "split": self.reference_split,
             "images": len(self.reference),
             "train_images": len(self.train_images),
         }
@@ -388,6 +430,9 @@ def evaluation_chains(
     progress: bool = True,
     shared: bool = True,
     log: Callable[[str], None] = print,
+    setting: tuple[str, str] | None = None,
+    num_chains: int | None = None,
+    seed: int | None = None,
 ) -> tuple[ChainResult, dict[int, Tensor]] | None:
     """Run ``evaluate.num_chains`` chains from ``start`` up to the last step of ``record``.
 
@@ -396,13 +441,17 @@ def evaluation_chains(
     Under torchrun, with ``shared``, the shards are dealt out to the ranks in turn and gathered
     on rank 0, and every rank must call this; without, this process runs them all. Returns the
     chain result (x and z at the ``record`` steps, on the CPU) and the latents of every step
-    0..max(record) on rank 0 (or a single process), None on the other ranks.
+    0..max(record) on rank 0 (or a single process), None on the other ranks. ``setting``
+    (batch-norm mode, chain corruption), ``num_chains`` and ``seed`` default to the start
+    entry's setting, ``evaluate.num_chains`` and ``evaluate.seed``.
     """
     cfg, sampling = parts.recipe.evaluate, parts.recipe.sampling
+    num_chains = cfg.num_chains if num_chains is None else num_chains
+    seed = cfg.seed if seed is None else seed
     world = distributed.world() if shared else distributed.World()
     record = sorted(set(record))
     last = record[-1]
-    shards = shard_bounds(cfg.num_chains, sampling.shard_size)
+    shards = shard_bounds(num_chains, sampling.shard_size)
     mine = list(range(world.rank, len(shards), world.world_size))
     done: list[tuple[int, ChainResult, dict[int, Tensor]]] = []
     bar = tqdm(desc="evaluation chains", unit="step", disable=not progress)
@@ -418,7 +467,14 @@ def evaluation_chains(
                 bar.update(1)
 
             result = parts.run_shard(
-                start, index, b - a, seed=cfg.seed, steps=last, record=record, callback=keep_z
+                start,
+                index,
+                b - a,
+                seed=seed,
+                steps=last,
+                record=record,
+                callback=keep_z,
+                setting=setting,
             )
             done.append((index, result, {t: torch.cat(v).cpu() for t, v in all_z.items()}))
     finally:
@@ -457,13 +513,20 @@ def evaluate(
     progress, log = distributed.voice(progress, log)
     # Under torchrun: rank 0 prepares the measurements; every rank runs its shards of chains.
     evaluator = Evaluator(parts, run_dir, registry=registry, log=log) if main else None
+    if sampling.tuned:  # the configuration that sampling.start: auto chose
+        from ..tuning import resolve_start
+
+        resolve_start(parts, progress=progress, log=log)
     start = parts.shared_start_sampler(log)
+    batchnorm, corruption = parts.setting(parts.start_spec)
     chains = evaluation_chains(parts, start, cfg.steps, progress=progress, log=log)
     if evaluator is None or chains is None:
         return None
     result, latents = chains
-    measured = evaluator.measure({t: result.x[t] for t in cfg.steps}, latents, progress=progress)
-    spec = recipe.chain_corruption
+    measured = evaluator.measure(
+        {t: result.x[t] for t in cfg.steps}, latents, progress=progress, batchnorm=batchnorm
+    )
+    spec = recipe.chain_corruption if corruption == "training" else None
     report = {
         **measured,
         "reference": evaluator.reference_info(measured),
@@ -471,9 +534,9 @@ def evaluate(
         "settings": cfg.model_dump(mode="json"),
         "model": {"kind": recipe.model.name, "checkpoint": str(parts.checkpoint)},
         "chain": {
-            "start": {**recipe.sampling.start.model_dump(), "describes": start.describes},
+            "start": {**parts.start_spec.model_dump(), "describes": start.describes},
             "corruption": spec.model_dump() if spec else None,
-            "batchnorm": sampling.batchnorm,
+            "batchnorm": batchnorm,
             "chunk_size": sampling.chunk_size,
         },
     }

@@ -34,7 +34,7 @@ from ..interfaces import DeterministicEncoder, ModuleDecoder
 from ..plugins import get_registry
 from ..registry import Component, Registry, param_problems
 from .build import meta_model, wrong_type
-from .schema import INT_LIMIT, Recipe, check_seed
+from .schema import AUTO, INT_LIMIT, Recipe, check_seed
 
 # Where components appear in a recipe, all derived from the table of kinds (aesampler.kinds).
 # Single component sections by key path: their kind, and the parameters the host passes itself
@@ -42,6 +42,10 @@ from .schema import INT_LIMIT, Recipe, check_seed
 COMPONENT_SECTIONS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     path: (kind.name, kind.provided) for path, kind in kinds.sections()
 }
+# ``sampling.start: auto``: no component; the search (aesampler.tuning) chooses one.
+AUTO_START = ("sampling", "start")
+# The samplers that the search may choose from (never one that copies data).
+SEARCHED = (("tune", "samplers"),)
 # Lists of component sections: key path -> kind.
 COMPONENT_LISTS: dict[tuple[str, ...], str] = {path: kind.name for path, kind in kinds.lists()}
 # Keys of a component section that are the recipe's, not the component's parameters.
@@ -793,10 +797,17 @@ def _check_samplers(clean: dict, model: Any, registry: Registry, lines: dict) ->
         if section not in kind.sections and section[:-1] not in kind.lists:
             continue
         try:
+            reserved = ("name", *kind.reserved)
             sampler = registry.create(
-                "sampler", spec["name"], **{k: v for k, v in spec.items() if k != "name"}
+                "sampler", spec["name"], **{k: v for k, v in spec.items() if k not in reserved}
             )
             sampler.check_model(model)
+            if section[:-1] in SEARCHED and getattr(sampler, "copies_data", False):
+                raise AesamplerError(
+                    f"sampler {spec['name']!r} draws encodings of real images, so it would "
+                    "copy the data the search scores against; it is the search's yardstick, "
+                    "not a candidate"
+                )
         except AesamplerError as error:
             issues.append(RecipeIssue(section, str(error), _line_for(section, lines)))
     return issues
@@ -852,6 +863,20 @@ def validate(
     for section in COMPONENT_SECTIONS:
         parent = _parent(data, section)
         spec = parent.get(section[-1]) if parent is not None else None
+        if isinstance(spec, str):  # a bare name, as list items may be: `start: prior`
+            spec = parent[section[-1]] = {"name": spec}
+        if section == AUTO_START and isinstance(spec, dict) and spec.get("name") == AUTO:
+            extra = sorted(k for k in spec if k != "name")
+            if extra:
+                issues.append(
+                    RecipeIssue(
+                        (*section, extra[0]),
+                        "sampling.start: auto chooses the sampler, its batch-norm mode and "
+                        "corruption itself; set them in the tune section instead",
+                        _line_for((*section, extra[0]), lines),
+                    )
+                )
+            continue
         if isinstance(spec, dict):
             parent[section[-1]] = check(section, spec)
     for path in COMPONENT_LISTS:

@@ -9,6 +9,7 @@ signature by the loader.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Annotated, Any, Literal
 
@@ -85,6 +86,42 @@ class ComponentSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+BatchNormMode = Literal["batch", "running"]
+#: How a chain from a sampler corrupts: ``training``, the recipe's chain corruption (Eq. 2:
+#: ``sampling.corruption``, else the training corruption); ``none``, no corruption (Eq. 1).
+ChainCorruption = Literal["training", "none"]
+#: ``sampling.start: auto``: the sampler, batch-norm mode, corruption and steps are chosen on
+#: held-out data (aesampler.tuning).
+AUTO = "auto"
+
+
+class SamplerSpec(ComponentSpec):
+    """A start sampler and how its chains run: each entry may set its own batch-norm mode and
+    chain corruption (defaults: ``sampling.batchnorm`` and the recipe's chain corruption)."""
+
+    batchnorm: BatchNormMode | None = Field(
+        None,
+        exclude_if=lambda value: value is None,  # an entry that sets nothing reads as before
+        description="batch-norm statistics for the encodings it fits on, the decoding and the "
+        "chain steps: batch (minibatch, the paper's) or running; default: sampling.batchnorm",
+    )
+    corruption: ChainCorruption | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="the corruption inside its chain steps: training (the recipe's chain "
+        "corruption, Eq. 2) or none (Eq. 1); default: training",
+    )
+
+    def setting(self, default_batchnorm: str) -> tuple[str, str]:
+        """(batch-norm mode, chain corruption) with the defaults filled in."""
+        return self.batchnorm or default_batchnorm, self.corruption or "training"
+
+
+def _name_to_section(value: Any) -> Any:
+    """A single component may be named bare: ``start: prior`` (also on the command line)."""
+    return {"name": value} if isinstance(value, str) else value
+
+
 class ModelSpec(ComponentSpec):
     """The model kind and architecture, or a checkpoint to load instead of training."""
 
@@ -137,9 +174,11 @@ class SamplingSection(Section):
     corruption: ComponentSpec | None = Field(
         None, description="the chain's corruption; default: the training corruption (if any)"
     )
-    start: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="prior"),
-        description="the start sampler drawing each chain's z0; default: the prior N(0, I)",
+    start: Annotated[SamplerSpec, BeforeValidator(_name_to_section)] = Field(
+        default_factory=lambda: SamplerSpec(name="prior"),
+        description="the start sampler drawing each chain's z0; default: the prior N(0, I); "
+        "auto: the sampler, batch-norm mode, corruption and steps that `aesampler tune` "
+        "chooses on the validation split (the tune section)",
     )
     num_chains: PositiveInt = 64
     steps: StepsOrAuto = Field(
@@ -162,7 +201,11 @@ class SamplingSection(Section):
         description="chains run, saved and freed together (memory holds one shard); a killed "
         "run resumes from its finished shards",
     )
-    batchnorm: Literal["batch", "running"] = "batch"
+    batchnorm: BatchNormMode = Field(
+        "batch",
+        description="the default batch-norm mode of every sampler entry: batch (minibatch "
+        "statistics, the paper's) or running (the statistics of training)",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="fp32: exact; bf16: each transition runs under bfloat16 autocast (faster "
@@ -186,6 +229,11 @@ class SamplingSection(Section):
             if late:
                 raise ValueError(f"record holds steps {late} beyond {key}={limit}")
         return self
+
+    @property
+    def tuned(self) -> bool:
+        """Whether ``start: auto`` leaves the sampler, modes and steps to the search."""
+        return self.start.name == AUTO
 
     @property
     def most_steps(self) -> int:
@@ -296,8 +344,8 @@ class SamplersSection(Section):
     with the ``evaluate`` section's chains, metrics and reference, so the numbers compare."""
 
     enabled: Bool = Field(False, description="compare the samplers in aesampler run")
-    compare: Annotated[list[ComponentSpec], BeforeValidator(_names_to_sections)] = Field(
-        default_factory=lambda: [ComponentSpec(name=n) for n in DEFAULT_COMPARED],
+    compare: Annotated[list[SamplerSpec], BeforeValidator(_names_to_sections)] = Field(
+        default_factory=lambda: [SamplerSpec(name=n) for n in DEFAULT_COMPARED],
         min_length=1,
         description="sampler names, or sections with a name and parameters",
     )
@@ -309,6 +357,58 @@ class SamplersSection(Section):
     grid_size: Annotated[Int, Field(ge=1)] = Field(
         64, description="chains shown in each sampler's grid of steps"
     )
+
+
+DEFAULT_TUNED: tuple[dict[str, Any], ...] = (
+    {"name": "prior"},
+    {"name": "ex_post_gmm", "components": 10},
+)
+
+
+def _unique(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError("each value may be listed once")
+    return values
+
+
+class TuneSection(Section):
+    """The search behind ``sampling.start: auto`` and ``aesampler tune``: every start sampler of
+    ``samplers`` in every batch-norm mode and chain corruption, each followed by 0 to
+    ``sampling.steps`` chain steps (``sampling.max_steps`` with ``steps: auto``), scored by the
+    Fréchet distance of its samples to validation images; successive halving spends the chains
+    on the configurations that are still in the race. The test split is never read."""
+
+    samplers: Annotated[list[SamplerSpec], BeforeValidator(_names_to_sections)] = Field(
+        default_factory=lambda: [SamplerSpec(**spec) for spec in DEFAULT_TUNED],
+        min_length=1,
+        description="the start samplers searched; an entry that sets batchnorm or corruption is "
+        "searched in that setting only",
+    )
+    batchnorm: Annotated[list[BatchNormMode], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["batch", "running"], min_length=1
+    )
+    corruption: Annotated[list[ChainCorruption], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["training", "none"], min_length=1
+    )
+    num_chains: list[Annotated[Int, Field(ge=10)]] = Field(
+        default_factory=lambda: [250, 1000],
+        min_length=1,
+        description="chains per configuration in each round of successive halving, increasing",
+    )
+    keep: Annotated[Float, Field(gt=0, lt=1)] = Field(
+        1 / 3, description="the share of configurations each round passes to the next"
+    )
+    reference_size: Annotated[Int, Field(ge=10)] = Field(
+        1000, description="validation images the samples are compared with"
+    )
+    seed: Seed = 0
+
+    @field_validator("num_chains")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("the rounds' chains must increase, e.g. [250, 1000]")
+        return value
 
 
 class OutputSection(Section):
@@ -332,6 +432,7 @@ class Recipe(Section):
     inpaint: InpaintSection = InpaintSection()
     evaluate: EvaluateSection = EvaluateSection()
     samplers: SamplersSection = SamplersSection()
+    tune: TuneSection = TuneSection()
     output: OutputSection
 
     @property

@@ -262,6 +262,9 @@ class Sampler(abc.ABC):
     fits: ClassVar[bool] = False
     #: A short description for captions: what step 0 shows.
     describes: ClassVar[str] = "latents"
+    #: True when the draws are encodings of real images (the paper's "Approach 1"): such a
+    #: sampler reproduces data rather than generating, so the search never chooses it.
+    copies_data: ClassVar[bool] = False
 
     latent_shape: tuple[int, ...] | None = None
 

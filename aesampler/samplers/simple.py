@@ -28,6 +28,7 @@ class EncodingsSampler(Sampler):
 
     fits = True
     describes = "encodings of held-out images"
+    copies_data = True
 
     def __init__(self, split: str = "test", replace: bool = True):
         if split not in ("train", "valid", "test"):

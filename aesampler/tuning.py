@@ -1,0 +1,507 @@
+"""Choose how to sample a trained model, on held-out data (``sampling.start: auto``).
+
+The paper samples every model one way: prior draws, batch normalisation with minibatch
+statistics, the training corruption inside the chain. Measured on the quickstart DAAE, that is
+the right configuration for prior draws and the wrong one for every fitted sampler
+(docs/concepts.md). ``aesampler tune RECIPE``, and ``sampling.start: auto`` in ``sample``,
+``evaluate`` and ``run``, search instead:
+
+* **the grid**: every start sampler of ``tune.samplers`` in every batch-norm mode of
+  ``tune.batchnorm`` and every chain corruption of ``tune.corruption`` (an entry that sets
+  ``batchnorm`` or ``corruption`` is searched in that setting only), each followed by 0, 1, ...,
+  K chain steps, K = ``sampling.steps`` (``sampling.max_steps`` with ``steps: auto``). The
+  paper's configuration (``prior``, batch BN, the training corruption) is always in it;
+* **the score**: the Fréchet distance of a configuration's samples at step t to the validation
+  images, in the features of ``evaluate.feature_extractor``. The test split is not read until
+  the choice is fixed;
+* **the budget**: successive halving. Round r runs ``tune.num_chains[r]`` chains of each
+  configuration still in the race (every configuration with the same seed, so that they differ
+  by their setting, not their noise) and passes the best ``tune.keep`` of them, by their best
+  step, to the next round; the paper's configuration always goes on, as the baseline of the
+  last round;
+* **copying**: with the ``data_copying`` metric (Meehan et al.'s C_T against the validation
+  images) a step whose C_T is below :data:`COPYING_THRESHOLD` is flagged and never chosen; the
+  novelty (distance to the nearest training image) of validation images encoded and decoded is
+  the yardstick beside every configuration: decoded images are smoother than real ones, so real
+  held-out images are not a reachable bar;
+* **the choice**: the unflagged configuration and step of the last round with the lowest
+  Fréchet distance. Then, for the report, the chosen and the paper's configurations are
+  measured on the test split with the ``evaluate`` section's chains and metrics.
+
+Files, in the run directory's ``tuning/`` (replaced as one)::
+
+    tuning.json      the key, the grid round by round, the yardstick, the choice, the test scores
+    tuning.png       the validation Fréchet distance of the last round's configurations by step
+    chosen.png       test chains of the chosen configuration at its steps
+    paper.png        the same for the paper's configuration
+
+A later ``sample`` or ``evaluate`` with ``sampling.start: auto`` reads the choice from
+``tuning.json`` when its key (the model's weights, the tune, sampling and evaluate settings,
+the data and the version) matches, and searches again otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, distributed
+from .errors import AesamplerError
+from .recipe.schema import ComponentSpec, SamplerSpec
+from .rundir import (
+    CHOSEN_FIGURE,
+    PAPER_FIGURE,
+    TUNING,
+    TUNING_FIGURE,
+    TUNING_FILE,
+    RunDir,
+    read_json,
+    write_json,
+)
+from .samplers import Sampler, encode_images
+
+FORMAT = "aesampler-tuning"
+#: The score: a metric every configuration is measured with (lower is better).
+SCORE = "frechet"
+#: The copying test, when the registry has it: its metric and the key it reports.
+COPYING = "data_copying"
+#: A step whose C_T is below this is flagged as copying the training data (Meehan et al.).
+COPYING_THRESHOLD = -3.0
+#: The configuration the paper samples with.
+PAPER = SamplerSpec(name="prior", batchnorm="batch", corruption="training")
+
+
+class TuningError(AesamplerError):
+    """The search cannot run or its record cannot be used."""
+
+
+@dataclass(frozen=True)
+class TunedStart:
+    """What the search chose: the start entry (its batch-norm mode and corruption set) and the
+    chain steps."""
+
+    spec: SamplerSpec
+    steps: int
+    label: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "start": self.spec.model_dump(mode="json"),
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TunedStart:
+        try:
+            spec = SamplerSpec.model_validate(data["start"])
+            steps = data["steps"]
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+            if spec.batchnorm is None or spec.corruption is None:
+                raise ValueError("the chosen start names no batch-norm mode or corruption")
+            return cls(spec, steps, str(data.get("label", spec.name)))
+        except (KeyError, TypeError, ValueError) as error:
+            raise TuningError(
+                f"{where} does not hold a choice aesampler wrote ({error}); run aesampler tune "
+                "--overwrite"
+            ) from None
+
+
+@dataclass
+class Candidate:
+    """One configuration of the grid and what each round measured of it."""
+
+    label: str
+    spec: SamplerSpec
+    paper: bool
+    rounds: list[dict] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict:
+        return self.rounds[-1]
+
+    def best(self) -> tuple[int, float]:
+        """The step with the lowest score of the last round that is not flagged, and its score
+        (step -1 and infinity when every step is flagged or undefined)."""
+        scores = {
+            int(t): v
+            for t, v in self.last[SCORE].items()
+            if math.isfinite(v) and not self.last["copying_flag"].get(t, False)
+        }
+        if not scores:
+            return -1, math.inf
+        step = min(scores, key=scores.get)
+        return step, scores[step]
+
+
+def grid(recipe) -> list[Candidate]:
+    """Every configuration the search tries: samplers × batch-norm modes × corruptions, and
+    the paper's configuration whatever the tune section says."""
+    from .comparison import entry_name, labels
+
+    tune = recipe.tune
+    # Without a chain corruption, "none" and "training" are the same chain: one is enough.
+    corrupting = recipe.chain_corruption is not None
+    specs: list[SamplerSpec] = []
+    seen: set[str] = set()
+    for entry in tune.samplers:
+        for batchnorm in [entry.batchnorm] if entry.batchnorm else tune.batchnorm:
+            for corruption in [entry.corruption] if entry.corruption else tune.corruption:
+                corruption = corruption if corrupting else "training"
+                spec = SamplerSpec(
+                    **{**entry.model_dump(), "batchnorm": batchnorm, "corruption": corruption}
+                )
+                identity = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+                if identity not in seen:
+                    seen.add(identity)
+                    specs.append(spec)
+    paper = json.dumps(PAPER.model_dump(mode="json"), sort_keys=True)
+    if paper not in seen:
+        specs.append(PAPER)
+    names = labels([entry_name(spec) for spec in specs])
+    return [
+        Candidate(name, spec, json.dumps(spec.model_dump(mode="json"), sort_keys=True) == paper)
+        for name, spec in zip(names, specs)
+    ]
+
+
+def tuning_key(parts) -> str:
+    """A hash of everything that decides the search's outcome."""
+    recipe = parts.recipe
+    identity = {
+        "weights": parts.weights_digest(),
+        "tune": recipe.tune.model_dump(mode="json"),
+        "sampling": recipe.sampling.model_dump(
+            mode="json", exclude={"grid_size", "num_chains", "shard_size", "record", "start"}
+        ),
+        "corruption": recipe.chain_corruption.model_dump(mode="json")
+        if recipe.chain_corruption
+        else None,
+        "evaluate": recipe.evaluate.model_dump(mode="json"),
+        "data": recipe.data.model_dump(mode="json"),
+        "device": str(parts.device),
+        "aesampler": __version__,
+    }
+    text = json.dumps(identity, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _flags(measured: dict) -> tuple[dict[str, float], dict[str, bool]]:
+    """C_T by step and whether each step is flagged as copying (no test: nothing flagged)."""
+    cells = measured["metrics"].get(COPYING, {})
+    values = {t: c["value"] for t, c in cells.items()}
+    return values, {t: math.isfinite(v) and v < COPYING_THRESHOLD for t, v in values.items()}
+
+
+def _summary(measured: dict, chains: int, seed: int) -> dict:
+    copying, flags = _flags(measured)
+    return {
+        "chains": chains,
+        "seed": seed,
+        SCORE: {t: c["value"] for t, c in measured["metrics"].get(SCORE, {}).items()},
+        "novelty": {t: c["value"] for t, c in measured["metrics"].get("novelty", {}).items()},
+        "copying": copying,
+        "copying_flag": flags,
+    }
+
+
+def _copying_test(parts) -> bool:
+    return COPYING in parts.registry.names("metric")
+
+
+def _metrics(parts, specs: list | None = None) -> list:
+    """The search's metrics (the score, novelty), or the metric sections ``specs``, and the
+    copying test where it is registered."""
+    specs = (
+        list(specs)
+        if specs is not None
+        else [ComponentSpec(name=SCORE), ComponentSpec(name="novelty")]
+    )
+    names = [spec.name for spec in specs]
+    if _copying_test(parts) and COPYING not in names:
+        specs.append(ComponentSpec(name=COPYING))
+    return [
+        (spec.name, parts.registry.create("metric", spec.name, **spec.params)) for spec in specs
+    ]
+
+
+def tune(
+    parts,
+    run_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Search the grid, choose, measure the choice and the paper's configuration on the test
+    split, and write ``tuning/``. Returns what ``tuning/tuning.json`` holds; sets
+    ``parts.tuned``."""
+    from .evaluation.evaluate import Evaluator
+    from .report import steps_figure, tuning_figure
+    from .workflow import fit_sampler, with_recipe, write_recipe
+
+    recipe = parts.recipe
+    cfg, ev = recipe.tune, recipe.evaluate
+    run = RunDir(run_dir)
+    run.check_replaceable("tune", [TUNING], overwrite)
+    last_step = recipe.sampling.most_steps
+    steps = list(range(last_step + 1))
+    candidates = grid(recipe)
+    started = time.perf_counter()
+    log(
+        f"tune: {len(candidates)} configurations × steps 0..{last_step}, scored by {SCORE} "
+        f"against {cfg.reference_size} validation images; rounds of {cfg.num_chains} chains"
+    )
+    evaluator = Evaluator(
+        parts,
+        run.path,
+        log=log,
+        reference_split="valid",
+        reference_size=cfg.reference_size,
+        metrics=_metrics(parts),
+    )
+    fitted: dict[str, Sampler] = {}
+    fit_seconds = 0.0
+
+    def sampler_for(spec: SamplerSpec) -> Sampler:
+        nonlocal fit_seconds
+        # The corruption acts after the draws: one fitted sampler serves both corruptions.
+        key = json.dumps(spec.model_dump(mode="json", exclude={"corruption"}), sort_keys=True)
+        if key not in fitted:
+            details: dict = {}
+            fitted[key] = fit_sampler(parts, spec, log, details)
+            fit_seconds += details["fit_seconds"]
+        return fitted[key]
+
+    chain_steps = 0
+    alive = candidates
+    rounds = []
+    for r, chains in enumerate(cfg.num_chains):
+        final = r == len(cfg.num_chains) - 1
+        seed = cfg.seed + r
+        for c in alive:
+            setting = parts.setting(c.spec)
+            result, latents = evaluator.run_chains(
+                sampler_for(c.spec),
+                steps,
+                progress=False,
+                setting=setting,
+                num_chains=chains,
+                seed=seed,
+            )
+            measured = evaluator.measure(
+                {t: result.x[t] for t in steps},
+                {},
+                progress=False,
+                batchnorm=setting[0],
+                bootstrap=0,
+            )
+            c.rounds.append(_summary(measured, chains, seed))
+            chain_steps += chains * last_step
+            step, score = c.best()
+            log(f"tune round {r + 1}: {c.label}: best {SCORE} {score:.4g} at step {step}")
+        rounds.append({"chains": chains, "seed": seed, "configurations": [c.label for c in alive]})
+        if not final:
+            ranked = sorted(alive, key=lambda c: c.best()[1])
+            kept = ranked[: max(1, math.ceil(cfg.keep * len(alive)))]
+            kept += [c for c in alive if c.paper and c not in kept]
+            alive = kept
+    choice = min(alive, key=lambda c: c.best()[1])
+    step, score = choice.best()
+    if step < 0:  # every step of every configuration copies: fall back on the paper's
+        choice = next(c for c in alive if c.paper)
+        step = min(choice.last[SCORE], key=lambda t: choice.last[SCORE][t])
+        step, score = int(step), choice.last[SCORE][step]
+        log("tune: every configuration was flagged as copying; keeping the paper's")
+    paper = next(c for c in alive if c.paper)
+    paper_step, paper_score = paper.best()
+    if paper_step < 0:
+        paper_step = 0
+    searched = time.perf_counter() - started
+    tuned = TunedStart(choice.spec, step, choice.label)
+    log(
+        f"tune: chose {choice.label} at step {step} ({SCORE} {score:.4g} on validation; the "
+        f"paper's configuration: {paper_score:.4g} at step {paper_step})"
+    )
+
+    # The yardstick: validation images encoded and decoded, in each batch-norm mode searched.
+    yardstick = {}
+    for mode in sorted({c.spec.batchnorm for c in candidates}):
+        z = encode_images(
+            parts.model, evaluator.reference, batchnorm=mode, seed=cfg.seed, device=parts.device
+        )
+        x = parts.chain.run(z, steps=0, batchnorm=mode, out_device="cpu").x[0]
+        measured = evaluator.measure({0: x}, {}, progress=False, batchnorm=mode, bootstrap=0)
+        summary = _summary(measured, len(x), 0)
+        yardstick[mode] = {
+            k: summary[k]["0"] for k in (SCORE, "novelty", "copying") if "0" in summary[k]
+        }
+
+    # Only now, with the choice fixed, the test split: chosen and paper's, the evaluate setup.
+    test_started = time.perf_counter()
+    tester = Evaluator(parts, run.path, log=log, metrics=_metrics(parts, ev.metrics))
+    test = {}
+    pictures = {}
+    shown_steps = sorted({0, 1, step, paper_step, last_step} & set(steps))
+    for name, c, at in (("chosen", choice, step), ("paper", paper, paper_step)):
+        setting = parts.setting(c.spec)
+        result, latents = tester.run_chains(
+            sampler_for(c.spec), steps, progress=progress, setting=setting
+        )
+        chain_steps += ev.num_chains * last_step
+        measured = tester.measure(
+            {t: result.x[t] for t in steps}, latents, progress=progress, batchnorm=setting[0]
+        )
+        test[name] = {"label": c.label, "step": at, **measured}
+        shown = min(recipe.samplers.grid_size, ev.num_chains)
+        pictures[name] = {t: result.x[t][:shown] for t in shown_steps}
+    chosen_test = test["chosen"]["metrics"].get(SCORE, {}).get(str(step), {}).get("value")
+    paper_test = test["paper"]["metrics"].get(SCORE, {}).get(str(paper_step), {}).get("value")
+    if chosen_test is not None and paper_test is not None and chosen_test > paper_test:
+        log(
+            f"tune: WARNING: on the test split the choice scores {chosen_test:.4g}, worse than "
+            f"the paper's configuration ({paper_test:.4g}); the search is at fault"
+        )
+    tested = time.perf_counter() - test_started
+    document = {
+        "format": FORMAT,
+        "key": tuning_key(parts),
+        "settings": {
+            **cfg.model_dump(mode="json"),
+            "max_steps": last_step,
+            "score": SCORE,
+            "copying_threshold": COPYING_THRESHOLD,
+            "copying_test": _copying_test(parts),
+            "checkpoint": str(parts.checkpoint),
+        },
+        "feature_extractor": evaluator.extractor_info,
+        "candidates": [
+            {
+                "label": c.label,
+                "start": c.spec.model_dump(mode="json"),
+                "paper": c.paper,
+                "rounds": c.rounds,
+            }
+            for c in candidates
+        ],
+        "rounds": rounds,
+        "yardstick": yardstick,
+        "choice": {**tuned.as_dict(), SCORE: score},
+        "paper": {"label": paper.label, "steps": paper_step, SCORE: paper_score},
+        "test": {
+            "split": ev.reference_split,
+            "num_chains": ev.num_chains,
+            "reference": tester.reference_info(test["chosen"]),
+            **test,
+        },
+        "cost": {
+            "search_seconds": searched,
+            "fit_seconds": fit_seconds,
+            "test_seconds": tested,
+            "chain_steps": chain_steps,
+        },
+    }
+    with run.transaction("tune", with_recipe(run, TUNING)) as txn:
+        folder = txn.path(TUNING)
+        folder.mkdir()
+        write_json(folder / TUNING_FILE, document)
+        tuning_figure(document, folder / TUNING_FIGURE)
+        steps_figure(pictures["chosen"], folder / CHOSEN_FIGURE, choice.label)
+        steps_figure(pictures["paper"], folder / PAPER_FIGURE, paper.label)
+        write_recipe(parts, txn)
+    run.record_components(
+        parts.registry.provenance(
+            [("sampler", c.spec.name) for c in candidates]
+            + [("metric", name) for name, _ in tester.metrics]
+        )
+    )
+    parts.tuned = tuned
+    return document
+
+
+def read_choice(run_dir: str | Path, key: str | None = None) -> TunedStart | None:
+    """The choice recorded in ``tuning/tuning.json``; None when there is none, or (with
+    ``key``) when it was made for another model or other settings."""
+    file = RunDir(run_dir) / TUNING / TUNING_FILE
+    if not file.is_file():
+        return None
+    document = read_json(file, "the search's record")
+    where = repr(str(file))
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise TuningError(
+            f"{where} is not a record aesampler tune wrote; run aesampler tune --overwrite"
+        )
+    if key is not None and document.get("key") != key:
+        return None
+    return TunedStart.from_dict(document.get("choice"), where)
+
+
+def resolve_start(
+    parts, *, overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print
+) -> TunedStart:
+    """The configuration ``sampling.start: auto`` samples with: the one ``tuning/`` records
+    for this model and these settings, else a new search (rank 0's under torchrun)."""
+    if parts.tuned is not None:
+        return parts.tuned
+    run_dir = parts.recipe.output.dir
+
+    def find_or_search() -> dict:
+        found = read_choice(run_dir, tuning_key(parts))
+        if found is not None:
+            log(f"sampling.start: auto: using {found.label} at step {found.steps} (tuning/)")
+            return found.as_dict()
+        if (RunDir(run_dir) / TUNING / TUNING_FILE).is_file() and not overwrite:
+            raise TuningError(
+                f"{run_dir}/tuning/ holds a search for another model or other settings; run "
+                "aesampler tune --overwrite (or this command with --overwrite) to search again"
+            )
+        return tune(parts, run_dir, overwrite=overwrite, progress=progress, log=log)["choice"]
+
+    choice = distributed.broadcast_object(distributed.main_first(find_or_search))
+    parts.tuned = TunedStart.from_dict(choice, "the search's choice")
+    return parts.tuned
+
+
+def format_tuning(document: dict) -> str:
+    """The search as a plain-text table: the last round's scores by configuration and step."""
+    settings = document["settings"]
+    steps = list(range(settings["max_steps"] + 1))
+    last = [c for c in document["candidates"] if len(c["rounds"]) == len(document["rounds"])]
+    header = ["configuration", *[f"step {t}" for t in steps]]
+    rows = []
+    for c in sorted(last, key=lambda c: min(c["rounds"][-1][SCORE].values())):
+        r = c["rounds"][-1]
+        cells = [c["label"] + (" (paper)" if c["paper"] else "")]
+        for t in steps:
+            value = r[SCORE].get(str(t))
+            flag = "!" if r["copying_flag"].get(str(t)) else ""
+            cells.append("-" if value is None else f"{value:.4g}{flag}")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    choice, paper = document["choice"], document["paper"]
+    test = document["test"]
+
+    def on_test(name: str, step: int) -> str:
+        cell = test[name]["metrics"].get(SCORE, {}).get(str(step))
+        return (
+            "-" if cell is None else f"{cell['value']:.4g} [{cell['low']:.3g}, {cell['high']:.3g}]"
+        )
+
+    return "\n".join(
+        [
+            f"{SCORE} on the validation split, last round ({document['rounds'][-1]['chains']} "
+            f"chains; ! = C_T < {settings['copying_threshold']:g}, copying):",
+            *text,
+            f"chosen: {choice['label']} at step {choice['steps']}; on the {test['split']} split "
+            f"{on_test('chosen', choice['steps'])}, the paper's configuration "
+            f"({paper['label']} at step {paper['steps']}) {on_test('paper', paper['steps'])}",
+        ]
+    )
