@@ -106,10 +106,10 @@ def register_metrics(register: Register) -> None:
     :class:`aesampler.evaluation.Estimate` (value and bootstrap interval) by name, empty where
     the metric is undefined, from an :class:`aesampler.evaluation.EvaluationData` (latents
     ``z[t]``, ``images[t]``, ``features(t)``, held-out ``reference_z`` and
-    ``reference_features``, ``prior_z``, ``train_images``, bootstrap settings; ``data.boot``
-    does the resampling). ``space`` says whether it reads latents (``"latent"``) or images
-    (``"image"``); ``lower_is_better`` says how to read the numbers (None: context rather than
-    a score).
+    ``reference_features``, ``prior_z``, ``train_images`` and their ``train_features()``,
+    bootstrap settings; ``data.boot`` does the resampling). ``space`` says whether it reads
+    latents (``"latent"``) or images (``"image"``); ``lower_is_better`` says how to read the
+    numbers (None: context rather than a score).
     """
 
 

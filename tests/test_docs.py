@@ -156,6 +156,7 @@ EXERCISED = {
     "docs/examples/evaluate_samples.py": "test_evaluate_samples_example",
     "docs/examples/evaluate_samples_signature.txt": "test_evaluate_samples_signature_is_the_real_one",
     "docs/examples/mean_norm_metric.py": "test_mean_norm_metric_example",
+    "docs/examples/data_copying.py": "test_data_copying_example",
     # inpainting.md
     "docs/examples/inpaint_commands.sh": "test_inpaint_commands",
     "docs/examples/inpaint_python.py": "test_inpaint_python_example",
@@ -774,6 +775,23 @@ def test_mean_norm_metric_example():
         "output": {"dir": "unused"},
     }
     assert validate(recipe, registry=registry).evaluate.metrics[2].name == "mean_norm"
+
+
+def test_data_copying_example(capsys):
+    runpy.run_path(str(EXAMPLES / "data_copying.py"), run_name="__main__")
+    line = re.compile(r"(?P<name>\w+): C_T = (?P<ct>\S+),.* copying: (?P<copying>True|False)$")
+    found = {
+        m["name"]: (float(m["ct"]), m["copying"] == "True")
+        for m in map(line.match, capsys.readouterr().out.splitlines())
+    }
+    assert set(found) == {"copies", "fresh", "blurred"}
+    assert found["copies"][0] < -3 and found["copies"][1]  # as the page says
+    assert abs(found["fresh"][0]) < 1 and not found["fresh"][1]
+    assert found["blurred"][0] > 1 and not found["blurred"][1]
+    # The page's table shows the numbers printed (within k-means' drift across scikit-learn).
+    shown = dict(re.findall(r"^\| `(\w+)` \| (-?[\d.]+) \|", TEXTS["evaluation.md"], re.M))
+    for name, (ct, _) in found.items():
+        assert float(shown[name]) == pytest.approx(ct, abs=0.3), name
 
 
 # --- inpainting.md -------------------------------------------------------------------------------

@@ -182,6 +182,7 @@ def test_inception_features_from_a_local_weights_file(tmp_path):
 def test_metric_and_feature_plugins_are_registered():
     registry = load_registry()
     assert registry.names("metric") == [
+        "data_copying",
         "frechet",
         "mmd_learned",
         "mmd_prior",

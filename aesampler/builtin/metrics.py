@@ -5,6 +5,7 @@ from __future__ import annotations
 from aesampler import hookimpl
 from aesampler.evaluation import (
     ClassifierFeatures,
+    DataCopying,
     Frechet,
     InceptionFeatures,
     MMDLearned,
@@ -24,6 +25,7 @@ def register_metrics(register):
     register("frechet", Frechet)
     register("precision_recall", PrecisionRecall)
     register("novelty", Novelty)
+    register("data_copying", DataCopying)
 
 
 @hookimpl

@@ -1,5 +1,6 @@
 """Sample quality at every chain step: metrics, feature extractors and the evaluation run."""
 
+from .copying import COPYING_THRESHOLD, CopyingResult, DataCopying, data_copying
 from .evaluate import diagnostics, evaluate, format_table
 from .features import (
     ClassifierFeatures,
@@ -22,7 +23,10 @@ from .samples import evaluate_samples
 from .stats import Estimate
 
 __all__ = [
+    "COPYING_THRESHOLD",
     "ClassifierFeatures",
+    "CopyingResult",
+    "DataCopying",
     "Estimate",
     "EvaluationData",
     "FeatureError",
@@ -36,6 +40,7 @@ __all__ = [
     "PixelFeatures",
     "PrecisionRecall",
     "StepSize",
+    "data_copying",
     "diagnostics",
     "evaluate",
     "evaluate_samples",

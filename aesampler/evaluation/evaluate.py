@@ -222,6 +222,13 @@ def measure(
             features[step] = extractor(samples[step]).double().numpy()
         return features[step]
 
+    train_rows: list[np.ndarray] = []
+
+    def train_features() -> np.ndarray:
+        if not train_rows:  # once, for every metric and step that reads them
+            train_rows.append(extractor(train).double().numpy())
+        return train_rows[0]
+
     data = EvaluationData(
         z={t: _rows(v) for t, v in latents.items()} if latents is not None else {},
         images={t: samples[t].flatten(1).double().numpy() for t in steps},
@@ -235,6 +242,7 @@ def measure(
         resamples=bootstrap,
         confidence=confidence,
         seed=seed,
+        train_features=train_features if train is not None and featured else None,
     )
     values: dict[str, dict[str, dict]] = {}
     direction: dict[str, bool | None] = {}

@@ -12,6 +12,7 @@ resampled independently).
 | ``frechet`` | Fréchet distance between features of x_t and of held-out images | lower |
 | ``precision_recall`` | k-NN precision and recall in feature space (Kynkäänniemi et al.) | higher |
 | ``novelty`` | RMS pixel distance from x_t to its nearest training image | (context) |
+| ``data_copying`` | data-copying statistic C_T (Meehan et al.), no interval | near 0 |
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class EvaluationData:
         train_images: flattened pixels of (up to) the training images, for novelty, or None.
         resamples, confidence, seed: the bootstrap's settings.
         cache: scratch space shared by the metrics of one evaluation (k-NN indexes, radii).
+        train_features: a function giving the feature-space rows of the training images
+            (computed once, cached), or None without training images or image metrics.
     """
 
     z: dict[int, np.ndarray]
@@ -66,6 +69,7 @@ class EvaluationData:
     confidence: float = 0.95
     seed: int = 0
     cache: dict = field(default_factory=dict)
+    train_features: Callable[[], np.ndarray] | None = None
 
     def boot(
         self,

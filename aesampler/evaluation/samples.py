@@ -214,8 +214,8 @@ def evaluate_samples(
     Args:
         samples: images (N, C, H, W) with values in [0, 1], or a dict chain step -> images.
         reference: real images (M, C, H, W) to compare with (held out from training).
-        train: training images, for ``novelty``; ``(images, labels)`` also lets the
-            ``classifier`` feature extractor train on them.
+        train: training images, for ``novelty`` and ``data_copying``; ``(images, labels)``
+            also lets the ``classifier`` feature extractor train on them.
         metrics: metric names, ``{"name": ..., **params}`` dicts or Metric objects; default:
             every built-in metric whose inputs are given (the others are listed in "skipped").
             A metric given explicitly without its inputs is an error.

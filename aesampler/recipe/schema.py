@@ -327,7 +327,9 @@ class EvaluateSection(Section):
     num_chains: Annotated[Int, Field(ge=10)] = 1000
     reference_split: Literal["train", "valid", "test"] = "test"
     reference_size: Annotated[Int, Field(ge=10)] = 1000
-    train_size: PositiveInt = Field(10000, description="training images searched for novelty")
+    train_size: PositiveInt = Field(
+        10000, description="training images searched for novelty and data_copying"
+    )
     bootstrap: NonNegativeInt = Field(200, description="bootstrap resamples (0: no intervals)")
     confidence: Annotated[Float, Field(gt=0, lt=1)] = 0.95
     seed: Seed = 0
