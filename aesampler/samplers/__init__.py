@@ -6,6 +6,7 @@
 * ``latent_flow``: a normalising flow (zuko) fitted to the training encodings.
 * ``ratio_corrected``: any proposal corrected by a classifier's density ratio.
 * ``aae_discriminator``: prior draws corrected by an AAE's adversary.
+* ``posterior_mixture``: a smoothed mixture over the training images' posteriors.
 """
 
 from .base import (
@@ -13,11 +14,14 @@ from .base import (
     SamplerContext,
     SamplerError,
     encode_images,
+    encode_posteriors,
+    hold_out,
     principal_axes,
     training_and_validation,
 )
 from .flow import LatentFlow
 from .gmm import ExPostGMM, fit_mixture, sample_mixture
+from .posterior import PosteriorMixture, mixture_log_likelihood, scale_grid
 from .ratio import AAEDiscriminator, DensityRatioSampler, RatioCorrected
 from .simple import EncodingsSampler, PriorSampler
 
@@ -27,14 +31,19 @@ __all__ = [
     "EncodingsSampler",
     "ExPostGMM",
     "LatentFlow",
+    "PosteriorMixture",
     "PriorSampler",
     "RatioCorrected",
     "Sampler",
     "SamplerContext",
     "SamplerError",
     "encode_images",
+    "encode_posteriors",
     "fit_mixture",
+    "hold_out",
+    "mixture_log_likelihood",
     "principal_axes",
     "sample_mixture",
+    "scale_grid",
     "training_and_validation",
 ]

@@ -102,6 +102,83 @@ def encode_images(
     return torch.cat(out).cpu()  # one synchronisation, not one per batch
 
 
+_SPREAD_FLOOR = 1e-3  # of each coordinate's spread over the images: floors corrupted-copy stds
+
+
+@torch.inference_mode()
+def encode_posteriors(
+    model: Any,
+    images: Tensor | Iterable[Tensor],
+    *,
+    batchnorm: str = "batch",
+    device: torch.device | str = "cpu",
+    batch: int = 256,
+    corruption: Callable[..., Tensor] | None = None,
+    copies: int = 8,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor | None]:
+    """The mean and standard deviation of Q(z|x) for each image: (N, *latent_shape) each.
+
+    * A Gaussian (VAE) encoder gives its own mean and std for the clean image; ``corruption`` is
+      not used.
+    * A deterministic (AAE) encoder with a ``corruption`` (the model's training corruption, e.g.
+      Gaussian noise for a DAAE) encodes ``copies`` corrupted copies of each image and gives their
+      mean and standard deviation: the moments of Q(z|x) = ∫ q(z|x̃) C(x̃|x) dx̃. The std is
+      floored, per coordinate, at 1e-3 of that coordinate's spread of the means over the images
+      (when no copy differs from another at all, an identity corruption, the std is None).
+    * A deterministic encoder without a corruption gives its encodings and None: no spread is
+      known, and a sampler has to choose one.
+
+    ``images`` is a tensor (N, C, H, W), encoded ``batch`` images at a time, or an iterable of
+    batches. Batch normalisation runs in the chain's mode and the model's buffers are left as they
+    were (as in :func:`encode_images`); each corrupted copy of a batch is encoded as one batch, so
+    batch statistics come from batches like the clean ones. The corruption's noise comes from one
+    generator seeded with ``seed``. Returns float32 tensors on the CPU.
+    """
+    from ..chain import sampling_mode  # the chain imports the samplers' interface
+
+    check_int("copies", copies, low=2)
+    if isinstance(images, Tensor):
+        images = [images[i : i + batch] for i in range(0, len(images), batch)]
+    generator = torch.Generator(device).manual_seed(seed)
+    means, stds = [], []
+    deterministic = None
+    with sampling_mode([model], batchnorm):
+        for x in images:
+            x = x.to(device, non_blocking=True)
+            if deterministic and corruption is not None:
+                posterior = None  # the clean encoding is not needed
+            else:
+                posterior = model.encoder(x)
+                if deterministic is None:
+                    deterministic = posterior.std is None
+                elif deterministic != (posterior.std is None):
+                    raise SamplerError("the encoder gave a std for some batches, not for others")
+            if not deterministic:
+                means.append(posterior.mean.float())
+                stds.append(posterior.std.float())
+            elif corruption is None:
+                means.append(posterior.mean.float())
+            else:
+                z = torch.stack(
+                    [model.encoder(corruption(x, generator=generator)).mean for _ in range(copies)]
+                ).double()
+                means.append(z.mean(0).float())
+                stds.append(z.std(0, correction=1).float())
+    if not means:
+        raise SamplerError("there are no images to encode")
+    mean = torch.cat(means).cpu()
+    if not stds:
+        return mean, None
+    std = torch.cat(stds).cpu()
+    if deterministic and not bool((std > 0).any()):
+        return mean, None  # the corruption changed nothing (an identity): no spread is known
+    if deterministic:  # copies can agree exactly (a saturated unit): keep every kernel proper
+        spread = mean.std(0, correction=0)  # zeros for a single image: the 1e-12 floor
+        std = torch.maximum(std, (_SPREAD_FLOOR * spread).clamp_min(1e-12))
+    return mean, std
+
+
 _EIGEN_FLOOR = 1e-10  # of the largest variance: keeps whitening finite
 _HOLD_OUT = 0.1  # of the fitted split, when no validation split is available
 
@@ -127,6 +204,16 @@ def principal_axes(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.as_tensor(pca.mean_), axes, variances.clamp_min(floor).sqrt()
 
 
+def hold_out(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices of ``n`` rows to keep and to hold out (a tenth, at least one), chosen by ``seed``.
+
+    The rows :func:`training_and_validation` holds out when there is no validation split.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held = max(1, round(_HOLD_OUT * n))
+    return order[held:], order[:held]
+
+
 def training_and_validation(
     context: SamplerContext, split: str, valid_split: str
 ) -> tuple[Tensor, Tensor]:
@@ -141,9 +228,9 @@ def training_and_validation(
         with contextlib.suppress(SamplerError):  # no such split: hold some out below
             valid = context.encodings(valid_split).flatten(1)
     if valid is None:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(context.seed))
-        held = max(1, round(_HOLD_OUT * len(train)))
-        train, valid = train[order[held:]], train[order[:held]]
+        kept, held_out = hold_out(len(train), context.seed)
+        held = len(held_out)
+        train, valid = train[kept], train[held_out]
         context.log(
             f"no {valid_split!r} encodings to validate on: holding out {held} of the {split!r} "
             "split instead"
@@ -211,6 +298,10 @@ class SamplerContext:
         device: where the model runs.
         model: the trained model (None when the sampler is fitted on latents alone).
         log: where to say what happens.
+        posterior: ``posterior(split) -> (means, stds)``: the mean and standard deviation of
+            Q(z|x) for the images of a split, each (N, *latent_shape) in the order of
+            ``encode(split)``; stds may be None when the encoder gives no spread (a deterministic
+            encoder without a corruption, see :func:`encode_posteriors`). Computed once per split.
     """
 
     def __init__(
@@ -222,10 +313,13 @@ class SamplerContext:
         device: torch.device | str = "cpu",
         model: Any = None,
         log: Callable[[str], None] = print,
+        posterior: Callable[[str], tuple[Tensor, Tensor | None]] | None = None,
     ):
         self.latent_shape = tuple(latent_shape)
         self._encode = encode
         self._cache: dict[str, Tensor] = {}
+        self._posterior = posterior
+        self._posteriors: dict[str, tuple[Tensor, Tensor | None]] = {}
         self.seed = seed
         self.device = torch.device(device)
         self.model = model
@@ -233,12 +327,23 @@ class SamplerContext:
 
     @classmethod
     def from_encodings(
-        cls, encodings: dict[str, Tensor], *, seed: int = 0, log: Callable[[str], None] = print
+        cls,
+        encodings: dict[str, Tensor],
+        *,
+        posteriors: dict[str, tuple[Tensor, Tensor | None]] | None = None,
+        seed: int = 0,
+        log: Callable[[str], None] = print,
     ) -> SamplerContext:
-        """A context over latents a user already has, by split (for tests and own models)."""
+        """A context over latents a user already has, by split (for tests and own models).
+
+        ``posteriors``, when given, maps splits to the (means, stds) of Q(z|x) for their images,
+        as :meth:`posteriors` returns them.
+        """
         first = next(iter(encodings.values()))
         context = cls(tuple(first.shape[1:]), seed=seed, log=log)
         context._cache.update({k: v.detach().float().cpu() for k, v in encodings.items()})
+        for split, (means, stds) in (posteriors or {}).items():
+            context._posteriors[split] = context._checked_posteriors(split, means, stds)
         return context
 
     def encodings(self, split: str) -> Tensor:
@@ -248,6 +353,40 @@ class SamplerContext:
                 raise SamplerError(f"no encodings of the {split!r} split are available")
             self._cache[split] = self._encode(split).detach().float().cpu()
         return self._cache[split]
+
+    def posteriors(self, split: str) -> tuple[Tensor, Tensor | None]:
+        """Means and stds of Q(z|x) for the images of ``split`` on the CPU, computed once.
+
+        Each is (N, *latent_shape), rows in the order of :meth:`encodings`; the stds are None when
+        the encoder gives no spread. Raises SamplerError when the context has no posteriors.
+        """
+        if split not in self._posteriors:
+            if self._posterior is None:
+                raise SamplerError(f"no posteriors of the {split!r} split are available")
+            self._posteriors[split] = self._checked_posteriors(split, *self._posterior(split))
+        return self._posteriors[split]
+
+    def _checked_posteriors(
+        self, split: str, means: Tensor, stds: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        means = means.detach().float().cpu()
+        if tuple(means.shape[1:]) != self.latent_shape:
+            raise SamplerError(
+                f"the posterior means of the {split!r} split have shape {tuple(means.shape)}, "
+                f"not (N, {', '.join(map(str, self.latent_shape))})"
+            )
+        if stds is not None:
+            stds = stds.detach().float().cpu()
+            if stds.shape != means.shape:
+                raise SamplerError(
+                    f"the posterior stds of the {split!r} split have shape {tuple(stds.shape)}, "
+                    f"not that of the means {tuple(means.shape)}"
+                )
+            if not bool(torch.isfinite(stds).all()) or bool((stds < 0).any()):
+                raise SamplerError(
+                    f"the posterior stds of the {split!r} split must be finite and non-negative"
+                )
+        return means, stds
 
 
 class Sampler(abc.ABC):
