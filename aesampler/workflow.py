@@ -56,7 +56,7 @@ from .errors import AesamplerError
 from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
-from .recipe import Recipe, build_dataset
+from .recipe import Recipe, build_corruption, build_dataset
 from .recipe.schema import ComponentSpec, SamplerSpec
 from .registry import Registry
 from .resources import check_disk, check_memory
@@ -85,7 +85,7 @@ from .rundir import (
     save_png,
     write_json,
 )
-from .samplers import Sampler, SamplerContext, SamplerError, encode_images
+from .samplers import Sampler, SamplerContext, SamplerError, encode_images, encode_posteriors
 from .training import resolve_device, train
 
 if TYPE_CHECKING:
@@ -220,9 +220,24 @@ class Components:
                     device=self.device,
                 )
 
+            def posterior(split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+                # Q(z|x)'s mean and spread for each image: a Gaussian encoder's own, or for a
+                # deterministic one the spread of encodings of corrupted copies (the training
+                # corruption's; none without one).
+                loader = DataLoader(self.dataset(split), batch_size=256)
+                return encode_posteriors(
+                    self.model,
+                    (x for x, _ in loader),
+                    batchnorm=mode,
+                    device=self.device,
+                    corruption=build_corruption(self.recipe, self.registry),
+                    seed=sampling.seed,
+                )
+
             self._contexts[mode] = SamplerContext(
                 self.model.decoder.latent_shape,
                 encode,
+                posterior=posterior,
                 seed=sampling.seed,
                 device=self.device,
                 model=self.model,
