@@ -53,6 +53,7 @@ from typing import Any
 
 from . import __version__, distributed
 from .errors import AesamplerError
+from .evaluation.copying import COPYING_THRESHOLD
 from .recipe.schema import ComponentSpec, SamplerSpec
 from .rundir import (
     CHOSEN_FIGURE,
@@ -71,8 +72,6 @@ FORMAT = "aesampler-tuning"
 SCORE = "frechet"
 #: The copying test, when the registry has it: its metric and the key it reports.
 COPYING = "data_copying"
-#: A step whose C_T is below this is flagged as copying the training data (Meehan et al.).
-COPYING_THRESHOLD = -3.0
 #: The configuration the paper samples with.
 PAPER = SamplerSpec(name="prior", batchnorm="batch", corruption="training")
 
