@@ -164,6 +164,7 @@ def test_the_sampler_builtins_come_through_their_entry_point():
         EncodingsSampler,
         ExPostGMM,
         LatentFlow,
+        LocalGlobal,
         PriorSampler,
         RatioCorrected,
     )
@@ -176,6 +177,7 @@ def test_the_sampler_builtins_come_through_their_entry_point():
         "latent_flow": LatentFlow,
         "ratio_corrected": RatioCorrected,
         "aae_discriminator": AAEDiscriminator,
+        "local_global": LocalGlobal,
     }
     assert registry.names("sampler") == sorted(expected)
     for name, factory in expected.items():

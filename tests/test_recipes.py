@@ -760,7 +760,7 @@ def test_sampling_start_is_validated_and_built_once(tmp_path):
         " (command line): sampling.start.name: unknown sampler 'ex_post_gmn'. "
         "Did you mean 'ex_post_gmm'? Registered samplers: aae_discriminator (aesampler), "
         "encodings (aesampler), ex_post_gmm (aesampler), latent_flow (aesampler), "
-        "prior (aesampler), ratio_corrected (aesampler)"
+        "local_global (aesampler), prior (aesampler), ratio_corrected (aesampler)"
     )
     assert _problems(tmp_path, BASE, ["sampling.start.split=test"]) == [
         " (command line): sampling.start.split: sampler 'prior' (aesampler) has no parameter "

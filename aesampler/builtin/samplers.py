@@ -8,6 +8,7 @@ from aesampler.samplers import (
     EncodingsSampler,
     ExPostGMM,
     LatentFlow,
+    LocalGlobal,
     PriorSampler,
     RatioCorrected,
 )
@@ -21,3 +22,4 @@ def register_samplers(register):
     register("latent_flow", LatentFlow)
     register("ratio_corrected", RatioCorrected)
     register("aae_discriminator", AAEDiscriminator)
+    register("local_global", LocalGlobal)

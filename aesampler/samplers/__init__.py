@@ -6,6 +6,7 @@
 * ``latent_flow``: a normalising flow (zuko) fitted to the training encodings.
 * ``ratio_corrected``: any proposal corrected by a classifier's density ratio.
 * ``aae_discriminator``: prior draws corrected by an AAE's adversary.
+* ``local_global``: local-global MCMC (i-SIR + MALA) on the ratio-corrected mixture.
 """
 
 from .base import (
@@ -17,7 +18,8 @@ from .base import (
     training_and_validation,
 )
 from .flow import LatentFlow
-from .gmm import ExPostGMM, fit_mixture, sample_mixture
+from .gmm import ExPostGMM, fit_mixture, mixture_log_prob, sample_mixture
+from .local_global import LocalGlobal
 from .ratio import AAEDiscriminator, DensityRatioSampler, RatioCorrected
 from .simple import EncodingsSampler, PriorSampler
 
@@ -27,6 +29,7 @@ __all__ = [
     "EncodingsSampler",
     "ExPostGMM",
     "LatentFlow",
+    "LocalGlobal",
     "PriorSampler",
     "RatioCorrected",
     "Sampler",
@@ -34,6 +37,7 @@ __all__ = [
     "SamplerError",
     "encode_images",
     "fit_mixture",
+    "mixture_log_prob",
     "principal_axes",
     "sample_mixture",
     "training_and_validation",
