@@ -164,6 +164,7 @@ def test_the_sampler_builtins_come_through_their_entry_point():
         EncodingsSampler,
         ExPostGMM,
         LatentFlow,
+        LocalGlobal,
         PosteriorMixture,
         PriorSampler,
         RatioCorrected,
@@ -177,6 +178,7 @@ def test_the_sampler_builtins_come_through_their_entry_point():
         "latent_flow": LatentFlow,
         "ratio_corrected": RatioCorrected,
         "aae_discriminator": AAEDiscriminator,
+        "local_global": LocalGlobal,
         "posterior_mixture": PosteriorMixture,
     }
     assert registry.names("sampler") == sorted(expected)

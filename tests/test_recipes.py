@@ -726,12 +726,13 @@ def test_the_loaders_tables_are_derived_from_the_kinds():
         ("tune", "samplers"): "sampler",
     }
     reserved = ("batchnorm", "corruption")
-    assert loader.RESERVED == {
+    expected = {
         ("model",): ("checkpoint",),
         ("sampling", "start"): reserved,
         ("samplers", "compare"): reserved,
         ("tune", "samplers"): reserved,
     }
+    assert expected == loader.RESERVED
     assert set(loader.BUILT_ONCE) == {"corruption", "sampler", "metric", "feature_extractor"}
     assert loader.COMPONENT_SECTIONS[("sampling", "start")] == ("sampler", ())
 
@@ -767,7 +768,8 @@ def test_sampling_start_is_validated_and_built_once(tmp_path):
         " (command line): sampling.start.name: unknown sampler 'ex_post_gmn'. "
         "Did you mean 'ex_post_gmm'? Registered samplers: aae_discriminator (aesampler), "
         "encodings (aesampler), ex_post_gmm (aesampler), latent_flow (aesampler), "
-        "posterior_mixture (aesampler), prior (aesampler), ratio_corrected (aesampler)"
+        "local_global (aesampler), posterior_mixture (aesampler), prior (aesampler), "
+        "ratio_corrected (aesampler)"
     )
     assert _problems(tmp_path, BASE, ["sampling.start.split=test"]) == [
         " (command line): sampling.start.split: sampler 'prior' (aesampler) has no parameter "

@@ -170,7 +170,7 @@ def tuned(tiny_run, tmp_path_factory):
 
 
 def test_tune_searches_by_halving_and_records_its_choice(tuned):
-    recipe, run, done = tuned
+    _, run, done = tuned
     document = json.loads((run / "tuning" / "tuning.json").read_text())
     candidates = {c["label"]: c for c in document["candidates"]}
     assert len(candidates) == 8  # 2 samplers x 2 BN modes x 2 corruptions

@@ -8,6 +8,7 @@ from aesampler.samplers import (
     EncodingsSampler,
     ExPostGMM,
     LatentFlow,
+    LocalGlobal,
     PosteriorMixture,
     PriorSampler,
     RatioCorrected,
@@ -22,4 +23,5 @@ def register_samplers(register):
     register("latent_flow", LatentFlow)
     register("ratio_corrected", RatioCorrected)
     register("aae_discriminator", AAEDiscriminator)
+    register("local_global", LocalGlobal)
     register("posterior_mixture", PosteriorMixture)

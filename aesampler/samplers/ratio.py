@@ -401,6 +401,15 @@ class RatioCorrected(DensityRatioSampler):
     def check_model(self, model):
         self._new_proposal().check_model(model)
 
+    def _set_features(self, mean: Tensor, axes: Tensor, scales: Tensor, k: int) -> None:
+        """Keep what the classifier's features need of the encodings' principal axes.
+
+        ``mean`` (D,), ``axes`` (D, D) and ``scales`` (D,) are :func:`principal_axes` of the
+        training encodings; the features are the leading ``k`` whitened coordinates. Subclasses
+        that need more of the axes (``local_global``'s preconditioner) extend this.
+        """
+        self.mean, self.projection = mean, axes[:, :k] / scales[:k]
+
     def _features(self, z: Tensor) -> Tensor:
         return ((z.double() - self.mean) @ self.projection).float()
 
@@ -415,8 +424,7 @@ class RatioCorrected(DensityRatioSampler):
         train, valid = training_and_validation(context, self.split, self.valid_split)
         d = train.shape[1]
         k = min(self.pca_dims or d, d)
-        mean, axes, scales = principal_axes(train)
-        self.mean, self.projection = mean, axes[:, :k] / scales[:k]
+        self._set_features(*principal_axes(train), k)
         self.proposal = proposal  # needed by log_ratio below
 
         generator = torch.Generator().manual_seed(context.seed + 1)
@@ -471,7 +479,7 @@ class RatioCorrected(DensityRatioSampler):
         try:
             mean, projection = state["mean"].double(), state["projection"].double()
         except KeyError as error:
-            raise SamplerError(f"the saved state of 'ratio_corrected' lacks {error}") from None
+            raise SamplerError(f"the saved state of {self._name()!r} lacks {error}") from None
         k = projection.shape[1]
         weights = {k_[11:]: v for k_, v in state.items() if k_.startswith("classifier.")}
         classifier = _Classifier(k, self.hidden, self.layers, self.dropout)
@@ -479,7 +487,7 @@ class RatioCorrected(DensityRatioSampler):
             classifier.load_state_dict(weights)
         except RuntimeError as error:
             raise SamplerError(
-                f"the saved classifier of 'ratio_corrected' does not fit the one asked for: {error}"
+                f"the saved classifier of {self._name()!r} does not fit the one asked for: {error}"
             ) from None
         self._load_common(state, self._new_proposal())
         self.mean, self.projection = mean, projection
