@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .evaluation.copying import COPYING_THRESHOLD
 from .evaluation.evaluate import Evaluator
 from .evaluation.stopping import first_minimum, mmd_curve
 from .resources import check_memory
@@ -47,6 +48,8 @@ from .rundir import (
 FORMAT = "aesampler-sampler-comparison"
 #: The metric whose best step the comparison reports (when the recipe measures it).
 PRIMARY = "frechet"
+#: The copying test's metric: a step whose C_T is below COPYING_THRESHOLD is flagged.
+COPYING = "data_copying"
 
 
 def entry_name(spec) -> str:
@@ -241,9 +244,12 @@ def format_comparison(comparison: dict) -> str:
     for row in comparison["samplers"]:
         cells = row["metrics"].get(PRIMARY, {})
         line = [row["label"]]
+        copying = row["metrics"].get(COPYING, {})
         for t in steps:
             c = cells.get(str(t))
-            line.append(f"{c['value']:.4g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-")
+            ct = copying.get(str(t), {}).get("value")
+            flag = " !" if ct is not None and ct < COPYING_THRESHOLD else ""
+            line.append(f"{c['value']:.4g} [{c['low']:.3g}, {c['high']:.3g}]{flag}" if c else "-")
         line += [str(row["best_step"].get(PRIMARY, "-")), str(row["auto"]["chosen"])]
         lines.append(line)
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
@@ -252,7 +258,8 @@ def format_comparison(comparison: dict) -> str:
     return "\n".join(
         [
             f"{PRIMARY} by sampler and chain step (value [{level}% bootstrap interval]); best: "
-            f"the step with the best {PRIMARY}; auto: the step sampling.steps: auto would take",
+            f"the step with the best {PRIMARY}; auto: the step sampling.steps: auto would take; "
+            f"!: copying (the {COPYING} metric's C_T < {COPYING_THRESHOLD:g})",
             *text,
         ]
     )

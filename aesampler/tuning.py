@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, distributed
+from .comparison import COPYING, entry_name, labels
 from .errors import AesamplerError
 from .evaluation.copying import COPYING_THRESHOLD
 from .recipe.schema import ComponentSpec, SamplerSpec
@@ -70,8 +71,6 @@ from .samplers import Sampler, encode_images
 FORMAT = "aesampler-tuning"
 #: The score: a metric every configuration is measured with (lower is better).
 SCORE = "frechet"
-#: The copying test, when the registry has it: its metric and the key it reports.
-COPYING = "data_copying"
 #: The configuration the paper samples with.
 PAPER = SamplerSpec(name="prior", batchnorm="batch", corruption="training")
 
@@ -143,8 +142,6 @@ class Candidate:
 def grid(recipe) -> list[Candidate]:
     """Every configuration the search tries: samplers × batch-norm modes × corruptions, and
     the paper's configuration whatever the tune section says."""
-    from .comparison import entry_name, labels
-
     tune = recipe.tune
     # Without a chain corruption, "none" and "training" are the same chain: one is enough.
     corrupting = recipe.chain_corruption is not None
