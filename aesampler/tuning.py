@@ -19,11 +19,11 @@ the right configuration for prior draws and the wrong one for every fitted sampl
   by their setting, not their noise) and passes the best ``tune.keep`` of them, by their best
   step, to the next round; the paper's configuration always goes on, as the baseline of the
   last round;
-* **copying**: with the ``data_copying`` metric (Meehan et al.'s C_T against the validation
-  images) a step whose C_T is below :data:`COPYING_THRESHOLD` is flagged and never chosen; the
-  novelty (distance to the nearest training image) of validation images encoded and decoded is
-  the yardstick beside every configuration: decoded images are smoother than real ones, so real
-  held-out images are not a reachable bar;
+* **copying**: a step is flagged, and never chosen, when the ``data_copying`` metric (Meehan et
+  al.'s C_T against the validation images) is below :data:`COPYING_THRESHOLD`, or when its
+  novelty (RMS distance to the nearest training image) is below the yardstick's: validation
+  images encoded and decoded in the same batch-norm mode. Decoded images are smoother than real
+  ones, so real held-out images are not a reachable bar; reconstructions are;
 * **the choice**: the unflagged configuration and step of the last round with the lowest
   Fréchet distance. Then, for the report, the chosen and the paper's configurations are
   measured on the test split with the ``evaluate`` section's chains and metrics.
@@ -196,13 +196,21 @@ def _flags(measured: dict) -> tuple[dict[str, float], dict[str, bool]]:
     return values, {t: math.isfinite(v) and v < COPYING_THRESHOLD for t, v in values.items()}
 
 
-def _summary(measured: dict, chains: int, seed: int) -> dict:
+def _summary(measured: dict, chains: int, seed: int, floor: float | None = None) -> dict:
+    """A round's numbers for one configuration. A step is flagged as copying when its C_T is
+    below the threshold, or its novelty below ``floor`` (the yardstick's: validation images
+    encoded and decoded are as close to the training images as a decoder's output need be)."""
     copying, flags = _flags(measured)
+    novelty = {t: c["value"] for t, c in measured["metrics"].get("novelty", {}).items()}
+    if floor is not None:
+        for t, v in novelty.items():
+            flags[t] = flags.get(t, False) or (math.isfinite(v) and v < floor)
     return {
         "chains": chains,
         "seed": seed,
         SCORE: {t: c["value"] for t, c in measured["metrics"].get(SCORE, {}).items()},
-        "novelty": {t: c["value"] for t, c in measured["metrics"].get("novelty", {}).items()},
+        "novelty": novelty,
+        "novelty_floor": floor,
         "copying": copying,
         "copying_flag": flags,
     }
@@ -276,6 +284,20 @@ def tune(
             fit_seconds += details["fit_seconds"]
         return fitted[key]
 
+    # The yardstick, first: no configuration may be closer to the training images than
+    # validation images encoded and decoded are, in each batch-norm mode searched.
+    yardstick = {}
+    for mode in sorted({c.spec.batchnorm for c in candidates}):
+        z = encode_images(
+            parts.model, evaluator.reference, batchnorm=mode, seed=cfg.seed, device=parts.device
+        )
+        x = parts.chain.run(z, steps=0, batchnorm=mode, out_device="cpu").x[0]
+        measured = evaluator.measure({0: x}, {}, progress=False, batchnorm=mode, bootstrap=0)
+        summary = _summary(measured, len(x), 0)
+        yardstick[mode] = {
+            k: summary[k]["0"] for k in (SCORE, "novelty", "copying") if "0" in summary[k]
+        }
+
     chain_steps = 0
     alive = candidates
     rounds = []
@@ -299,7 +321,8 @@ def tune(
                 batchnorm=setting[0],
                 bootstrap=0,
             )
-            c.rounds.append(_summary(measured, chains, seed))
+            floor = yardstick[c.spec.batchnorm].get("novelty")
+            c.rounds.append(_summary(measured, chains, seed, floor))
             chain_steps += chains * last_step
             step, score = c.best()
             log(f"tune round {r + 1}: {c.label}: best {SCORE} {score:.4g} at step {step}")
@@ -326,19 +349,6 @@ def tune(
         f"tune: chose {choice.label} at step {step} ({SCORE} {score:.4g} on validation; the "
         f"paper's configuration: {paper_score:.4g} at step {paper_step})"
     )
-
-    # The yardstick: validation images encoded and decoded, in each batch-norm mode searched.
-    yardstick = {}
-    for mode in sorted({c.spec.batchnorm for c in candidates}):
-        z = encode_images(
-            parts.model, evaluator.reference, batchnorm=mode, seed=cfg.seed, device=parts.device
-        )
-        x = parts.chain.run(z, steps=0, batchnorm=mode, out_device="cpu").x[0]
-        measured = evaluator.measure({0: x}, {}, progress=False, batchnorm=mode, bootstrap=0)
-        summary = _summary(measured, len(x), 0)
-        yardstick[mode] = {
-            k: summary[k]["0"] for k in (SCORE, "novelty", "copying") if "0" in summary[k]
-        }
 
     # Only now, with the choice fixed, the test split: chosen and paper's, the evaluate setup.
     test_started = time.perf_counter()

@@ -311,7 +311,7 @@ class Evaluator:
         self.train_images = _images(train_set, cfg.train_size, cfg.seed, "the 'train' split")
         held_out = (
             f"the held-out images ({len(self.reference)} from the {split} split; "
-            f"reference_size={size})"
+            f"{'evaluate' if reference_size is None else 'tune'}.reference_size={size})"
         )
         self.labels = {
             "samples": "the images x_t of the evaluation chains at step {step} "
