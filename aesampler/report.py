@@ -807,7 +807,8 @@ def _tuning_html(document: dict) -> str:
     parts.append(
         f"<p>{html.escape(score)} to validation images in the last round "
         f"({rounds[-1]['chains']} chains each); ★ chosen, ⚑ flagged as copying (C_T &lt; "
-        f"{threshold:g}). The yardstick, validation images encoded and decoded: "
+        f"{threshold:g}, or novelty below the yardstick's) and never chosen. The yardstick, "
+        "validation images encoded and decoded: "
         + html.escape(
             "; ".join(
                 f"{mode} BN: {score} {v.get(score, float('nan')):.4g}, novelty "

@@ -504,7 +504,8 @@ def format_tuning(document: dict) -> str:
     return "\n".join(
         [
             f"{SCORE} on the validation split, last round ({document['rounds'][-1]['chains']} "
-            f"chains; ! = C_T < {settings['copying_threshold']:g}, copying):",
+            f"chains; ! = copying: C_T < {settings['copying_threshold']:g} or novelty below "
+            "the yardstick's):",
             *text,
             f"chosen: {choice['label']} at step {choice['steps']}; on the {test['split']} split "
             f"{on_test('chosen', choice['steps'])}, the paper's configuration "
