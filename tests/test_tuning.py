@@ -278,3 +278,18 @@ def test_an_unfinished_choice_is_a_clear_error(run_copy):
     with pytest.raises(TuningError, match="is not a record aesampler tune wrote"):
         read_choice(run)
     assert PAPER.setting("running") == ("batch", "training")
+
+
+def test_run_with_start_auto_trains_searches_samples_and_reports(tiny_run, tmp_path):
+    recipe, _, _ = tiny_run
+    out = tmp_path / "run"
+    done = cli("run", str(recipe), "--out", str(out), "--quiet", "sampling.start=auto", *QUICK)
+    assert done.returncode == 0, done.stderr
+    choice = json.loads((out / "tuning" / "tuning.json").read_text())["choice"]
+    settings = json.loads((out / "samples" / "settings.json").read_text())
+    assert settings["tuned"]["label"] == choice["label"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["chain"]["start"]["name"] == choice["start"]["name"]
+    assert metrics["chain"]["batchnorm"] == choice["start"]["batchnorm"]
+    assert "chosen:" in done.stdout  # the search's table
+    assert "How this model samples best" in (out / "report.html").read_text()
