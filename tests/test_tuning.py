@@ -75,7 +75,7 @@ def test_fitted_states_are_kept_apart_by_batchnorm_mode(run_copy):
     recipe, run = run_copy
     r = _recipe(recipe, run)
     parts = build_components(r)
-    specs = r.tune.samplers  # defaults: prior and a 10-component mixture
+    specs = r.tune.samplers  # defaults: the prior and mixtures of 10 and 30 components
     gmm = type(specs[1])(name="ex_post_gmm", components=2, batchnorm="batch")
     fit_sampler(parts, gmm, print)
     fit_sampler(parts, gmm.model_copy(update={"batchnorm": "running"}), print)
@@ -152,6 +152,8 @@ def test_the_grid_always_holds_the_papers_configuration(run_copy):
         "prior-running-training",
         "ex_post_gmm-batch-training",
         "ex_post_gmm-running-training",
+        "ex_post_gmm-batch-training-2",  # the default's second mixture, of 30 components
+        "ex_post_gmm-running-training-2",
     ]
 
 
