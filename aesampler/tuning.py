@@ -138,6 +138,14 @@ class Candidate:
         step = min(scores, key=scores.get)
         return step, scores[step]
 
+    def best_flagged_or_not(self) -> tuple[int, float]:
+        """The step with the lowest score of the last round, flagged or not."""
+        scores = {int(t): v for t, v in self.last[SCORE].items() if math.isfinite(v)}
+        if not scores:
+            return 0, math.nan
+        step = min(scores, key=scores.get)
+        return step, scores[step]
+
 
 def grid(recipe) -> list[Candidate]:
     """Every configuration the search tries: samplers × batch-norm modes × corruptions, and
@@ -334,15 +342,14 @@ def tune(
             alive = kept
     choice = min(alive, key=lambda c: c.best()[1])
     step, score = choice.best()
-    if step < 0:  # every step of every configuration copies: fall back on the paper's
-        choice = next(c for c in alive if c.paper)
-        step = min(choice.last[SCORE], key=lambda t: choice.last[SCORE][t])
-        step, score = int(step), choice.last[SCORE][step]
-        log("tune: every configuration was flagged as copying; keeping the paper's")
     paper = next(c for c in alive if c.paper)
+    if step < 0:  # every step of every configuration copies: fall back on the paper's
+        choice = paper
+        step, score = paper.best_flagged_or_not()
+        log("tune: every configuration was flagged as copying; keeping the paper's")
     paper_step, paper_score = paper.best()
     if paper_step < 0:
-        paper_step = 0
+        paper_step, paper_score = paper.best_flagged_or_not()
     searched = time.perf_counter() - started
     tuned = TunedStart(choice.spec, step, choice.label)
     log(

@@ -295,3 +295,14 @@ def test_run_with_start_auto_trains_searches_samples_and_reports(tiny_run, tmp_p
     assert metrics["chain"]["batchnorm"] == choice["start"]["batchnorm"]
     assert "chosen:" in done.stdout  # the search's table
     assert "How this model samples best" in (out / "report.html").read_text()
+
+
+def test_flagged_steps_are_never_best():
+    from aesampler.tuning import Candidate
+
+    c = Candidate("x", PAPER, True)
+    c.rounds.append({"frechet": {"0": 5.0, "1": 3.0, "2": 4.0}, "copying_flag": {"1": True}})
+    assert c.best() == (2, 4.0)  # step 1 scores best but copies
+    c.rounds.append({"frechet": {"0": 5.0, "1": 3.0}, "copying_flag": {"0": True, "1": True}})
+    assert c.best() == (-1, float("inf"))
+    assert c.best_flagged_or_not() == (1, 3.0)
