@@ -238,6 +238,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def remove_path(path: Path) -> None:
+    """Remove a file, a folder, or a link itself (a link is never followed)."""
+    _remove(Path(path))
+
+
 def _exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
@@ -260,6 +265,7 @@ _INNER_TEMPORARY = {
     FITTED: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
     PARTIAL: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
 }
+CHECKPOINT_NAME = re.compile(r"^step-\d{8,}$")  # the folders save_checkpoint makes
 _PARTIAL_TEMPORARY = re.compile(r"^\.shard-\d{5,}\.safetensors\.tmp-(\d+)$")
 _PARTIAL_RUN = re.compile(r"^samples-[0-9a-f]{12}$")  # the folders partial_folder makes
 
@@ -432,6 +438,42 @@ class RunDir:
                     document["entries"][entry] = {"command": "train", "written": "adopted"}
 
         self._update(change)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoints_folder(self) -> Path:
+        """``checkpoints/``, where training writes and deletes checkpoints: refused when it is
+        a link (aesampler deletes old checkpoints there, and would delete them wherever the
+        link points, in a folder it cannot prove it owns)."""
+        folder = self.path / CHECKPOINTS
+        if folder.is_symlink():
+            raise RunDirError(
+                f"{str(folder)!r} is a symbolic link (to {os.readlink(folder)!r}); aesampler "
+                "writes and deletes checkpoints only in a real folder of the run, so it will "
+                "not train there. To keep a run on a bigger disk, move the whole run directory "
+                "there and point output.dir (--out) at it, or bind-mount the folder; nothing "
+                "was changed"
+            )
+        return folder
+
+    def drop_old_checkpoints(self, keep: str) -> list[str]:
+        """Remove the checkpoint folders in ``checkpoints/`` but ``keep``.
+
+        Only folders named as aesampler names them (``step-NNNNNNNN``) are removed, and never
+        through a link: a link in ``checkpoints/`` is left alone, as is anything else there
+        (your ``step-00000003-keep-me/``, ``step-notes.txt``). Temporary folders of dead writers
+        are :meth:`recover`'s to tidy. Returns the names removed.
+        """
+        folder = self.checkpoints_folder()
+        removed = []
+        for item in folder.iterdir():
+            if item.name == keep or not CHECKPOINT_NAME.match(item.name):
+                continue
+            if item.is_symlink() or not item.is_dir():
+                continue  # aesampler makes neither links nor files by that name
+            _remove(item)
+            removed.append(item.name)
+        return removed
 
     # -- opening ---------------------------------------------------------------------------
 
