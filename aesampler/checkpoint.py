@@ -10,7 +10,9 @@ A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNNN/`` holding
 
 The folder is written under a temporary name and renamed into place; then
 ``<run>/checkpoints/latest`` (one line, the folder's name) is replaced atomically, and older
-checkpoints are removed. A crash at any moment leaves the previous complete checkpoint in use.
+checkpoints are removed (:meth:`aesampler.rundir.RunDir.drop_old_checkpoints`: only folders
+named ``step-NNNNNNNN``, never through a link; a ``checkpoints/`` that is a link is refused).
+A crash at any moment leaves the previous complete checkpoint in use.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe.build import check_model_size
 from .registry import Registry
-from .rundir import CHECKPOINTS, atomic_write_bytes, fsync_dir
+from .rundir import CHECKPOINTS, RunDir, atomic_write_bytes, fsync_dir, remove_path
 
 FORMAT = "aesampler-checkpoint"
 VERSION = 1
@@ -57,11 +58,13 @@ def save_checkpoint(
     run_dir: Path, model: GenerativeAutoencoder, info: dict[str, Any], state: dict[str, Any]
 ) -> Path:
     """Write a complete checkpoint for ``info["step"]`` and make it the latest."""
-    root = Path(run_dir) / CHECKPOINTS
+    run = RunDir(run_dir)
+    root = run.checkpoints_folder()  # never a link: old checkpoints are deleted there
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{int(info['step']):08d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_symlink() or tmp.exists():
+        remove_path(tmp)  # this process's own name (a save interrupted before): never a link
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / MODEL_WEIGHTS))
@@ -76,14 +79,19 @@ def save_checkpoint(
     for file in (MODEL_WEIGHTS, MODEL_INFO, TRAINING_STATE):
         _fsync_file(tmp / file)
     final = root / name
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        remove_path(tmp)
+        raise CheckpointError(
+            f"{str(final)!r} is in the way of the checkpoint aesampler writes there (it is a "
+            f"{'link' if final.is_symlink() else 'file'}, not a checkpoint aesampler wrote); "
+            "move it away and resume again"
+        )
     if final.exists():  # the same step saved again (a resumed run that did no new step)
-        shutil.rmtree(final)
+        remove_path(final)
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_bytes(root / LATEST, (name + "\n").encode())
-    for old in root.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    run.drop_old_checkpoints(keep=name)
     return final
 
 

@@ -37,6 +37,7 @@ Layout (names are the constants below)::
                              paper.png                                               (tune)
     fitted/NAME-KEY/         what a sampler fitted, by its settings and model           (fit)
     partial/samples-KEY/     the finished shards of a sampling run not yet complete   (partial)
+                             and .aesampler-lock, held by its live writer
     report.html, report/     the HTML report and its plots                          (report)
 """
 
@@ -238,6 +239,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def remove_path(path: Path) -> None:
+    """Remove a file, a folder, or a link itself (a link is never followed)."""
+    _remove(Path(path))
+
+
 def _exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
@@ -260,12 +266,15 @@ _INNER_TEMPORARY = {
     FITTED: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
     PARTIAL: re.compile(r"^\.tmp-[a-z][a-z0-9_]*-[0-9a-f]{12}-(\d+)$"),
 }
+CHECKPOINT_NAME = re.compile(r"^step-\d{8,}$")  # the folders save_checkpoint makes
 _PARTIAL_TEMPORARY = re.compile(r"^\.shard-\d{5,}\.safetensors\.tmp-(\d+)$")
 _PARTIAL_RUN = re.compile(r"^samples-[0-9a-f]{12}$")  # the folders partial_folder makes
 
 # One lock per run directory and process, re-entrant: flock locks belong to open files, so a
 # second open of the lock file in the same process would wait for the first forever.
 _HELD: dict[str, tuple[Any, int]] = {}
+# The locks this process holds on ``partial/NAME/`` folders (RunDir.partial_folder), by folder.
+_PARTIAL_LOCKS: dict[str, Any] = {}
 
 
 def _check_manifest(document: Any, path: Path) -> dict[str, Any]:
@@ -433,6 +442,42 @@ class RunDir:
 
         self._update(change)
 
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoints_folder(self) -> Path:
+        """``checkpoints/``, where training writes and deletes checkpoints: refused when it is
+        a link (aesampler deletes old checkpoints there, and would delete them wherever the
+        link points, in a folder it cannot prove it owns)."""
+        folder = self.path / CHECKPOINTS
+        if folder.is_symlink():
+            raise RunDirError(
+                f"{str(folder)!r} is a symbolic link (to {os.readlink(folder)!r}); aesampler "
+                "writes and deletes checkpoints only in a real folder of the run, so it will "
+                "not train there. To keep a run on a bigger disk, move the whole run directory "
+                "there and point output.dir (--out) at it, or bind-mount the folder; nothing "
+                "was changed"
+            )
+        return folder
+
+    def drop_old_checkpoints(self, keep: str) -> list[str]:
+        """Remove the checkpoint folders in ``checkpoints/`` but ``keep``.
+
+        Only folders named as aesampler names them (``step-NNNNNNNN``) are removed, and never
+        through a link: a link in ``checkpoints/`` is left alone, as is anything else there
+        (your ``step-00000003-keep-me/``, ``step-notes.txt``). Temporary folders of dead writers
+        are :meth:`recover`'s to tidy. Returns the names removed.
+        """
+        folder = self.checkpoints_folder()
+        removed = []
+        for item in folder.iterdir():
+            if item.name == keep or not CHECKPOINT_NAME.match(item.name):
+                continue
+            if item.is_symlink() or not item.is_dir():
+                continue  # aesampler makes neither links nor files by that name
+            _remove(item)
+            removed.append(item.name)
+        return removed
+
     # -- opening ---------------------------------------------------------------------------
 
     def _refuse_inside_an_output(self) -> None:
@@ -564,23 +609,37 @@ class RunDir:
         """``partial/NAME/``, where a long command keeps what it finished until it completes.
 
         The folder is reused when it exists (a killed run resumes from it: returned with the
-        indices of the shards it holds) and created otherwise; every other folder in
-        ``partial/`` is an unfinished run with other settings, and is removed. Temporary files
-        of dead writers inside the folder are removed too.
+        indices of the shards it holds) and created otherwise. This process holds the lock in
+        the folder (``partial/NAME/.aesampler-lock``, naming its pid) until
+        :meth:`release_partial` or :meth:`drop_partial`, or until it ends: a folder whose lock
+        another live process holds is never removed, and is refused here (that process writes
+        the same shards). Every other folder in ``partial/`` whose writer is gone is an
+        unfinished run with other settings, and is removed. Temporary files of dead writers
+        inside the folder are removed too.
         """
         self.recover()
         entry = self.path / PARTIAL
-        if _exists(entry) and (PARTIAL not in self.owned() or entry.is_symlink()):
-            raise RunDirError(
-                f"{str(entry)!r} exists but the manifest {MANIFEST} does not list it as "
-                "aesampler's output; move it away, or choose another output.dir (--out)"
-            )
-        if entry.is_dir():
-            self._drop_partials(keep=name)
-        folder = entry / name
-        if not folder.is_dir():
-            with self.new_folder(PARTIAL, name, "partial"):
-                pass
+        with self._locked():  # deciding who is alive and taking the lock are one step
+            if _exists(entry) and (PARTIAL not in self.owned() or entry.is_symlink()):
+                raise RunDirError(
+                    f"{str(entry)!r} exists but the manifest {MANIFEST} does not list it as "
+                    "aesampler's output; move it away, or choose another output.dir (--out)"
+                )
+            if entry.is_dir():
+                self._drop_partials(keep=name)
+            folder = entry / name
+            owner = self._partial_owner(folder)
+            if owner is not None:
+                raise RunDirError(
+                    f"{str(folder)!r} is in use by another aesampler "
+                    f"{owner.get('command', 'sample')} (pid {owner.get('pid', 'unknown')}) "
+                    "with these same settings; wait for it to finish, or stop it and run again "
+                    "(the shards it finished are kept)"
+                )
+            if not folder.is_dir():
+                with self.new_folder(PARTIAL, name, "partial"):
+                    pass
+            self._hold_partial(folder)
         done = []
         for item in folder.iterdir():
             temporary = _PARTIAL_TEMPORARY.match(item.name)
@@ -590,37 +649,97 @@ class RunDir:
                 done.append(int(item.name[6:-12]))
         return folder, sorted(done)
 
+    def _partial_key(self, folder: Path) -> str:
+        return str(folder.parent.resolve() / folder.name)
+
+    def _partial_owner(self, folder: Path) -> dict[str, Any] | None:
+        """The live process (``{"pid", "command"}``) that holds ``partial/NAME/``'s lock, or
+        None. Locks this process holds are not another's: it runs one command at a time, so
+        one it holds for another folder is that of a command that ended."""
+        lock = folder / LOCK
+        if self._partial_key(folder) in _PARTIAL_LOCKS:
+            return None
+        if lock.is_symlink() or not lock.is_file() or not _held(lock):
+            return None
+        try:
+            owner = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            owner = None  # being written this moment
+        return owner if isinstance(owner, dict) else {}
+
+    def _hold_partial(self, folder: Path, command: str = "sample") -> None:
+        """Take ``folder``'s lock for this process (kept until released or the process ends)."""
+        key = self._partial_key(folder)
+        if key in _PARTIAL_LOCKS:
+            return
+        lock = folder / LOCK
+        if lock.is_symlink():
+            lock.unlink()  # aesampler makes no link there
+        handle = open(lock, "a+")  # noqa: SIM115 (closed by release_partial)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunDirError(
+                f"{str(folder)!r} is in use by another aesampler process; wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "command": command, "started": _now()}))
+        handle.flush()
+        _PARTIAL_LOCKS[key] = handle
+
+    def release_partial(self, name: str) -> None:
+        """Give up this process's lock on ``partial/NAME/`` (its folder stays, to resume)."""
+        handle = _PARTIAL_LOCKS.pop(self._partial_key(self.path / PARTIAL / name), None)
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
     def partial_bytes(self) -> int:
         """Bytes of the files in ``partial/``: a resumed run reuses them, and a run with other
-        settings deletes them, so either way they are room for the run that starts."""
+        settings deletes them, so either way they are room for the run that starts (those of a
+        live run with other settings are neither, and are not counted)."""
         entry = self.path / PARTIAL
         if not entry.is_dir() or entry.is_symlink() or PARTIAL not in self.owned():
             return 0
-        return sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+        total = 0
+        for item in entry.iterdir():
+            if item.is_symlink() or self._partial_owner(item) is not None:
+                continue
+            files = [item] if item.is_file() else item.rglob("*") if item.is_dir() else []
+            total += sum(f.stat().st_size for f in files if f.is_file() and not f.is_symlink())
+        return total
 
     def _drop_partials(self, keep: str | None = None) -> None:
-        """Remove every run's folder in ``partial/`` but ``keep``: only the names
-        :meth:`partial_folder` makes (staging folders are :meth:`recover`'s to tidy, and
-        anything else is left alone)."""
-        for item in (self.path / PARTIAL).iterdir():
-            if item.name == keep or item.is_symlink() or not item.is_dir():
-                continue
-            if not _PARTIAL_RUN.match(item.name):
-                continue  # not a name aesampler makes there (its dead staging: recover())
-            _remove(item)  # another run's leftovers: its settings are gone
+        """Remove every run's folder in ``partial/`` but ``keep`` and those of live writers:
+        only the names :meth:`partial_folder` makes (staging folders are :meth:`recover`'s to
+        tidy, and anything else is left alone)."""
+        with self._locked():
+            for item in (self.path / PARTIAL).iterdir():
+                if item.name == keep or item.is_symlink() or not item.is_dir():
+                    continue
+                if not _PARTIAL_RUN.match(item.name):
+                    continue  # not a name aesampler makes there (its dead staging: recover())
+                if self._partial_owner(item) is not None:
+                    continue  # a live sample's progress, with other settings: never removed
+                self.release_partial(item.name)  # a lock of this process's that ended
+                _remove(item)  # another run's leftovers: its writer is gone
 
     def drop_partial(self, name: str | None = None) -> None:
-        """Remove ``partial/NAME/`` (its run completed; with no name, every run's), and
-        ``partial/`` once it is empty."""
+        """Remove ``partial/NAME/`` (its run completed, in this process; with no name, every
+        run's whose writer is gone), and ``partial/`` once it is empty."""
         entry = self.path / PARTIAL
         if not entry.is_dir() or entry.is_symlink() or PARTIAL not in self.owned():
             return
-        if name is None:
-            self._drop_partials()
-        elif (entry / name).is_dir() and not (entry / name).is_symlink():
-            _remove(entry / name)
-        if not any(entry.iterdir()):
-            with self._locked():
+        with self._locked():
+            if name is None:
+                self._drop_partials()
+            elif (entry / name).is_dir() and not (entry / name).is_symlink():
+                if self._partial_owner(entry / name) is None:
+                    _remove(entry / name)  # while its lock is held: nobody takes it meanwhile
+                self.release_partial(name)
+            if not any(entry.iterdir()):
                 entry.rmdir()
 
                 def change(document):

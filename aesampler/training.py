@@ -343,6 +343,7 @@ def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, An
     """
     if not run.exists() or run.is_empty():
         raise TrainingError(f"cannot resume: {str(run.path)!r} does not exist or is empty")
+    run.checkpoints_folder()  # a link is refused before anything changes
     if not (run / CHECKPOINTS / "latest").is_file():
         raise TrainingError(
             f"cannot resume: {str(run.path)!r} is not a training run of aesampler (it has no "

@@ -587,77 +587,83 @@ def sample(
         return tensors
 
     partial, done = None, []
-    if count > 1:  # finished shards are kept on disk until the run completes
-        found = distributed.main_first(run.partial_folder, f"samples-{key}")
-        partial, done = distributed.broadcast_object(found)
-        done = [i for i in done if i < count]
-        if done:
-            log(f"sample: resuming, {len(done)} of {count} shards were finished before")
-    elif world.is_main:
-        run.drop_partial()  # what a killed run with other settings left is of no use now
-    todo = [i for i in range(count) if i not in done]
-    # Under torchrun the shards are dealt out in turn; one shard is rank 0's, kept in memory.
-    mine = todo[world.rank :: world.world_size] if partial is not None else todo
-    mine = mine if partial is not None or world.is_main else []
-    result = None
-    with tqdm(
-        total=sum(chunks[i] for i in mine) * (steps + 1),
-        desc="chains" if not world.enabled else f"chains ({len(mine)} of {len(todo)} shards)",
-        unit="step",
-        disable=not progress,
-    ) as bar:
-        for index in mine:
-            result = run_shard(index, bar)
-            if partial is not None:
-                save_tensors(shard_tensors(result), partial / partial_shard_file(index))
-                result = None  # on disk now: memory holds one shard at a time
-    ran = distributed.gather_object(len(mine))  # on rank 0: every rank's shards are on disk
-    if world.enabled and ran is not None:
-        log(f"sample: {len(todo)} shards run by {world.world_size} processes: {ran} each")
-    if not world.is_main:
-        return SampleResult(run.path / SAMPLES, cfg.num_chains, steps, (), count, len(done))
+    try:
+        if count > 1:  # finished shards are kept on disk until the run completes
+            found = distributed.main_first(run.partial_folder, f"samples-{key}")
+            partial, done = distributed.broadcast_object(found)
+            done = [i for i in done if i < count]
+            if done:
+                log(f"sample: resuming, {len(done)} of {count} shards were finished before")
+        elif world.is_main:
+            run.drop_partial()  # what a killed run with other settings left is of no use now
+        todo = [i for i in range(count) if i not in done]
+        # Under torchrun the shards are dealt out in turn; one shard is rank 0's, kept in memory.
+        mine = todo[world.rank :: world.world_size] if partial is not None else todo
+        mine = mine if partial is not None or world.is_main else []
+        result = None
+        with tqdm(
+            total=sum(chunks[i] for i in mine) * (steps + 1),
+            desc="chains" if not world.enabled else f"chains ({len(mine)} of {len(todo)} shards)",
+            unit="step",
+            disable=not progress,
+        ) as bar:
+            for index in mine:
+                result = run_shard(index, bar)
+                if partial is not None:
+                    save_tensors(shard_tensors(result), partial / partial_shard_file(index))
+                    result = None  # on disk now: memory holds one shard at a time
+        ran = distributed.gather_object(len(mine))  # on rank 0: every rank's shards are on disk
+        if world.enabled and ran is not None:
+            log(f"sample: {len(todo)} shards run by {world.world_size} processes: {ran} each")
+        if not world.is_main:
+            return SampleResult(run.path / SAMPLES, cfg.num_chains, steps, (), count, len(done))
 
-    # The chains took long: checked again, so that whatever appeared at samples/ meanwhile (a
-    # folder that is not aesampler's, or a sample without --overwrite) is not replaced.
-    run.check_replaceable("sample", [SAMPLES], overwrite)
-    with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
-        folder = txn.path(SAMPLES)
-        folder.mkdir()
-        files = [samples_file(i, count) for i in range(count)]
-        if partial is None:
-            recorded = result.steps
-            save_tensors(shard_tensors(result), folder / files[0])
-            first = {t: result.x[t][:shown] for t in recorded}
-        else:
-            for i, name in enumerate(files):
-                _link_or_copy(partial / partial_shard_file(i), folder / name)
-            first = _first_chains([folder / name for name in files], shown)
-            recorded = tuple(sorted(first))
-        for t in recorded:
-            save_png(first[t], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
-        settings = dict(
-            cfg.model_dump(mode="json"),
-            batchnorm=batchnorm,
-            steps=steps,
-            steps_recorded=list(recorded),
-            start=parts.start_spec.model_dump(mode="json"),
-            start_describes=start.describes,
-            chain={"batchnorm": batchnorm, "corruption": corruption},
-            tuned=None if parts.tuned is None else parts.tuned.as_dict(),
-            steps_auto=None if auto is None else auto.as_dict(),
-            shards=[
-                {"file": name, "chains": list(bounds), "seed": shard_seed(cfg.seed, i)}
-                for i, (name, bounds) in enumerate(zip(files, shards))
-            ],
+        # The chains took long: checked again, so that whatever appeared at samples/ meanwhile (a
+        # folder that is not aesampler's, or a sample without --overwrite) is not replaced.
+        run.check_replaceable("sample", [SAMPLES], overwrite)
+        with run.transaction("sample", with_recipe(run, SAMPLES)) as txn:
+            folder = txn.path(SAMPLES)
+            folder.mkdir()
+            files = [samples_file(i, count) for i in range(count)]
+            if partial is None:
+                recorded = result.steps
+                save_tensors(shard_tensors(result), folder / files[0])
+                first = {t: result.x[t][:shown] for t in recorded}
+            else:
+                for i, name in enumerate(files):
+                    _link_or_copy(partial / partial_shard_file(i), folder / name)
+                first = _first_chains([folder / name for name in files], shown)
+                recorded = tuple(sorted(first))
+            for t in recorded:
+                save_png(first[t], folder / f"step-{t:03d}.png", nrow=_grid_nrow(shown))
+            settings = dict(
+                cfg.model_dump(mode="json"),
+                batchnorm=batchnorm,
+                steps=steps,
+                steps_recorded=list(recorded),
+                start=parts.start_spec.model_dump(mode="json"),
+                start_describes=start.describes,
+                chain={"batchnorm": batchnorm, "corruption": corruption},
+                tuned=None if parts.tuned is None else parts.tuned.as_dict(),
+                steps_auto=None if auto is None else auto.as_dict(),
+                shards=[
+                    {"file": name, "chains": list(bounds), "seed": shard_seed(cfg.seed, i)}
+                    for i, (name, bounds) in enumerate(zip(files, shards))
+                ],
+            )
+            save_settings(
+                parts, folder, settings, ["transition", "corruption", "sampler"], corruption
+            )
+            steps_figure(first, folder / STEPS_FIGURE, parts.start_spec.name)
+            write_recipe(parts, txn)
+        if partial is not None:
+            run.drop_partial(partial.name)
+        return SampleResult(
+            run.path / SAMPLES, cfg.num_chains, steps, tuple(recorded), count, len(done)
         )
-        save_settings(parts, folder, settings, ["transition", "corruption", "sampler"], corruption)
-        steps_figure(first, folder / STEPS_FIGURE, parts.start_spec.name)
-        write_recipe(parts, txn)
-    if partial is not None:
-        run.drop_partial(partial.name)
-    return SampleResult(
-        run.path / SAMPLES, cfg.num_chains, steps, tuple(recorded), count, len(done)
-    )
+    finally:
+        if partial is not None and world.is_main:  # a failure keeps the shards, unlocked
+            run.release_partial(partial.name)
 
 
 def _samples_key(parts: Components, start: Sampler, steps: int, record: list[int] | None) -> str:
