@@ -43,6 +43,7 @@ from .interfaces import (
 )
 from .interpolate import lerp, slerp
 from .plugins import get_registry, load_registry
+from .precision import PrecisionChoice, SlowPrecisionWarning, resolve_precision
 from .registry import Component, Registry
 from .transitions import DecodeCorruptEncode
 
@@ -84,7 +85,9 @@ __all__ = [
     "PluginLoadWarning",
     "PluginSettingWarning",
     "Posterior",
+    "PrecisionChoice",
     "Registry",
+    "SlowPrecisionWarning",
     "StepTensors",
     "Transition",
     "TransitionOutput",
@@ -96,6 +99,7 @@ __all__ = [
     "hookimpl",
     "lerp",
     "load_registry",
+    "resolve_precision",
     "sampling_mode",
     "slerp",
 ]

@@ -6,9 +6,11 @@ machine's load hits all of them alike), it times:
 * ``reference``: a bare eager loop over the same networks, ``x = d(z); z ~ Q(z | x + noise)``,
   then the samples ``d(z_T)``, batch-statistics BN, the default memory layout, fp32;
 * ``exact``: :meth:`aesampler.Chain.run` with ``precision="fp32"``;
-* ``bf16``: ``Chain.run(precision="bf16")``: the networks under bfloat16 autocast;
-* ``bf16+channels_last``: the same with the networks' weights and inputs in channels-last
-  memory layout.
+* ``auto``: ``Chain.run()`` with its default, ``precision="auto"``: what a user gets (bf16 where
+  the hardware computes it fast, fp32 elsewhere; :mod:`aesampler.precision`);
+* ``bf16``: ``Chain.run(precision="bf16")``: bfloat16 autocast, the weights in channels-last
+  layout for the run. On hardware without fast bfloat16 it is not timed by default (it can take
+  over ten times as long as fp32 there), and its row says so; ``full=True`` times it anyway.
 
 Each variant's images per second is the median over ``repeats`` rounds; its ratio to the
 reference is taken round by round (both measured moments apart) and the median reported. The
@@ -20,7 +22,8 @@ as null.
 
 The sizes are the paper's 64 × 64 DCGAN networks (3 channels, latent 200, width 64) and the
 quickstart's 32 × 32 ones (1 channel, latent 200, width 32), with fresh random weights: speed
-does not depend on what the weights learned.
+does not depend on what the weights learned. The defaults (:data:`QUICK`: batch 64, 2 chain
+steps, 3 rounds) answer in about a minute on 2 CPU cores; :data:`FULL` is the longer table.
 
 With ``training=True`` it also times training (:func:`bench_training`): the variants of
 :data:`TRAIN_VARIANTS` (``aesampler train`` and the bare loop, fp32 and ``train.precision:
@@ -33,6 +36,7 @@ import copy
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,10 +47,14 @@ import torch
 from .chain import Chain
 from .corruptions import GaussianCorruption
 from .models import AAE
+from .precision import SlowPrecisionWarning, autocast_dtype, cpu_capability, resolve_precision
 
 #: (name, image size, channels, width) of the networks benchmarked.
 NETWORKS = (("quickstart", 32, 1, 32), ("paper", 64, 3, 64))
-VARIANTS = ("reference", "exact", "bf16", "bf16+channels_last")
+VARIANTS = ("reference", "exact", "auto", "bf16")
+#: The default batches, chain steps and rounds (about a minute on 2 CPU cores), and ``--full``'s.
+QUICK = {"batches": (64,), "steps": 2, "repeats": 3}
+FULL = {"batches": (64, 256), "steps": 5, "repeats": 3}
 
 
 @dataclass
@@ -61,6 +69,9 @@ class Row:
     ratio_to_reference: float
     peak_memory_bytes: int | None
     fraction_of_matmul_peak: float | None
+    precision: str = "fp32"
+    cpu_capability: str = ""
+    note: str | None = None
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 5):
@@ -83,14 +94,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _flops(model: AAE, z0: torch.Tensor, steps: int) -> int:
-    """Floating-point operations of a whole run: ``steps`` decodes and encodes, one decode."""
+def _flops(model: AAE, batch: int, steps: int, device: torch.device) -> int:
+    """Floating-point operations of a whole run: ``steps`` decodes and encodes, one decode.
+
+    Counted on 2 chains and scaled: the counter counts the matrix products and convolutions,
+    whose operations grow exactly in proportion to the batch.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    z0 = torch.randn(2, 200, generator=torch.Generator().manual_seed(1)).to(device)
     counter = FlopCounterMode(display=False)
     with counter:
         _reference(copy.deepcopy(model), z0, steps, 0.5, 0)
-    return counter.get_total_flops()
+    return counter.get_total_flops() * batch // 2
 
 
 def _reference(
@@ -111,40 +127,63 @@ def _reference(
         return z, model.decoder(z)
 
 
-def _variants(model: AAE, device: torch.device, steps: int, sigma: float) -> dict[str, Callable]:
+def _variants(model: AAE, steps: int, sigma: float, timed: tuple[str, ...]) -> dict[str, Callable]:
     corruption = GaussianCorruption(sigma)
     chain = Chain(model.encoder, model.decoder, corruption)
-    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    chain_last = Chain(last.encoder, last.decoder, corruption)
     reference = copy.deepcopy(model)
 
-    def run(which: Chain, precision: str) -> Callable:
-        return lambda z0: which.run(z0, steps=steps, record=[steps], seed=0, precision=precision)
+    def run(precision: str) -> Callable:
+        def timed_run(z0):
+            with warnings.catch_warnings():  # the row's note says when bf16 is slow here
+                warnings.simplefilter("ignore", SlowPrecisionWarning)
+                return chain.run(z0, steps=steps, record=[steps], seed=0, precision=precision)
 
-    return {
+        return timed_run
+
+    every = {
         "reference": lambda z0: _reference(reference, z0, steps, sigma, 0),
-        "exact": run(chain, "fp32"),
-        "bf16": run(chain, "bf16"),
-        "bf16+channels_last": run(chain_last, "bf16"),
+        "exact": run("fp32"),
+        "auto": run("auto"),
+        "bf16": run("bf16"),
     }
+    return {name: every[name] for name in timed}
 
 
 def bench(
     *,
     training: bool = False,
-    batches: tuple[int, ...] = (64, 256),
-    steps: int = 5,
-    repeats: int = 3,
+    full: bool = False,
+    batches: tuple[int, ...] | None = None,
+    steps: int | None = None,
+    repeats: int | None = None,
     networks: tuple[str, ...] = ("quickstart", "paper"),
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Time the chain's variants (and training's); returns the rows and the matmul peaks."""
+    """Time the chain's variants (and training's); returns the rows and the matmul peaks.
+
+    ``batches``, ``steps`` and ``repeats`` default to :data:`QUICK`, or :data:`FULL` with
+    ``full``. Without ``full``, ``bf16`` is not timed where the device has no fast bfloat16.
+    """
     device = torch.device(device)
+    defaults = FULL if full else QUICK
+    batches = tuple(batches or defaults["batches"])
+    steps = steps or defaults["steps"]
+    repeats = repeats or defaults["repeats"]
+    capability = cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    auto = resolve_precision(device, "auto")
+    log(f"bench: {device}, CPU capability {cpu_capability()}; {auto.describe()}")
     peaks = {
         "fp32": matmul_peak(device, torch.float32),
         "bf16": matmul_peak(device, autocast_dtype(device)),
     }
+    skip_bf16 = not auto.fast_bf16 and not full
+    timed = tuple(v for v in VARIANTS if not (v == "bf16" and skip_bf16))
+    computes = {"reference": "fp32", "exact": "fp32", "auto": auto.precision, "bf16": "bf16"}
+    notes = dict.fromkeys(VARIANTS)
+    if not auto.fast_bf16:
+        slow = f"no fast bf16 here: {auto.reason}"
+        notes["bf16"] = f"not timed ({slow}; --full times it)" if skip_bf16 else slow
     rows: list[Row] = []
     for name, size, channels, width in NETWORKS:
         if name not in networks:
@@ -152,10 +191,11 @@ def bench(
         torch.manual_seed(0)
         model = AAE(image_size=size, channels=channels, latent_dim=200, width=width).to(device)
         model.eval()
-        variants = _variants(model, device, steps, sigma=0.5)
+        variants = _variants(model, steps, sigma=0.5, timed=timed)
         for batch in batches:
+            started_row = time.perf_counter()
             z0 = torch.randn(batch, 200, generator=torch.Generator().manual_seed(1)).to(device)
-            flops = _flops(model, z0, steps)
+            flops = _flops(model, batch, steps, device)
             for run in variants.values():  # warm up: first calls allocate and pick kernels
                 run(z0)
             seconds: dict[str, list[float]] = {v: [] for v in variants}
@@ -171,11 +211,17 @@ def bench(
                     seconds[variant].append(time.perf_counter() - started)
                     if device.type == "cuda":
                         memory[variant] = torch.cuda.max_memory_allocated(device)
-            for variant in variants:
+            found = []
+            for variant in VARIANTS:
+                common = dict(precision=computes[variant], cpu_capability=capability)
+                if variant not in variants:
+                    row = Row(variant, name, size, batch, None, None, None, None, **common)
+                    found.append(Row(**{**asdict(row), "note": notes[variant]}))
+                    continue
                 ratios = [r / s for r, s in zip(seconds["reference"], seconds[variant])]
                 median = statistics.median(seconds[variant])
-                peak = peaks["fp32" if variant in ("reference", "exact") else "bf16"]
-                rows.append(
+                peak = peaks[computes[variant]]
+                found.append(
                     Row(
                         variant,
                         name,
@@ -185,17 +231,29 @@ def bench(
                         statistics.median(ratios),
                         memory[variant],
                         flops / median / peak if peak else None,
+                        note=notes[variant],
+                        **common,
                     )
                 )
-            log(f"bench: {name} {size}x{size}, batch {batch}: done")
+            rows += found
+            said = ", ".join(
+                f"{r.name} {r.ratio_to_reference:.2f}x" for r in found if r.ratio_to_reference
+            )
+            took = time.perf_counter() - started_row
+            log(f"bench: {name} {size}x{size}, batch {batch} ({took:.0f}s): {said}")
     if training:
         found = bench_training(
             repeats=repeats, networks=networks, device=device, peaks=peaks, log=log
         )
-        rows += [Row(**row) for row in found]
+        for row in found:
+            slow = row["precision"] == "bf16" and not auto.fast_bf16
+            note = f"no fast bf16 here: {auto.reason}" if slow else None
+            rows.append(Row(**{**row, "cpu_capability": capability, "note": note}))
     return {
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "cpu_capability": cpu_capability(),
+        "auto_precision": auto.as_dict(),
         "steps": steps,
         "repeats": repeats,
         "matmul_peak_flops": peaks,
@@ -426,44 +484,58 @@ def _training_rows(network, size, batch, steps, flops, seconds, memory, peaks) -
                     statistics.median(r / t for r, t in zip(reference, times)),
                     memory[name],
                     steps * flops / median / peak if peak else None,
+                    precision=precisions[name],
                 )
             )
         )
     return rows
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype:
-    """The dtype ``precision="bf16"`` computes in on ``device`` (see ``autocast_for``)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
 def format_bench(result: dict) -> str:
-    """The rows as a plain-text table."""
-    header = ["network", "size", "batch", "variant", "images/s", "× reference", "of peak"]
-    lines = []
+    """The rows as a plain-text table, each note under it."""
+    header = [
+        "network",
+        "size",
+        "batch",
+        "variant",
+        "computes",
+        "images/s",
+        "× reference",
+        "of peak",
+    ]
+    lines, notes = [], []
     for row in result["rows"]:
         fraction = row["fraction_of_matmul_peak"]
+        timed = row["images_per_s"] is not None
+        mark = ""
+        if row.get("note"):
+            if row["note"] not in notes:
+                notes.append(row["note"])
+            mark = " [" + str(notes.index(row["note"]) + 1) + "]"
         lines.append(
             [
                 row["network"],
                 f"{row['image_size']}x{row['image_size']}",
                 str(row["batch"]),
-                row["name"],
-                f"{row['images_per_s']:.0f}",
-                f"{row['ratio_to_reference']:.2f}",
+                row["name"] + mark,
+                row.get("precision", ""),
+                f"{row['images_per_s']:.0f}" if timed else "-",
+                f"{row['ratio_to_reference']:.2f}" if timed else "-",
                 "-" if fraction is None else f"{100 * fraction:.0f}%",
             ]
         )
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *lines]]
     peaks = result["matmul_peak_flops"]
+    auto = result.get("auto_precision") or {}
     return "\n".join(
         [
             *text,
-            f"({result['device']}, {result['threads']} threads, {result['steps']} chain steps, "
-            f"median of {result['repeats']} interleaved rounds; matmul peak "
-            f"{peaks['fp32'] / 1e9:.0f} GFLOP/s fp32, {peaks['bf16'] / 1e9:.0f} GFLOP/s bf16)",
+            *(f"[{i}] {note}" for i, note in enumerate(notes, 1)),
+            f"({result['device']}, CPU capability {result.get('cpu_capability', '?')}, "
+            f"precision auto: {auto.get('precision', '?')}; {result['threads']} threads, "
+            f"{result['steps']} chain steps, median of {result['repeats']} interleaved rounds; "
+            f"matmul peak {peaks['fp32'] / 1e9:.0f} GFLOP/s fp32, "
+            f"{peaks['bf16'] / 1e9:.0f} GFLOP/s bf16)",
         ]
     )

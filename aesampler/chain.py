@@ -50,12 +50,18 @@ from .interfaces import (
     Transition,
     TransitionOutput,
 )
+from .precision import (
+    PRECISIONS,
+    Precision,
+    PrecisionChoice,
+    autocast_for,
+    fast_layout,
+    resolve_precision,
+)
 from .transitions import DecodeCorruptEncode
 
 BatchNormMode = Literal["batch", "running"]
 BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
 #: Chains per noise block with ``batchnorm="running"`` (see :func:`block_generator`).
 DEFAULT_BLOCK_SIZE = 256
@@ -245,11 +251,13 @@ class ChainResult:
         z: latents by step, each of shape (N, *latent_shape).
         x: samples d(z_t) by step, each of shape (N, *image_shape).
         steps: the recorded step numbers, ascending.
+        precision: what the run's ``precision`` resolved to, and why (None: not recorded).
     """
 
     z: StepTensors
     x: StepTensors
     steps: tuple[int, ...]
+    precision: PrecisionChoice | None = None
 
     @property
     def num_chains(self) -> int:
@@ -267,7 +275,12 @@ class ChainResult:
             return results[0]
         z = {t: torch.cat([r.z[t] for r in results]) for t in steps}
         x = {t: torch.cat([r.x[t] for r in results]) for t in steps}
-        return cls(z=StepTensors("z", z), x=StepTensors("x", x), steps=steps)
+        return cls(
+            z=StepTensors("z", z),
+            x=StepTensors("x", x),
+            steps=steps,
+            precision=results[0].precision,
+        )
 
 
 def _unique_modules(roots: Iterable[nn.Module]) -> list[nn.Module]:
@@ -463,7 +476,7 @@ class Chain:
         generator: torch.Generator | None = None,
         out_device: torch.device | str | None = None,
         callback: Callable[[ChainStep], None] | None = None,
-        precision: Precision = "fp32",
+        precision: Precision = "auto",
     ) -> ChainResult:
         """Run chains from z0 and record z_t and d(z_t) at the chosen steps.
 
@@ -499,12 +512,17 @@ class Chain:
                 seed is drawn from PyTorch's default CPU generator.
             out_device: where the recorded tensors go; default the modules' device.
             callback: called after every step of every chunk with a :class:`ChainStep`.
-            precision: ``"fp32"`` runs the modules as they are (exact). ``"bf16"`` runs the
-                transitions and decodes under autocast in bfloat16 (float16 on a CUDA device
-                without bfloat16), where the hardware has fast low-precision matrix units. The
-                chain's state z_t and the recorded x_t are stored in the modules' dtype, but
-                their values carry bfloat16 precision: each transition's output (and the
-                corruption inside it) is computed in bfloat16. See :func:`autocast_for`.
+            precision: ``"auto"`` (default) is ``"bf16"`` where the modules' device computes
+                bfloat16 fast (a CPU with AVX512-BF16 or AMX, a CUDA device with tensor cores)
+                and ``"fp32"`` elsewhere (:func:`aesampler.precision.resolve_precision`;
+                ``result.precision`` says which and why). ``"fp32"`` runs the modules as they
+                are (exact). ``"bf16"`` runs the transitions and decodes under autocast in
+                bfloat16 (float16 on a CUDA device without bfloat16), with the modules' 4-D
+                weights in channels-last layout for the run (given back as they were after
+                it); on a device without fast bfloat16 it warns once. The chain's state z_t and
+                the recorded x_t are stored in the modules' dtype, but their values carry
+                bfloat16 precision: each transition's output (and the corruption inside it) is
+                computed in bfloat16.
 
         Returns:
             A :class:`ChainResult`; ``result.z[t]`` and ``result.x[t]`` hold step t.
@@ -565,8 +583,14 @@ class Chain:
         x_out: dict[int, Tensor] = {}
         record_set = set(record_steps)
         check_finite = device.type != "meta"  # meta tensors hold no values to check
+        choice = resolve_precision(device, precision)
+        precision = choice.precision
         low = autocast_for(device, precision)
-        with sampling_mode(self._roots, batchnorm), torch.inference_mode():
+        with (
+            sampling_mode(self._roots, batchnorm),
+            fast_layout(self._roots, precision),
+            torch.inference_mode(),
+        ):
             for chunk, groups in enumerate(plan):
                 first, last = groups[0][1], groups[-1][2]
                 first_bad = _FirstNonFinite(last - first, device)
@@ -602,7 +626,12 @@ class Chain:
                         zs = [out.z for out in outs]
                 if check_finite:
                     self._raise_if_non_finite(first_bad, chunk, first, batchnorm)
-        return ChainResult(z=StepTensors("z", z_out), x=StepTensors("x", x_out), steps=record_steps)
+        return ChainResult(
+            z=StepTensors("z", z_out),
+            x=StepTensors("x", x_out),
+            steps=record_steps,
+            precision=choice,
+        )
 
     def _has_batchnorm(self) -> bool:
         return any(isinstance(m, _BatchNorm) for m in _unique_modules(self._roots))
@@ -840,21 +869,6 @@ class _FirstNonFinite:
 def _chain_list(indices: list[int]) -> str:
     shown = ", ".join(map(str, indices[:_SHOWN_CHAINS]))
     return f"chains {shown}" + (", ..." if len(indices) > _SHOWN_CHAINS else "")
-
-
-def autocast_for(device: torch.device | None, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` on ``device`` (a no-op for ``"fp32"``).
-
-    ``"bf16"`` is bfloat16 autocast on the CPU and on CUDA devices that support it; on older
-    CUDA devices float16 is used instead (same range of speed-ups, narrower exponent). Devices
-    without autocast (meta) run as they are.
-    """
-    if precision == "fp32" or device is None or device.type not in ("cpu", "cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _in_dtype(out: TransitionOutput, dtype: torch.dtype | None) -> TransitionOutput:

@@ -358,6 +358,7 @@ def inpaint(
         seed=seed,
         out_device=out_device,
         callback=callback,
+        precision="fp32",  # exact: the observed pixels stay the image's, bit for bit
     )
     out = result.x[result.steps[0]].device
     truth, mask = truth.to(out), mask.to(out)

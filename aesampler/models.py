@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .chain import PRECISIONS, autocast_for
 from .interfaces import (
     Decoder,
     DeterministicEncoder,
@@ -36,6 +35,7 @@ from .interfaces import (
     Posterior,
 )
 from .nn import Adversary, DCGANDecoder, DCGANEncoder
+from .precision import COMPUTED, autocast_for
 
 
 class GenerativeAutoencoder(nn.Module, abc.ABC):
@@ -63,15 +63,16 @@ class GenerativeAutoencoder(nn.Module, abc.ABC):
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context ``training_step`` runs its forward passes in, at ``train_precision``.
 
-        For ``"bf16"``, autocast on the model's device (see :func:`aesampler.chain.autocast_for`);
-        for ``"fp32"``, nothing. Compute the losses, the backward passes and the optimiser steps
-        outside it: the losses on outputs cast to float32, so that they and the gradients they
-        start from are fp32. A model whose ``training_step`` never enters this context trains in
+        For ``"bf16"``, autocast on the model's device (see
+        :func:`aesampler.precision.autocast_for`); for ``"fp32"``, nothing. Compute the losses,
+        the backward passes and the optimiser steps outside it: the losses on outputs cast to
+        float32, so that they and the gradients they start from are fp32. A model whose
+        ``training_step`` never enters this context trains in
         fp32 whatever ``train.precision`` says.
         """
-        if self.train_precision not in PRECISIONS:
+        if self.train_precision not in COMPUTED:
             raise ValueError(
-                f"train_precision must be one of {PRECISIONS}, got {self.train_precision!r}"
+                f"train_precision must be one of {COMPUTED}, got {self.train_precision!r}"
             )
         if self.train_precision == "fp32":
             return contextlib.nullcontext()

@@ -59,6 +59,7 @@ from .checkpoint import (
 )
 from .errors import AesamplerError
 from .plugins import get_registry
+from .precision import PrecisionChoice, autocast_dtype, resolve_precision
 from .recipe import Recipe, build_corruption, build_dataset, build_model
 from .registry import Registry
 from .rundir import (
@@ -99,17 +100,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_precision(device: torch.device, precision: str) -> None:
-    """Refuse ``train.precision: bf16`` where autocast would fall back to float16.
+def train_precision(device: torch.device, precision: str) -> PrecisionChoice:
+    """What ``train.precision`` means on ``device`` (:func:`aesampler.precision.resolve_precision`).
 
-    On CUDA devices without bfloat16, :func:`aesampler.chain.autocast_for` computes in float16,
-    whose narrow range needs loss scaling in training (which the models' steps do not do).
+    ``auto`` trains in bf16 only where bfloat16 itself is fast (never float16: its narrow range
+    needs loss scaling, which the models' steps do not do). An explicit ``bf16`` on a CUDA device
+    without bfloat16 is refused, since autocast would fall back to float16 there.
     """
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainingError(
             f"train.precision is 'bf16' but {device} has no bfloat16 support (float16 training "
-            "would need loss scaling); use train.precision: fp32"
+            "would need loss scaling); use train.precision: fp32 or auto"
         )
+    choice = resolve_precision(device, precision)
+    if choice.precision == "bf16" and autocast_dtype(device) != torch.bfloat16:
+        reason = f"{choice.reason}, but no bfloat16 (float16 training would need loss scaling)"
+        return PrecisionChoice(choice.requested, "fp32", False, reason)
+    return choice
 
 
 class _Metrics:
@@ -156,7 +163,8 @@ def train(
     world = distributed.world()
     progress, log = distributed.voice(progress, log)  # rank 0 speaks for the run
     device = distributed.rank_device(resolve_device(cfg.device))
-    check_precision(device, cfg.precision)
+    precision = train_precision(device, cfg.precision)
+    log(f"train: {precision.describe()}")
     run = RunDir(recipe.output.dir)
 
     # Build everything before touching the run directory: bad data or parameters lose nothing.
@@ -175,7 +183,7 @@ def train(
         )
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(recipe, train_set, registry).to(device)
-    model.train_precision = cfg.precision  # what model.autocast() computes in
+    model.train_precision = precision.precision  # what model.autocast() computes in
     if world.rank > 0:  # dropout: each rank its own masks
         torch.manual_seed(_rank_seed(cfg.seed, world.rank, 0))
     corruption = build_corruption(recipe, registry)
@@ -652,6 +660,7 @@ def _loop(
                 "complete": complete,
                 "step": step,
                 "seconds": round(time.perf_counter() - epoch_started, 3),
+                "precision": model.train_precision,
                 **{f"train/{k}": v / max(batches, 1) for k, v in sums.items()},
             }
             rng = distributed.all_gather_object(_rng_states(noise, device))  # every rank's
@@ -725,5 +734,6 @@ def _save_grids(model, folder: Path, tag: str, grid_x, grid_z, corruption, seed:
     rows.append(model.reconstruct(grid_x))
     save_png(torch.cat(rows), folder / f"{tag}-reconstructions.png", nrow=len(grid_x))
     # Prior samples with batch-statistics BN, as the paper samples (step 0 of a chain).
-    samples = Chain(model.encoder, model.decoder).run(grid_z, steps=0, seed=seed).x[0]
+    chain = Chain(model.encoder, model.decoder)
+    samples = chain.run(grid_z, steps=0, seed=seed, precision="fp32").x[0]
     save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)

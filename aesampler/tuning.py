@@ -299,7 +299,9 @@ def tune(
         z = encode_images(
             parts.model, evaluator.reference, batchnorm=mode, seed=cfg.seed, device=parts.device
         )
-        x = parts.chain.run(z, steps=0, batchnorm=mode, out_device="cpu").x[0]
+        x = parts.chain.run(
+            z, steps=0, batchnorm=mode, out_device="cpu", precision=parts.precision.precision
+        ).x[0]
         measured = evaluator.measure({0: x}, {}, progress=False, batchnorm=mode, bootstrap=0)
         summary = _summary(measured, len(x), 0)
         yardstick[mode] = {

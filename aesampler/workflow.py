@@ -56,6 +56,7 @@ from .errors import AesamplerError
 from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
+from .precision import PrecisionChoice, resolve_precision
 from .recipe import Recipe, build_corruption, build_dataset
 from .recipe.schema import ComponentSpec, SamplerSpec
 from .registry import Registry
@@ -107,6 +108,8 @@ class Components:
     device: torch.device
     checkpoint: Path
     registry: Registry
+    #: What ``sampling.precision`` resolved to on ``device`` (``auto``: by the hardware).
+    precision: PrecisionChoice
     _start: Sampler | None = field(default=None, init=False, repr=False)
     _contexts: dict[str, SamplerContext] = field(default_factory=dict, init=False, repr=False)
     _chains: dict[str, Chain] = field(default_factory=dict, init=False, repr=False)
@@ -198,7 +201,7 @@ class Components:
             seed=shard_seed(seed, index),
             out_device="cpu",
             callback=callback,
-            precision=cfg.precision,
+            precision=self.precision.precision,
         )
 
     def sampler_context(
@@ -380,10 +383,8 @@ def build_components(
     folder = checkpoint_for(recipe, checkpoint)
     device = distributed.rank_device(resolve_device(recipe.sampling.device or recipe.train.device))
     model, info = load_model(folder, registry, device)
-    if recipe.sampling.precision == "bf16":
-        # With bf16 autocast the convolutions run fastest in channels-last layout (aesampler
-        # bench: 2.2-2.6x the fp32 loop on the paper's networks, against 2.0x without it).
-        model = model.to(memory_format=torch.channels_last)
+    # Chain.run itself holds the weights in channels-last layout for bf16 (the fast layout).
+    precision = resolve_precision(device, recipe.sampling.precision)
     wanted = {"kind": recipe.model.name, **recipe.model.params}
     held = {"kind": info["model"]["kind"], **info["model"]["architecture"]}
     clashes = {k: (v, held.get(k)) for k, v in wanted.items() if held.get(k) != v}
@@ -391,7 +392,7 @@ def build_components(
         detail = ", ".join(f"{k}: recipe {a!r}, checkpoint {b!r}" for k, (a, b) in clashes.items())
         raise WorkflowError(f"the checkpoint {folder} does not match the recipe's model ({detail})")
     chain = _build_chain(recipe, model, registry, recipe.chain_corruption)
-    return Components(recipe, model, chain, device, folder, registry)
+    return Components(recipe, model, chain, device, folder, registry, precision)
 
 
 def _build_chain(
@@ -419,7 +420,7 @@ def _run_chain(
             *args,
             out_device="cpu",
             callback=lambda _: bar.update(1),
-            precision=parts.recipe.sampling.precision,
+            precision=parts.precision.precision,
             **kwargs,
         )
 
@@ -506,7 +507,7 @@ def chain_steps(
         seed=cfg.seed + 1,
         batchnorm=batchnorm,
         chunk_size=cfg.chunk_size,
-        precision=cfg.precision,
+        precision=parts.precision.precision,
     )
     curve = ", ".join(f"{t}: {v:.4g}" for t, v in auto.curve.items())
     log(f"steps: auto chose {auto.steps} of at most {cfg.max_steps} (MMD² by step: {curve})")
@@ -570,6 +571,7 @@ def sample(
     chunks = [len(chunk_bounds(b - a, cfg.chunk_size, batchnorm=batchnorm)) for a, b in shards]
     shown = min(cfg.grid_size, cfg.num_chains)
     key = _samples_key(parts, start, steps, record)
+    log(f"sample: {parts.precision.describe()}")
     from .report import steps_figure  # matplotlib is imported only when pictures are made
 
     def run_shard(index: int, bar: tqdm) -> ChainResult:
@@ -641,6 +643,7 @@ def sample(
                 batchnorm=batchnorm,
                 steps=steps,
                 steps_recorded=list(recorded),
+                precision=parts.precision.as_dict(),
                 start=parts.start_spec.model_dump(mode="json"),
                 start_describes=start.describes,
                 chain={"batchnorm": batchnorm, "corruption": corruption},
@@ -681,6 +684,7 @@ def _samples_key(parts: Components, start: Sampler, steps: int, record: list[int
         "steps": steps,
         "record": record,
         "device": str(parts.device),
+        "precision": parts.precision.precision,
         "start_state": state.hexdigest(),
         "data": parts.recipe.data.model_dump(mode="json"),
         "transition": parts.recipe.sampling.transition.model_dump(mode="json"),

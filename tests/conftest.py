@@ -53,6 +53,18 @@ def tiny_nets(
     return enc.to(dtype), dec.to(dtype)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_fast_bf16():
+    """In this process every test sees a CPU without fast bfloat16 units, so that ``precision:
+    auto`` is fp32 on every machine the suite runs on (results compared to fp32 ones stay exact).
+    Tests of the choice mock the queries themselves; subprocesses see the real hardware, so a
+    test that compares one with this process sets its precision explicitly."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+        patch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        yield
+
+
 def tiny_chain_parts(
     latent: int = 4,
     image: tuple[int, int, int] = (1, 4, 4),

@@ -172,6 +172,7 @@ def exact_recipe(run_dir, registry, batch_size, max_steps, **model):
                 "log_every": 1,
                 "grid_size": 4,
                 "seed": 3,
+                "precision": "fp32",  # torchrun's processes see the real hardware
             },
             "output": {"dir": str(run_dir)},
         },

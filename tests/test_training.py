@@ -313,10 +313,12 @@ def test_a_model_that_ignores_the_precision_trains_in_fp32_under_bf16(tmp_path):
 
 
 def test_bf16_training_is_refused_on_a_cuda_device_without_bfloat16(monkeypatch):
-    from aesampler.training import check_precision
+    from aesampler.training import train_precision
 
+    monkeypatch.setattr("aesampler.precision._WARNED", set())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(TrainingError, match="cuda:0 has no bfloat16 support"):
-        check_precision(torch.device("cuda:0"), "bf16")
-    check_precision(torch.device("cuda:0"), "fp32")
-    check_precision(torch.device("cpu"), "bf16")
+        train_precision(torch.device("cuda:0"), "bf16")
+    assert train_precision(torch.device("cuda:0"), "fp32").precision == "fp32"
+    with pytest.warns(aesampler.SlowPrecisionWarning):  # this suite's CPU has no fast bf16
+        assert train_precision(torch.device("cpu"), "bf16").precision == "bf16"

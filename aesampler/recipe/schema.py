@@ -147,10 +147,11 @@ class TrainSection(Section):
     )
     seed: Seed = 0
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="fp32: exact; bf16: the forward passes of each training step run under "
-        "bfloat16 autocast (faster where the hardware has bf16 units); losses, gradients, "
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 where the device computes it fast (AVX512-BF16 or AMX CPUs, "
+        "CUDA devices with bfloat16 tensor cores), fp32 elsewhere; fp32: exact; bf16: the "
+        "forward passes of each training step run under bfloat16 autocast; losses, gradients, "
         "weights and optimiser state stay fp32",
     )
     num_workers: NonNegativeInt = 0
@@ -206,10 +207,11 @@ class SamplingSection(Section):
         description="the default batch-norm mode of every sampler entry: batch (minibatch "
         "statistics, the paper's) or running (the statistics of training)",
     )
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="fp32: exact; bf16: each transition runs under bfloat16 autocast (faster "
-        "where the hardware has bf16 units); z and x are stored as fp32 with bf16 precision",
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 where the device computes it fast (AVX512-BF16 or AMX CPUs, "
+        "CUDA devices with tensor cores), fp32 elsewhere; fp32: exact; bf16: each transition "
+        "runs under bfloat16 autocast; z and x are stored as fp32 with bf16 precision",
     )
     seed: Seed = 0
     device: str | None = Field(None, description="default: train.device")
