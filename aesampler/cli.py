@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, distributed
-from .errors import AesamplerError
+from .errors import AesamplerError, printable, quoted
 from .plugins import get_registry
-from .rundir import RECIPE, RunDir
+from .rundir import RECIPE, RunDir, recording_commits
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -373,6 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     set_builtins_only(args.no_plugins)  # before the handler first asks for the registry
     where = ""  # which process failed, under torchrun
+    written: list[Path] = []  # outputs replaced before an error: the message names them
+
+    def fail(message: str) -> int:
+        if written:
+            message += "; written before this error, complete and kept: " + ", ".join(
+                quoted(path) for path in written
+            )
+        print(printable(f"aesampler: error{where}: {message}"), file=sys.stderr)
+        return 2
+
     try:
         world = distributed.world()
         if world.enabled:
@@ -383,31 +393,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"process (torchrun runs: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
                 )
             distributed.setup(distributed.default_device())
-        code = args.handler(args)
+        with recording_commits(written):
+            code = args.handler(args)
         if code == 0:
             distributed.finish()  # the ranks leave together
         return code
     except AesamplerError as error:
         if args.traceback:
             raise
-        print(f"aesampler: error{where}: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
     except OSError as error:  # a path that is a file, read-only, on a full disk, ...
         if args.traceback:
             raise
-        what = f" {str(error.filename)!r}" if error.filename else ""
         reason = error.strerror or str(error)
-        print(f"aesampler: error{where}: cannot use{what}: {reason}", file=sys.stderr)
-        return 2
+        if error.filename is None:  # aesampler names its own paths (rundir.naming)
+            return fail(f"cannot read or write a file: {reason}")
+        also = f" and {quoted(error.filename2)}" if error.filename2 is not None else ""
+        return fail(f"cannot use {quoted(error.filename)}{also}: {reason}")
     except MemoryError:
         if args.traceback:
             raise
-        print(
-            f"aesampler: error{where}: out of memory; lower the sizes in the recipe (num_chains, "
-            "chunk_size, batch_size, image_size, latent_dim)",
-            file=sys.stderr,
+        return fail(
+            "out of memory; lower the sizes in the recipe (num_chains, chunk_size, batch_size, "
+            "image_size, latent_dim)"
         )
-        return 2
     except distributed.COMMUNICATION_ERRORS as error:  # a peer vanished: another rank failed
         if args.traceback or not where:
             raise
