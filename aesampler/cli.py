@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, distributed
-from .errors import AesamplerError
+from .errors import AesamplerError, printable, quoted
 from .plugins import get_registry
-from .rundir import RECIPE, RunDir
+from .rundir import RECIPE, RunDir, recording_commits
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -375,10 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     set_builtins_only(args.no_plugins)  # before the handler first asks for the registry
     where = ""  # which process failed, under torchrun
+    written: list[Path] = []  # outputs replaced before an error: the message names them
 
     def fail(message: str, status: int = 2, *, follows_another_rank: bool = False) -> int:
         """Print the one line of an error; under torchrun, leave it for the launcher too."""
-        line = f"aesampler: error{where}: {message}"
+        if written:
+            message += "; written before this error, complete and kept: " + ", ".join(
+                quoted(path) for path in written
+            )
+        line = printable(f"aesampler: error{where}: {message}")
         print(line, file=sys.stderr)
         if where:
             distributed.record_failure(line, status, follows_another_rank=follows_another_rank)
@@ -394,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"process (torchrun runs: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
                 )
             distributed.setup(distributed.default_device())
-        code = args.handler(args)
+        with recording_commits(written):
+            code = args.handler(args)
         if code == 0:
             distributed.finish()  # the ranks leave together
         return code
@@ -406,9 +412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # a path that is a file, read-only, on a full disk, ...
         if args.traceback:
             raise
-        what = f" {str(error.filename)!r}" if error.filename else ""
         reason = error.strerror or str(error)
-        return fail(f"cannot use{what}: {reason}")
+        if error.filename is None:  # aesampler names its own paths (rundir.naming)
+            return fail(f"cannot read or write a file: {reason}")
+        also = f" and {quoted(error.filename2)}" if error.filename2 is not None else ""
+        return fail(f"cannot use {quoted(error.filename)}{also}: {reason}")
     except MemoryError:
         if args.traceback:
             raise

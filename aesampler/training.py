@@ -57,7 +57,7 @@ from .checkpoint import (
     read_info,
     save_checkpoint,
 )
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .plugins import get_registry
 from .recipe import Recipe, build_corruption, build_dataset, build_model
 from .registry import Registry
@@ -69,6 +69,7 @@ from .rundir import (
     TRAIN_LOG,
     RunDir,
     atomic_write_bytes,
+    naming,
     save_png,
 )
 
@@ -117,15 +118,18 @@ class _Metrics:
 
     def __init__(self, path: Path | None):
         # Line-buffered: a crash loses no line. Closed by close(), in train()'s finally.
+        self._path = path
         self._file = open(path, "a", buffering=1) if path is not None else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            with naming(self._path):  # a full disk: the message names the log
+                self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with naming(self._path):
+                self._file.close()
 
 
 def train(
@@ -371,7 +375,7 @@ def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, An
     missing = [name for name in optimizers if name not in state["optimizers"]]
     if missing:
         raise CheckpointError(
-            f"{folder / TRAINING_STATE} holds no state for the optimisers {missing}"
+            f"{quoted(folder / TRAINING_STATE)} holds no state for the optimisers {missing}"
         )
     load_weights(model, folder / MODEL_WEIGHTS)
     _truncate_log(run / TRAIN_LOG, state["step"])

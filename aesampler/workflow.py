@@ -52,7 +52,7 @@ from .chain import (
 )
 from .checkpoint import MODEL_WEIGHTS, CheckpointError, find_checkpoint, load_model
 from .data import ImageDataset
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
@@ -67,6 +67,7 @@ from .rundir import (
     INTERPOLATION_GRID,
     INTERPOLATION_TENSORS,
     METRICS,
+    PARTIAL,
     RECIPE,
     REPORT,
     SAMPLER_STATE,
@@ -79,6 +80,7 @@ from .rundir import (
     RunDir,
     Transaction,
     atomic_write_bytes,
+    naming,
     partial_shard_file,
     read_json,
     samples_file,
@@ -255,7 +257,8 @@ class Components:
         if (dataset.channels, dataset.image_size) != wanted and None not in wanted:
             raise WorkflowError(
                 f"data {self.recipe.data.name!r} gives {dataset.channels}-channel images of "
-                f"{dataset.image_size} x {dataset.image_size}, but the model in {self.checkpoint} "
+                f"{dataset.image_size} x {dataset.image_size}, but the model in "
+                f"{quoted(self.checkpoint)} "
                 f"was trained on {wanted[0]}-channel images of {wanted[1]} x {wanted[1]}; set "
                 "data.image_size (and the data) to match"
             )
@@ -297,6 +300,8 @@ def fit_sampler(
         sampler.check_model(parts.model)
     except SamplerError as error:
         raise WorkflowError(f"sampler {spec.name!r}: {error}") from None
+    if sampler.fits:  # what it fits is kept in fitted/: checked before any work for it
+        RunDir(recipe.output.dir).check_collection(FITTED)
     batchnorm, _ = parts.setting(spec)
     context = parts.sampler_context(log, batchnorm)
     details.update(fit_seconds=0.0, loaded=False)
@@ -471,7 +476,9 @@ def build_components(
     clashes = {k: (v, held.get(k)) for k, v in wanted.items() if held.get(k) != v}
     if clashes:
         detail = ", ".join(f"{k}: recipe {a!r}, checkpoint {b!r}" for k, (a, b) in clashes.items())
-        raise WorkflowError(f"the checkpoint {folder} does not match the recipe's model ({detail})")
+        raise WorkflowError(
+            f"the checkpoint {quoted(folder)} does not match the recipe's model ({detail})"
+        )
     chain = _build_chain(recipe, model, registry, recipe.chain_corruption)
     return Components(recipe, model, chain, device, folder, registry)
 
@@ -633,6 +640,8 @@ def sample(
     world = distributed.world()
     progress, log = distributed.voice(progress, log)
     distributed.main_first(run.check_replaceable, "sample", [SAMPLES], overwrite)
+    if len(shard_bounds(cfg.num_chains, cfg.shard_size)) > 1:  # it keeps progress in partial/
+        distributed.main_first(run.check_collection, PARTIAL)
     check_sizes(parts, sample=True, evaluate=False)
     if cfg.tuned:
         from .tuning import resolve_start
@@ -777,7 +786,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        with naming(target):
+            shutil.copyfile(source, target)
 
 
 def _first_chains(files: list[Path], count: int) -> dict[int, torch.Tensor]:
