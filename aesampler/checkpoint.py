@@ -17,9 +17,12 @@ A crash at any moment leaves the previous complete checkpoint in use.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +31,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe.build import check_model_size
 from .registry import Registry
-from .rundir import CHECKPOINTS, RunDir, atomic_write_bytes, fsync_dir, remove_path
+from .rundir import CHECKPOINTS, RunDir, atomic_write_bytes, fsync_dir, naming, remove_path
 
 FORMAT = "aesampler-checkpoint"
 VERSION = 1
@@ -67,22 +70,34 @@ def save_checkpoint(
         remove_path(tmp)  # this process's own name (a save interrupted before): never a link
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / MODEL_WEIGHTS))
+    with naming(tmp / MODEL_WEIGHTS):
+        save_file(weights, str(tmp / MODEL_WEIGHTS))
     document = {
         "format": FORMAT,
         "version": VERSION,
         "model": {"kind": model.kind, "architecture": model.architecture},
         **info,
     }
-    (tmp / MODEL_INFO).write_text(json.dumps(document, indent=2) + "\n")
-    torch.save(state, tmp / TRAINING_STATE)
+    with naming(tmp / MODEL_INFO):
+        (tmp / MODEL_INFO).write_text(json.dumps(document, indent=2) + "\n")
+    with naming(tmp / TRAINING_STATE):
+        try:
+            torch.save(state, tmp / TRAINING_STATE)
+        except RuntimeError as error:  # PyTorch's writer reports a failed write so
+            full = os.statvfs(tmp).f_bavail == 0
+            raise OSError(
+                errno.ENOSPC if full else errno.EIO,
+                f"{os.strerror(errno.ENOSPC if full else errno.EIO)} ({_first_line(error)})",
+                str(tmp / TRAINING_STATE),
+            ) from error
     for file in (MODEL_WEIGHTS, MODEL_INFO, TRAINING_STATE):
-        _fsync_file(tmp / file)
+        with naming(tmp / file):
+            _fsync_file(tmp / file)
     final = root / name
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         remove_path(tmp)
         raise CheckpointError(
-            f"{str(final)!r} is in the way of the checkpoint aesampler writes there (it is a "
+            f"{quoted(final)} is in the way of the checkpoint aesampler writes there (it is a "
             f"{'link' if final.is_symlink() else 'file'}, not a checkpoint aesampler wrote); "
             "move it away and resume again"
         )
@@ -120,16 +135,18 @@ def find_checkpoint(path: str | Path) -> Path:
                 or folder.resolve().parent != root.resolve()
             ):
                 raise CheckpointError(
-                    f"{latest} does not name a checkpoint folder beside it (expected one line "
-                    "like 'step-00000100'); it is damaged or was edited"
+                    f"{quoted(latest)} does not name a checkpoint folder beside it (expected one "
+                    "line like 'step-00000100'); it is damaged or was edited"
                 )
             if not (folder / MODEL_INFO).is_file():
-                raise CheckpointError(f"{latest} points to {folder}, which holds no {MODEL_INFO}")
+                raise CheckpointError(
+                    f"{quoted(latest)} points to {quoted(folder)}, which holds no {MODEL_INFO}"
+                )
             return folder
     if (path / MODEL_INFO).is_file():
         return path
     raise CheckpointError(
-        f"no checkpoint at {str(path)!r}: expected a run directory (with checkpoints/latest) "
+        f"no checkpoint at {quoted(path)}: expected a run directory (with checkpoints/latest) "
         f"or a checkpoint folder holding {MODEL_INFO} and {MODEL_WEIGHTS}"
     )
 
@@ -139,19 +156,22 @@ def read_info(folder: Path) -> dict[str, Any]:
     try:
         document = json.loads(file.read_bytes().decode("utf-8"))
     except OSError as error:
-        raise CheckpointError(f"cannot read {file}: {error.strerror}") from error
+        raise CheckpointError(f"cannot read {quoted(file)}: {error.strerror}") from error
     except UnicodeDecodeError as error:
         raise CheckpointError(
-            f"{file} is not UTF-8 text (byte {error.start}): it is damaged or not a checkpoint"
+            f"{quoted(file)} is not UTF-8 text (byte {error.start}): it is damaged or not a "
+            "checkpoint"
         ) from None
     except (json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{file} is not valid JSON (truncated?): {error}") from None
+        raise CheckpointError(f"{quoted(file)} is not valid JSON (truncated?): {error}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not an aesampler checkpoint (no format {FORMAT!r})")
+        raise CheckpointError(
+            f"{quoted(file)} is not an aesampler checkpoint (no format {FORMAT!r})"
+        )
     if document.get("version") != VERSION:
         raise CheckpointError(
-            f"{file} has checkpoint version {document.get('version')!r}; this aesampler reads "
-            f"version {VERSION}"
+            f"{quoted(file)} has checkpoint version {document.get('version')!r}; this aesampler "
+            f"reads version {VERSION}"
         )
     model = document.get("model")
     if (
@@ -160,7 +180,7 @@ def read_info(folder: Path) -> dict[str, Any]:
         or not isinstance(model.get("architecture"), dict)
     ):
         raise CheckpointError(
-            f"{file} does not describe its model (model.kind, model.architecture)"
+            f"{quoted(file)} does not describe its model (model.kind, model.architecture)"
         )
     return document
 
@@ -169,11 +189,15 @@ def load_weights(module: nn.Module, file: Path) -> None:
     try:
         weights = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read weights from {file} (truncated?): {error}") from error
+        raise CheckpointError(
+            f"cannot read weights from {quoted(file)} (truncated?): {error}"
+        ) from error
     try:
         module.load_state_dict(weights, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"the weights in {file} do not fit the model: {error}") from error
+        raise CheckpointError(
+            f"the weights in {quoted(file)} do not fit the model: {error}"
+        ) from error
 
 
 def load_model(
@@ -189,11 +213,11 @@ def load_model(
         model = registry.create("model", kind, **architecture)
     except AesamplerError as error:
         raise CheckpointError(
-            f"{folder / MODEL_INFO}: cannot rebuild the model: {error}"
+            f"{quoted(folder / MODEL_INFO)}: cannot rebuild the model: {error}"
         ) from error
     except Exception as error:  # a factory that fails on values a damaged file holds
         raise CheckpointError(
-            f"{folder / MODEL_INFO}: cannot rebuild the model from its architecture "
+            f"{quoted(folder / MODEL_INFO)}: cannot rebuild the model from its architecture "
             f"{architecture}: {type(error).__name__}: {error}"
         ) from None
     load_weights(model, folder / MODEL_WEIGHTS)
@@ -215,15 +239,53 @@ def _is_state(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of an error from a library (PyTorch adds paragraphs of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _refused(error: BaseException) -> str:
+    """What PyTorch's weights-only unpickler refused, without its advice to turn it off or to
+    allow-list what the file names."""
+    text = str(error)
+    named = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if named:
+        return f"it names {named.group(1)}"
+    operand = re.search(r"[Uu]nsupported operand \d+", text)
+    return operand.group(0) if operand else "a part it does not allow"
+
+
 def load_training_state(folder: Path) -> dict[str, Any]:
     """The training state of a checkpoint, checked to hold everything a resume reads."""
     file = folder / TRAINING_STATE
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # PyTorch warns of pickle protocols: one message only
+            warnings.simplefilter("ignore")
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
-        raise CheckpointError(f"{file} is missing: this checkpoint cannot be resumed") from error
-    except Exception as error:  # truncated zip, foreign pickle refused by weights_only, ...
-        raise CheckpointError(f"cannot read the training state {file}: {error}") from error
+        raise CheckpointError(
+            f"{quoted(file)} is missing: this checkpoint cannot be resumed"
+        ) from error
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():  # a damaged pickle
+            raise CheckpointError(
+                f"cannot read the training state {quoted(file)}: {_first_line(error)}; it is "
+                "damaged or was not written by aesampler"
+            ) from None
+        # More than tensors and plain values (or damage), refused by the weights-only reader.
+        raise CheckpointError(
+            f"cannot read the training state {quoted(file)}: PyTorch's weights-only reader "
+            f"refused it ({_refused(error)}); aesampler never runs code from a checkpoint, so "
+            "it will not read it. aesampler writes no such file: it is damaged, or was made "
+            "elsewhere or altered, and reading it without weights_only could run code in it. "
+            "Resume from a checkpoint you made"
+        ) from None
+    except Exception as error:  # truncated zip, ...
+        raise CheckpointError(
+            f"cannot read the training state {quoted(file)}: {_first_line(error)}; it is "
+            "damaged or was not written by aesampler"
+        ) from None
     problems = []
     if not isinstance(state, dict):
         problems.append("it is not a mapping")
@@ -246,7 +308,7 @@ def load_training_state(folder: Path) -> dict[str, Any]:
             problems.append("'rng.ranks' is not a list of every rank's random states")
     if problems:
         raise CheckpointError(
-            f"{file} cannot be resumed: {'; '.join(problems)}; it is damaged or was not written "
-            "by aesampler"
+            f"{quoted(file)} cannot be resumed: {'; '.join(problems)}; it is damaged or was not "
+            "written by aesampler"
         )
     return state

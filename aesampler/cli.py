@@ -3,7 +3,9 @@
 User mistakes print one line, ``aesampler: error: ...``, and exit with status 2; ``--traceback``
 shows the stack instead. Under torchrun (``torchrun --nproc-per-node=N -m aesampler ...``) every
 process joins the run's process group first, and an error names the process that met it:
-``aesampler: error on rank 1 of 2: ...``; torchrun then stops the others and exits non-zero.
+``aesampler: error on rank 1 of 2: ...``, and leaves it in torchrun's error file; torchrun then
+stops the others and exits non-zero (``python -m aesampler.launch``, torchrun for aesampler, ends
+with that line instead of torchrun's traceback).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, distributed
-from .errors import AesamplerError
+from .errors import AesamplerError, printable, quoted
 from .plugins import get_registry
-from .rundir import RECIPE, RunDir
+from .rundir import RECIPE, RunDir, recording_commits
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -407,6 +409,20 @@ def _main(argv: Sequence[str] | None) -> int:
 
     set_builtins_only(args.no_plugins)  # before the handler first asks for the registry
     where = ""  # which process failed, under torchrun
+    written: list[Path] = []  # outputs replaced before an error: the message names them
+
+    def fail(message: str, status: int = 2, *, follows_another_rank: bool = False) -> int:
+        """Print the one line of an error; under torchrun, leave it for the launcher too."""
+        if written:
+            message += "; written before this error, complete and kept: " + ", ".join(
+                quoted(path) for path in written
+            )
+        line = printable(f"aesampler: error{where}: {message}")
+        print(line, file=sys.stderr)
+        if where:
+            distributed.record_failure(line, status, follows_another_rank=follows_another_rank)
+        return status
+
     try:
         world = distributed.world()
         if world.enabled:
@@ -417,46 +433,42 @@ def _main(argv: Sequence[str] | None) -> int:
                     f"process (torchrun runs: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
                 )
             distributed.setup(distributed.default_device())
-        code = args.handler(args)
+        with recording_commits(written):
+            code = args.handler(args)
         if code == 0:
             distributed.finish()  # the ranks leave together
         return code
     except AesamplerError as error:
         if args.traceback:
             raise
-        print(f"aesampler: error{where}: {error}", file=sys.stderr)
-        return 2
+        follows = isinstance(error, distributed.OtherRankFailedError)
+        return fail(str(error), follows_another_rank=follows)
     except OSError as error:  # a path that is a file, read-only, on a full disk, ...
         if args.traceback:
             raise
-        what = f" {str(error.filename)!r}" if error.filename else ""
         reason = error.strerror or str(error)
-        print(f"aesampler: error{where}: cannot use{what}: {reason}", file=sys.stderr)
-        return 2
+        if error.filename is None:  # aesampler names its own paths (rundir.naming)
+            return fail(f"cannot read or write a file: {reason}")
+        also = f" and {quoted(error.filename2)}" if error.filename2 is not None else ""
+        return fail(f"cannot use {quoted(error.filename)}{also}: {reason}")
     except MemoryError:
         if args.traceback:
             raise
-        print(
-            f"aesampler: error{where}: out of memory; lower the sizes in the recipe (num_chains, "
-            "chunk_size, batch_size, image_size, latent_dim)",
-            file=sys.stderr,
+        return fail(
+            "out of memory; lower the sizes in the recipe (num_chains, chunk_size, batch_size, "
+            "image_size, latent_dim)"
         )
-        return 2
-    except distributed.COMMUNICATION_ERRORS as error:  # a peer vanished: another rank failed
-        if args.traceback or not where:
-            raise
-        print(
-            f"aesampler: error{where}: lost contact with the other ranks "
-            f"({type(error).__name__}); the rank that failed first says why",
-            file=sys.stderr,
-        )
-        return 2
     except Exception as error:  # a bug, here or in a plugin: the stack, and which rank met it
         if args.traceback or not where:
             raise
+        lost = distributed.lost_peer(error)
+        if lost is not None:  # a peer vanished: another rank failed
+            return fail(
+                f"lost contact with the other ranks ({lost}); the rank that failed first says why",
+                follows_another_rank=True,
+            )
         traceback.print_exc()
-        print(f"aesampler: error{where}: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        return fail(f"{type(error).__name__}: {error}", 1)
     finally:
         distributed.teardown()
 

@@ -14,7 +14,9 @@ identity, so single-process code needs no branches.
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,6 +35,27 @@ class DistributedError(AesamplerError):
 
 #: What torch.distributed raises when a peer is gone (it failed, and torchrun is stopping it).
 COMMUNICATION_ERRORS: tuple[type[Exception], ...] = (dist.DistError,) if dist.is_available() else ()
+
+
+#: What gloo and NCCL say when a peer is gone. Inside DistributedDataParallel they raise a bare
+#: RuntimeError, not a DistError, so the message is all there is to go by.
+LOST_PEER_MESSAGES = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """What says that ``error`` means another rank is gone (it failed, and torchrun is stopping
+    this one), or None."""
+    if isinstance(error, COMMUNICATION_ERRORS):
+        return type(error).__name__
+    if isinstance(error, RuntimeError):
+        text = str(error)
+        return next((m for m in LOST_PEER_MESSAGES if m in text), None)
+    return None
 
 
 class OtherRankFailedError(DistributedError):
@@ -245,3 +268,38 @@ def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()  # every group, the coordination group too
     _coordination = None
+
+
+#: Where torchrun (torch.distributed.elastic) asks each process to leave the reason it failed.
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+
+
+def record_failure(line: str, status: int, *, follows_another_rank: bool = False) -> None:
+    """Leave this process's one-line error where torchrun reads it, if torchrun asked for it.
+
+    torchrun then shows ``line`` as the failed rank's "traceback" in the table that ends its
+    output (instead of a link to its docs), and ``python -m aesampler.launch`` ends with it.
+    ``status`` is the exit status the process is about to return (torchrun may still stop it
+    with SIGTERM before it exits, when another rank exits first). ``follows_another_rank``: the
+    error only says that another rank failed first (it vanished, or rank 0 reported an error);
+    the launcher then prefers that other rank's line.
+    """
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path:
+        return
+    now = time.time()
+    record = {
+        "message": line,  # the format torchrun's ProcessFailure reads: a message and its time
+        "timestamp": int(now),
+        "aesampler": {
+            "line": line,
+            "status": status,
+            "time": now,
+            "follows_another_rank": follows_another_rank,
+        },
+    }
+    try:
+        with open(path, "w") as file:
+            json.dump(record, file)
+    except OSError:
+        pass  # the line was printed; torchrun's table then says less

@@ -9,6 +9,8 @@ short list, what would have been accepted. The CLI prints the message and exits 
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from collections.abc import Iterable
 
 
@@ -48,3 +50,31 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` when ``word`` is close to one of ``options``, else ``""``."""
     matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.7)
     return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+_SURROGATE = re.compile(r"(?<!\\)\\udc([89a-f][0-9a-f])")
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def quoted(name: str | bytes | os.PathLike) -> str:
+    """A file name for a message: quoted with Python's escapes, so that a newline shows as
+    ``\\n`` and a byte that is not UTF-8 as ``\\xff`` (not as the raw byte), and one message
+    stays one line."""
+    if isinstance(name, (str, bytes, os.PathLike)):
+        text = os.fsdecode(os.fspath(name))
+    else:  # an OSError's file descriptor
+        text = str(name)
+    return _SURROGATE.sub(r"\\x\1", repr(text))
+
+
+def printable(message: str) -> str:
+    """``message`` with control characters (but line breaks) and undecodable bytes escaped,
+    as the last guard before it reaches a terminal."""
+
+    def escape(match: re.Match) -> str:
+        char = match.group()
+        if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte os.fsdecode could not decode
+            return f"\\x{ord(char) - 0xDC00:02x}"
+        return repr(char)[1:-1]
+
+    return _UNPRINTABLE.sub(escape, message)

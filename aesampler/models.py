@@ -109,8 +109,21 @@ def _bce(x_rec: Tensor, x: Tensor) -> Tensor:
     """Binary cross-entropy summed over pixels, averaged over the batch: nats per image.
 
     Computed in fp32 (``x_rec`` may come from an autocast forward pass in bfloat16).
+
+    PyTorch's BCE raises ("all elements of input should be between 0 and 1"; on CUDA a device
+    assert) for an input outside [0, 1], and NaN is outside: a model whose weights diverged
+    would stop with that error instead of the training loop's "non-finite loss at step N".
+    So such inputs make the loss NaN instead, without a host-device synchronisation: they are
+    replaced by 0.5 for the BCE, and a NaN is added to the sum when there was any. For inputs
+    in [0, 1] (a sigmoid's outputs) the loss and its gradient are bit for bit PyTorch's BCE's:
+    the replacement selects every input unchanged and passes the gradient through unchanged,
+    and the sum gets 0.0 added.
     """
-    return F.binary_cross_entropy(x_rec.float(), x, reduction="sum") / x.shape[0]
+    x_rec = x_rec.float()
+    valid = (x_rec >= 0) & (x_rec <= 1)  # False for NaN: the range BCE checks
+    inside = torch.where(valid, x_rec, 0.5)
+    poison = torch.zeros((), device=x_rec.device).masked_fill(~valid.all(), float("nan"))
+    return F.binary_cross_entropy(inside, x, reduction="sum") / x.shape[0] + poison
 
 
 def _bce_logits(logits: Tensor, target: float) -> Tensor:

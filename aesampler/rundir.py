@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 
 MANIFEST = "aesampler-run.json"
 LOCK = ".aesampler-lock"
@@ -120,12 +120,20 @@ def partial_shard_file(index: int) -> str:
 
 FORMAT = "aesampler-run"
 VERSION = 1
+#: The largest manifest read. aesampler's are a few KB (about 100 bytes per output, open
+#: transaction and component used); every command reads its manifest some 30 times, and one of
+#: 750 KB already doubled the time of a small ``sample`` (measured: 5.6 s to 10.3 s).
+MAX_MANIFEST = 256 * 1024
 _STAGING = ".aesampler-new-"
 _BACKUP = ".aesampler-old-"
 _TXN_LOCK = ".aesampler-txn-"
 _COMMAND = r"[a-z]+"
 _BACKUP_NAME = re.compile(rf"^{re.escape(_BACKUP)}{_COMMAND}-\d+-\d+$")
 _LOCK_NAME = re.compile(rf"^{re.escape(_TXN_LOCK)}{_COMMAND}-\d+-\d+\.lock$")
+# How far a file written after a transaction took its lock may seem to predate the lock: none,
+# since every time stamp comes from one kernel clock that only moves on (coarse file-system
+# stamps are truncated alike); a wall clock stepped back mid-run makes a rollback refuse.
+_CLOCK_SLACK_NS = 0
 
 
 class RunDirError(AesamplerError):
@@ -144,21 +152,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """An ``OSError`` raised in the block without a file name (a full disk meets a ``write``
+    or an ``fsync``, which know no name) gets ``path``'s, so its message says where."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point(f"write {path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with naming(path):
+        try:
+            _write_file(tmp, data)
+            fault_point(f"write {path.name}")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -172,6 +197,23 @@ def save_png(images, path: Path, nrow: int) -> None:
     buffer = io.BytesIO()
     save_image(images.float().clamp(0, 1), buffer, format="png", nrow=nrow, padding=2)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def recording_commits(into: list[Path] | None = None) -> Iterator[list[Path]]:
+    """Collect (in ``into``) the outputs that transactions commit while the block runs: the CLI
+    names them when a later step fails, since they were replaced and stay so."""
+    global _committed
+    outer, _committed = _committed, ([] if into is None else into)
+    try:
+        yield _committed
+    finally:
+        _committed = outer
+
+
+_committed: list[Path] | None = None
+# Commands whose outputs are aesampler's own bookkeeping, not results a user asked for.
+_BOOKKEEPING = frozenset({"fit", "partial"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,22 +238,36 @@ def fault_point(label: str) -> None:
 # Reading back what aesampler wrote
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file aesampler wrote, or one clear error naming it when it is damaged."""
+def read_json(path: Path, what: str, limit: int | None = None) -> Any:
+    """A JSON file aesampler wrote, or one clear error naming it when it is damaged (or, with
+    ``limit``, larger than that many bytes)."""
     try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
+        with open(path, "rb") as file:
+            raw = file.read() if limit is None else file.read(limit + 1)
+        if limit is not None and len(raw) > limit:
+            raise RunDirError(
+                f"{_q(path)} ({what}) is larger than {limit // 1024} KiB, far more than "
+                "aesampler writes there: it is damaged or was edited, and aesampler will not "
+                "read it"
+            )
+        return json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
-        raise RunDirError(f"{str(path)!r} does not exist ({what})") from None
+        raise RunDirError(f"{_q(path)} does not exist ({what})") from None
     except OSError as error:
-        raise RunDirError(f"cannot read {str(path)!r} ({what}): {error.strerror}") from None
+        raise RunDirError(f"cannot read {_q(path)} ({what}): {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise RunDirError(
-            f"{str(path)!r} ({what}) is not UTF-8 text (byte {error.start}): it was not written "
+            f"{_q(path)} ({what}) is not UTF-8 text (byte {error.start}): it was not written "
             "by aesampler, or it is damaged"
+        ) from None
+    except RecursionError:
+        raise RunDirError(
+            f"{_q(path)} ({what}) nests too deeply to be a file aesampler wrote: it is "
+            "damaged or was edited"
         ) from None
     except json.JSONDecodeError as error:
         raise RunDirError(
-            f"{str(path)!r} ({what}) is not valid JSON (line {error.lineno}, column "
+            f"{_q(path)} ({what}) is not valid JSON (line {error.lineno}, column "
             f"{error.colno}: {error.msg}): it is damaged or was edited; re-create it with the "
             "command that wrote it"
         ) from None
@@ -249,6 +305,54 @@ def _exists(path: Path) -> bool:
 
 
 _ALL_ENTRIES = {entry for entries in OUTPUTS.values() for entry in entries}
+#: Commands that also write ``recipe.yaml`` in their transaction when the directory has none yet.
+WRITES_RECIPE = frozenset({"sample", "interpolate", "inpaint", "evaluate", "samplers", "tune"})
+#: Commands that write their outputs in place (``Transaction.direct``) rather than under a
+#: staging name, and that replace the other commands' outputs (``replace``): training only.
+WRITES_IN_PLACE = frozenset({"train"})
+
+
+def transaction_problem(
+    command: Any,
+    entries: Iterable[Any],
+    replace: Iterable[Any] = (),
+    existed: Iterable[Any] = (),
+    direct: Iterable[Any] = (),
+    swapping: Iterable[Any] = (),
+) -> str | None:
+    """What makes a transaction of this shape one aesampler never opens, or None.
+
+    A transaction writes exactly its command's outputs (:data:`OUTPUTS`), plus ``recipe.yaml``
+    for the commands in :data:`WRITES_RECIPE`; only training (:data:`WRITES_IN_PLACE`) writes
+    entries in place (``direct``) and replaces the other commands' outputs (``replace``). What
+    existed before it began is among its entries; what it swaps in is among those it stages.
+    """
+    if command not in OUTPUTS:
+        return f"{command!r} is not a command that writes a run directory"
+    entries, replace, existed = list(entries), list(replace), list(existed)
+    direct, swapping = list(direct), list(swapping)
+    lists = (entries, replace, existed, direct, swapping)
+    if any(len(set(map(repr, values))) != len(values) for values in lists):
+        return "an entry is named twice"
+    own = set(OUTPUTS[command])
+    allowed = own | ({RECIPE} if command in WRITES_RECIPE else set())
+    if not own <= set(entries) or not set(entries) <= allowed:
+        extra = " (and recipe.yaml when the directory has none)" if command in WRITES_RECIPE else ""
+        return f"a {command} writes {sorted(own)}{extra}, not {entries}"
+    if replace and command not in WRITES_IN_PLACE:
+        return f"a {command} replaces no other command's outputs, yet it lists {replace}"
+    if not set(replace) <= _ALL_ENTRIES - set(entries):
+        return f"it replaces {replace}, which are not other commands' outputs"
+    if not set(existed) <= set(entries) | set(replace):
+        return f"what existed before it ({existed}) is not among its entries"
+    if direct and command not in WRITES_IN_PLACE:
+        return f"a {command} writes nothing in place, yet it lists {direct} as written so"
+    if not set(direct) <= set(entries):
+        return f"it writes {direct} in place, which are not among its entries"
+    if not set(swapping) <= set(entries) - set(direct):
+        return f"it swaps in {swapping}, which are not among the entries it stages"
+    return None
+
 
 # Temporary names aesampler itself makes, by folder, each ending in the writer's process id.
 _TOP_TEMPORARY = re.compile(
@@ -282,18 +386,18 @@ def _check_manifest(document: Any, path: Path) -> dict[str, Any]:
 
     def bad(problem: str) -> RunDirError:
         return RunDirError(
-            f"{str(path)!r} is damaged or was edited ({problem}); aesampler will not act on it. "
+            f"{_q(path)} is damaged or was edited ({problem}); aesampler will not act on it. "
             "Restore it, or move the run's files to a new folder"
         )
 
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise RunDirError(
-            f"{str(path)!r} is not an aesampler run manifest (no format {FORMAT!r}); "
-            f"aesampler will not write into {str(path.parent)!r}"
+            f"{_q(path)} is not an aesampler run manifest (no format {FORMAT!r}); "
+            f"aesampler will not write into {_q(path.parent)}"
         )
     if document.get("version") != VERSION:
         raise RunDirError(
-            f"{str(path)!r} has manifest version {document.get('version')!r}; this aesampler "
+            f"{_q(path)} has manifest version {document.get('version')!r}; this aesampler "
             f"reads version {VERSION}"
         )
     entries = document.setdefault("entries", {})
@@ -323,9 +427,30 @@ def _check_manifest(document: Any, path: Path) -> dict[str, Any]:
             )
             and isinstance(record.get("swapping", []), list)
             and all(e in _ALL_ENTRIES for e in record.get("swapping", []))
+            and isinstance(record.get("created_dir", False), bool)
         )
         if not ok:
             raise bad(f"the open transaction {txn_id!r} is not one aesampler records")
+        # Its backup folder and lock file are named after it: command, process id, serial.
+        made = f"{record['command']}-{record['pid']}-"
+        serial = record["backup"][len(_BACKUP) + len(made) :]
+        if not (
+            record["backup"].startswith(_BACKUP + made)
+            and record["lock"] == f"{_TXN_LOCK}{made}{serial}.lock"
+        ):
+            raise bad(
+                f"the open transaction {txn_id!r} names a backup or lock of another transaction"
+            )
+        problem = transaction_problem(
+            record["command"],
+            record["entries"],
+            record["replace"],
+            record["existed"],
+            record["direct"],
+            record.get("swapping", []),
+        )
+        if problem is not None:
+            raise bad(f"the open transaction {txn_id!r} is not one aesampler writes: {problem}")
     components = document.setdefault("components", {})
     if not isinstance(components, dict) or not all(
         isinstance(names, dict) and all(isinstance(v, dict) for v in names.values())
@@ -346,7 +471,7 @@ class RunDir:
         self.path = Path(path).expanduser()
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"RunDir({_q(self.path)})"
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -377,7 +502,7 @@ class RunDir:
         """The manifest (an empty one when the directory has none yet), checked."""
         if not self.manifest_path.is_file():
             return {"format": FORMAT, "version": VERSION, "entries": {}, "pending": {}}
-        document = read_json(self.manifest_path, "the run directory's manifest")
+        document = read_json(self.manifest_path, "the run directory's manifest", MAX_MANIFEST)
         return _check_manifest(document, self.manifest_path)
 
     def owned(self) -> dict[str, dict[str, Any]]:
@@ -451,7 +576,7 @@ class RunDir:
         folder = self.path / CHECKPOINTS
         if folder.is_symlink():
             raise RunDirError(
-                f"{str(folder)!r} is a symbolic link (to {os.readlink(folder)!r}); aesampler "
+                f"{_q(folder)} is a symbolic link (to {os.readlink(folder)!r}); aesampler "
                 "writes and deletes checkpoints only in a real folder of the run, so it will "
                 "not train there. To keep a run on a bigger disk, move the whole run directory "
                 "there and point output.dir (--out) at it, or bind-mount the folder; nothing "
@@ -490,8 +615,8 @@ class RunDir:
                 owned = RunDir(ancestor).owned()
                 if entry in owned or entry in _ALL_ENTRIES:
                     raise RunDirError(
-                        f"{str(self.path)!r} lies inside {str(ancestor / entry)!r}, an output of "
-                        f"the run {str(ancestor)!r} that aesampler replaces; choose an output.dir "
+                        f"{_q(self.path)} lies inside {_q(ancestor / entry)}, an output of "
+                        f"the run {_q(ancestor)} that aesampler replaces; choose an output.dir "
                         "outside it"
                     )
 
@@ -503,7 +628,7 @@ class RunDir:
         training outputs are taken as aesampler's.
         """
         if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"the output directory {str(self.path)!r} is a file, not a folder")
+            raise RunDirError(f"the output directory {_q(self.path)} is a file, not a folder")
         self._refuse_inside_an_output()
         created = not self.path.exists()
         if not created and not self.is_aesampler() and not self.is_empty():
@@ -512,7 +637,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RunDirError(
-                f"cannot create the output directory {str(self.path)!r}: {error.strerror}"
+                f"cannot create the output directory {_q(self.path)}: {error.strerror}"
             ) from None
         if self.is_legacy_run():
             self.adopt_training()
@@ -525,7 +650,7 @@ class RunDir:
         if self.is_legacy_run():
             return
         raise RunDirError(
-            f"{str(self.path)!r} is not empty and was not made by aesampler (it holds no "
+            f"{_q(self.path)} is not empty and was not made by aesampler (it holds no "
             f"{MANIFEST}); aesampler never deletes or writes into a folder it cannot prove it "
             "wrote. Choose another output.dir (--out), or empty that folder yourself"
         )
@@ -538,7 +663,7 @@ class RunDir:
         """
         self.recover()
         if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"the output directory {str(self.path)!r} is a file, not a folder")
+            raise RunDirError(f"the output directory {_q(self.path)} is a file, not a folder")
         self._refuse_inside_an_output()
         if not self.path.exists() or self.is_empty():
             return
@@ -553,21 +678,47 @@ class RunDir:
                 continue
             if entry not in owned:
                 raise RunDirError(
-                    f"{str(target)!r} exists but the manifest {MANIFEST} does not list it as "
+                    f"{_q(target)} exists but the manifest {MANIFEST} does not list it as "
                     f"aesampler's output, so aesampler will not replace it; move it away, or "
                     "choose another output.dir (--out)"
                 )
             if not overwrite and command == "train":
                 raise RunDirError(
-                    f"the run directory {str(self.path)!r} already exists; pass --resume to "
+                    f"the run directory {_q(self.path)} already exists; pass --resume to "
                     "continue that run, --overwrite to replace aesampler's outputs in it, or "
                     "choose another output.dir (--out)"
                 )
             if not overwrite:
                 raise RunDirError(
-                    f"{str(target)!r} already exists; pass --overwrite to replace it (only "
+                    f"{_q(target)} already exists; pass --overwrite to replace it (only "
                     f"{entry}), or choose another output.dir (--out)"
                 )
+
+    def check_collection(self, entry: str) -> None:
+        """Raise unless ``entry`` (``fitted/``, ``partial/``: folders that collect one folder
+        per settings) is absent or a real folder of the run that the manifest lists.
+
+        Checked before the work whose result goes there, not only when it is saved."""
+        target = self.path / entry
+        if not _exists(target):
+            return
+        if target.is_symlink():
+            raise RunDirError(
+                f"{_q(target)} is a symbolic link (to {_q(os.readlink(target))}); aesampler "
+                f"writes and deletes in {entry}/ only in a real folder of the run, never "
+                "where a link points. Remove the link (aesampler then makes the folder), or "
+                "move the folder it points to into its place; nothing was changed"
+            )
+        if not target.is_dir():
+            raise RunDirError(
+                f"{_q(target)} is not a folder; aesampler keeps {entry}/ as a folder there. Move "
+                "it away; nothing was changed"
+            )
+        if entry not in self.owned():
+            raise RunDirError(
+                f"{_q(target)} exists but the manifest {MANIFEST} does not list it as "
+                "aesampler's output; move it away, or choose another output.dir (--out)"
+            )
 
     @contextlib.contextmanager
     def new_folder(self, entry: str, name: str, command: str) -> Iterator[Path]:
@@ -585,11 +736,7 @@ class RunDir:
                 yield staged
             return
         target = self.path / entry
-        if entry not in self.owned() or target.is_symlink() or not target.is_dir():
-            raise RunDirError(
-                f"{str(target)!r} exists but the manifest {MANIFEST} does not list it as "
-                "aesampler's output; move it away, or choose another output.dir (--out)"
-            )
+        self.check_collection(entry)
         staged = target / f".tmp-{name}-{os.getpid()}"
         _remove(staged)
         staged.mkdir()
@@ -620,18 +767,14 @@ class RunDir:
         self.recover()
         entry = self.path / PARTIAL
         with self._locked():  # deciding who is alive and taking the lock are one step
-            if _exists(entry) and (PARTIAL not in self.owned() or entry.is_symlink()):
-                raise RunDirError(
-                    f"{str(entry)!r} exists but the manifest {MANIFEST} does not list it as "
-                    "aesampler's output; move it away, or choose another output.dir (--out)"
-                )
+            self.check_collection(PARTIAL)
             if entry.is_dir():
                 self._drop_partials(keep=name)
             folder = entry / name
             owner = self._partial_owner(folder)
             if owner is not None:
                 raise RunDirError(
-                    f"{str(folder)!r} is in use by another aesampler "
+                    f"{_q(folder)} is in use by another aesampler "
                     f"{owner.get('command', 'sample')} (pid {owner.get('pid', 'unknown')}) "
                     "with these same settings; wait for it to finish, or stop it and run again "
                     "(the shards it finished are kept)"
@@ -681,7 +824,7 @@ class RunDir:
         except BlockingIOError:
             handle.close()
             raise RunDirError(
-                f"{str(folder)!r} is in use by another aesampler process; wait for it to finish"
+                f"{_q(folder)} is in use by another aesampler process; wait for it to finish"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -784,13 +927,18 @@ class RunDir:
             return []  # only a directory aesampler has marked as its own is ever tidied
         done: list[str] = []
         with self._locked():
+            dead = []
             for txn_id, record in self.manifest()["pending"].items():
                 txn = Transaction.from_record(self, txn_id, record)
-                if txn.owner_is_alive():
-                    continue
+                if not txn.owner_is_alive():
+                    dead.append(txn)
+            for txn in dead:  # every one checked before any of them moves anything
+                txn.check_rollback()
+            for txn in dead:
                 done += txn.rollback()
                 txn.release()
-            done += self._sweep()
+            if self.path.is_dir():  # (a rollback removes a directory its transaction made)
+                done += self._sweep()
         return done
 
     def _sweep(self) -> list[str]:
@@ -846,18 +994,22 @@ class Transaction:
     began, which it writes in place or is swapping in, its backup folder and its lock file.
     Rollback follows one rule that is safe to repeat: an entry with a copy in the backup gets
     that copy back; an entry this transaction created is removed; anything else is left alone.
+    A transaction read back from the manifest (a dead writer's) must also prove, before anything
+    moves, that what it would remove is its own (:meth:`check_rollback`).
     """
 
     def __init__(self, run_dir: RunDir, command: str, entries: list[str], replace: list[str]):
         unknown = [e for e in [*entries, *replace] if e not in _ALL_ENTRIES]
         if unknown:
             raise RunDirError(f"not run-directory entries: {unknown}")
-        if command not in OUTPUTS:
-            raise RunDirError(f"not a command that writes a run directory: {command!r}")
+        replace = [e for e in replace if e not in entries]
+        problem = transaction_problem(command, entries, replace)
+        if problem is not None:  # a bug: the table above says what each command writes
+            raise RunDirError(f"aesampler opens no such transaction: {problem}")
         self.run_dir = run_dir
         self.command = command
         self.entries = entries
-        self.replace = [e for e in replace if e not in entries]
+        self.replace = replace
         self.pid = os.getpid()
         serial = time.monotonic_ns()
         self.id = f"{command}-{self.pid}-{serial}"
@@ -867,6 +1019,7 @@ class Transaction:
         self.direct_entries: set[str] = set()
         self.swapping: set[str] = set()
         self.created_dir = False
+        self.recovered = False  # read back from the manifest: a dead writer's
         self._open = False
         self._lock_handle = None
 
@@ -880,6 +1033,7 @@ class Transaction:
         txn.direct_entries = set(record["direct"])
         txn.created_dir = record.get("created_dir") is True
         txn.swapping = set(record.get("swapping", []))
+        txn.recovered = True
         txn._open = True
         return txn
 
@@ -902,8 +1056,85 @@ class Transaction:
         return self.run_dir.path / f"{_STAGING}{entry}-{self.pid}"
 
     def owner_is_alive(self) -> bool:
-        """Whether the process that opened this transaction still holds its lock."""
+        """Whether the process that opened this transaction still holds its lock (a missing
+        lock file, or a link, is nobody's: aesampler makes its lock file before it records the
+        transaction, and removes it only once the transaction is closed)."""
+        if self.lock.is_symlink() or not self.lock.is_file():
+            return False
         return _held(self.lock)
+
+    def _made_since_it_began(self, path: Path) -> str | None:
+        """None when everything at ``path`` (the folder, its files and folders, links not
+        followed) changed after this transaction took its lock; else what is older, or why
+        that cannot be told.
+
+        The lock file is made just before the transaction is recorded, and a file's change time
+        (ctime) is set by the kernel on every write, rename or link and cannot be set back: a
+        forged record cannot make files that were there before it look new.
+        """
+        if self.lock.is_symlink() or not self.lock.is_file():
+            return "its lock file is missing, so when it began is unknown"
+        began = self.lock.lstat().st_ctime_ns - _CLOCK_SLACK_NS
+        if path.lstat().st_ctime_ns < began:
+            return f"{_q(path)} is older than that transaction"
+        if not path.is_dir() or path.is_symlink():
+            return None
+        for folder, dirs, files in os.walk(path):
+            for name in [*dirs, *files]:
+                item = Path(folder) / name
+                if item.lstat().st_ctime_ns < began:
+                    return f"{_q(item)} is older than that transaction"
+        return None
+
+    def check_rollback(self) -> None:
+        """Raise, before anything moves, unless rolling this dead writer's transaction back
+        removes only what it wrote.
+
+        Restoring a backed-up entry to an empty place loses nothing and needs no proof. Removing
+        an entry does: the entry must be one the transaction says it wrote (in place or by
+        swapping it in), it must hold nothing older than the transaction, and, unless the
+        transaction backed up an older one, the manifest must not list it as an earlier output
+        (aesampler drops the listing of a missing entry when a transaction begins). Its backup
+        folder must be a folder (not a link) holding only entries of that transaction.
+        """
+        root = self.run_dir.path
+        listed = self.run_dir.owned()
+
+        def refuse(target: Path, reason: str) -> RunDirError:
+            return RunDirError(
+                f"{_q(self.run_dir.manifest_path)} records an interrupted {self.command} "
+                f"({self.id!r}) whose rollback would remove {_q(target)}, but {reason}: "
+                "aesampler did not write it in that transaction, so it will not act on that "
+                "record and changed nothing. If it is yours, move it out of the run directory "
+                "and run again"
+            )
+
+        if _exists(self.backup):
+            if self.backup.is_symlink() or not self.backup.is_dir():
+                raise refuse(self.backup, "it is not a folder aesampler made")
+            mine = {*self.entries, *self.replace}
+            for item in self.backup.iterdir():
+                if item.name not in mine:
+                    raise refuse(item, f"it is not one of the {self.command}'s entries")
+        for entry in [*self.entries, *self.replace]:
+            target = root / entry
+            if not _exists(target):
+                continue
+            backed_up = _exists(self.backup / entry)
+            removed_as_new = (
+                entry not in self.existed
+                and (entry in self.direct_entries or entry in self.swapping)
+                and not _exists(self._staging(entry))
+            )
+            if not backed_up and not removed_as_new:
+                continue  # left alone
+            if entry not in self.direct_entries and entry not in self.swapping:
+                raise refuse(target, "that transaction never wrote it")
+            if not backed_up and entry in listed:
+                raise refuse(target, "the manifest lists it as an output from before")
+            problem = self._made_since_it_began(target)
+            if problem is not None:
+                raise refuse(target, problem)
 
     def begin(self) -> None:
         self.created_dir = self.run_dir.create()
@@ -915,7 +1146,16 @@ class Transaction:
             root = self.run_dir.path
             self.existed = {e for e in [*self.entries, *self.replace] if _exists(root / e)}
             record = self._record()
-            self.run_dir._update(lambda d: d["pending"].__setitem__(self.id, record))
+
+            def change(document):
+                # An entry the manifest lists but that is gone (removed by hand) is listed no
+                # more: a rollback removes only entries the manifest does not list.
+                for entry in [*self.entries, *self.replace]:
+                    if entry not in self.existed:
+                        document["entries"].pop(entry, None)
+                document["pending"][self.id] = record
+
+            self.run_dir._update(change)
             self._open = True
 
     def release(self) -> None:
@@ -962,7 +1202,7 @@ class Transaction:
                     continue
                 if _exists(target):  # it appeared while we worked: someone else's
                     raise RunDirError(
-                        f"{str(target)!r} appeared while aesampler was writing it; nothing was "
+                        f"{_q(target)} appeared while aesampler was writing it; nothing was "
                         "replaced. Move it away and run again"
                     )
             # Record what is about to be swapped in: a rollback removes only what it wrote.
@@ -995,6 +1235,8 @@ class Transaction:
             fault_point("commit manifest")
             self.run_dir._update(change)
             self._open = False
+            if _committed is not None and self.command not in _BOOKKEEPING:
+                _committed.extend(root / e for e in written if root / e not in _committed)
         if self.backup.exists():
             fault_point("drop backup")
             # Committed all the same if this fails: the next command's recovery retries.
@@ -1008,9 +1250,14 @@ class Transaction:
         root = self.run_dir.path
         done = []
         with self.run_dir._locked():
+            if self.recovered:
+                self.check_rollback()
             for entry in self.entries:
                 staged = self._staging(entry)
-                if _exists(staged):
+                # Named after the record's process: if another live process has that id now,
+                # the staging may be its own, and is left for the sweep once it is gone.
+                theirs = self.pid != os.getpid() and _pid_alive(self.pid)
+                if _exists(staged) and not (self.recovered and theirs):
                     _remove(staged)
             for entry in [*self.entries, *self.replace]:
                 kept = self.backup / entry
@@ -1027,8 +1274,11 @@ class Transaction:
                 ):
                     _remove(root / entry)
                     done.append(f"removed the unfinished {entry} of an interrupted {self.command}")
-            if self.backup.is_dir():
-                shutil.rmtree(self.backup)
+            if self.backup.is_dir() and not self.backup.is_symlink():
+                if self.recovered:
+                    self.backup.rmdir()  # emptied above: it held only this transaction's entries
+                else:
+                    shutil.rmtree(self.backup)
             self.run_dir._update(lambda d: d["pending"].pop(self.id, None))
             self._open = False
             manifest = self.run_dir.manifest()
@@ -1043,6 +1293,10 @@ class Transaction:
                 shutil.rmtree(root)
                 done.append(f"removed {root}, made by an interrupted {self.command}")
         return done
+
+
+def _q(path: str | Path) -> str:
+    return quoted(path)
 
 
 def _now() -> str:

@@ -57,7 +57,7 @@ from .checkpoint import (
     read_info,
     save_checkpoint,
 )
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .plugins import get_registry
 from .precision import PrecisionChoice, autocast_dtype, resolve_precision
 from .recipe import Recipe, build_corruption, build_dataset, build_model
@@ -70,6 +70,7 @@ from .rundir import (
     TRAIN_LOG,
     RunDir,
     atomic_write_bytes,
+    naming,
     save_png,
 )
 
@@ -124,15 +125,18 @@ class _Metrics:
 
     def __init__(self, path: Path | None):
         # Line-buffered: a crash loses no line. Closed by close(), in train()'s finally.
+        self._path = path
         self._file = open(path, "a", buffering=1) if path is not None else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            with naming(self._path):  # a full disk: the message names the log
+                self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with naming(self._path):
+                self._file.close()
 
 
 def train(
@@ -379,7 +383,7 @@ def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, An
     missing = [name for name in optimizers if name not in state["optimizers"]]
     if missing:
         raise CheckpointError(
-            f"{folder / TRAINING_STATE} holds no state for the optimisers {missing}"
+            f"{quoted(folder / TRAINING_STATE)} holds no state for the optimisers {missing}"
         )
     load_weights(model, folder / MODEL_WEIGHTS)
     _truncate_log(run / TRAIN_LOG, state["step"])
@@ -397,13 +401,19 @@ def _resume_state(loaded: dict[str, Any], model, optimizers, cfg, log) -> _Start
     trained on (``samples_in_epoch``; the order does not depend on the number of ranks). With
     world_size × batch_size images per step the run skips the steps that cover them; when they
     do not divide evenly it rounds down, so a few images of that epoch are trained on twice.
+
+    The optimisers take their state (moments, step counts) from the checkpoint but keep the
+    recipe's ``train.lr`` and ``train.betas`` (``load_state_dict`` would bring back the saved
+    ones): a run that diverged resumes with the lower learning rate its message suggests.
     """
     folder, state = loaded["folder"], loaded["state"]
     world = distributed.world()
     device = next(model.parameters()).device
     if not world.is_main:
         model.load_state_dict(loaded["weights"])
+    changed = set()
     for name, optimizer in optimizers.items():
+        recipe_values = [(group["lr"], group["betas"]) for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(state["optimizers"][name])
         except (ValueError, KeyError, RuntimeError) as error:
@@ -411,6 +421,14 @@ def _resume_state(loaded: dict[str, Any], model, optimizers, cfg, log) -> _Start
                 f"{folder / TRAINING_STATE}: the state of optimiser {name!r} does not fit the "
                 f"model: {error}"
             ) from None
+        for group, (lr, betas) in zip(optimizer.param_groups, recipe_values):
+            if group["lr"] != lr:
+                changed.add(f"train.lr {group['lr']:g} -> {lr:g}")
+            if tuple(group["betas"]) != tuple(betas):
+                changed.add(f"train.betas {tuple(group['betas'])} -> {tuple(betas)}")
+            group["lr"], group["betas"] = lr, betas
+    if changed:
+        log(f"the recipe changes the checkpoint's {', '.join(sorted(changed))}")
     rng = state["rng"]
     ranks = rng.get("ranks", [rng])  # a checkpoint written before torchrun: one rank's states
     mine = ranks[world.rank] if world.rank < len(ranks) else None
@@ -499,6 +517,39 @@ class _PendingLosses:
         self.steps, self.rows = [], []
         return out
 
+    def first_non_finite(self) -> tuple[int, int, dict[str, float]] | None:
+        """This rank's first buffered step with a non-finite loss, read without the other ranks
+        (for a step that failed on this rank alone) and without emptying the buffer."""
+        if not self.steps:
+            return None
+        values = torch.stack(self.rows).cpu().tolist()
+        for (step, epoch), row in zip(self.steps, values):
+            bad = {k: v for k, v in zip(self.names or [], row) if not math.isfinite(v)}
+            if bad:
+                return step, epoch, bad
+        return None
+
+
+def _all_finite(model, optimizers: dict[str, torch.optim.Optimizer]) -> torch.Tensor:
+    """Whether every float tensor a checkpoint would hold is finite: a 0-dim bool tensor on the
+    model's device (one reduction per tensor, no synchronisation until it is read).
+
+    That is the weights and buffers (BN statistics) and the optimisers' state: a NaN there
+    would turn the first step after a resume NaN.
+    """
+    device = next(model.parameters()).device
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    tensors += [
+        value
+        for optimizer in optimizers.values()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value) and value.is_floating_point()
+    ]
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
+
 
 def _loop(
     recipe: Recipe,
@@ -575,22 +626,26 @@ def _loop(
     sums: dict[str, float] = {}
     batches = 0
 
+    def stop(what: str) -> TrainingError:
+        """The error that ends a diverged run; ``what`` says what was not finite, and when."""
+        where = (
+            f"the last good checkpoint is {checkpoint}"
+            if checkpoint
+            else "no checkpoint was written"
+        )
+        return TrainingError(f"training stopped: {what}; {where}. Try a lower train.lr.")
+
+    def non_finite_loss(at: int, in_epoch: int, bad: dict[str, float]) -> TrainingError:
+        losses = ", ".join(f"{k}={v}" for k, v in bad.items())
+        return stop(f"non-finite loss at step {at} (epoch {in_epoch}): {losses}")
+
     def flush() -> None:
         """Write the buffered steps' losses (one device-to-host copy) and check them."""
         nonlocal last, batches
         for at, in_epoch, values in pending.drain():
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
-                where = (
-                    f"the last good checkpoint is {checkpoint}"
-                    if checkpoint
-                    else "no checkpoint was written"
-                )
-                raise TrainingError(
-                    f"training stopped: non-finite loss at step {at} (epoch {in_epoch}): "
-                    f"{', '.join(f'{k}={v}' for k, v in bad.items())}; {where}. "
-                    "Try a lower train.lr."
-                )
+                raise non_finite_loss(at, in_epoch, bad)
             metrics.write({"event": "step", "step": at, "epoch": in_epoch, **values})
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -598,6 +653,29 @@ def _loop(
             last = values
         if last:
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+
+    def diverged(at: int, in_epoch: int, error: Exception) -> TrainingError | None:
+        """The non-finite-loss error for a training step that raised ``error``, if the run had
+        diverged by then (None otherwise: ``error`` is another failure and stands).
+
+        Read on this rank alone (it may be the only one that failed): a buffered step with a
+        non-finite loss is named first; otherwise, if the weights are no longer finite, step
+        ``at``'s loss could not be computed from them.
+        """
+        try:
+            found = pending.first_non_finite()
+            if found is None and bool(_all_finite(model, optimizers)):
+                return None
+        except Exception:  # the device itself failed (a CUDA assert): the error stands
+            return None
+        if found is not None:
+            return non_finite_loss(*found)
+        reason = (str(error).strip().splitlines() or [""])[0]
+        return stop(
+            f"non-finite loss at step {at} (epoch {in_epoch}): the weights are no longer "
+            f"finite, and the model's training_step failed on them "
+            f"({type(error).__name__}: {reason})"
+        )
 
     def save(record: dict[str, Any], state: dict[str, Any], complete: bool) -> Path:
         """Rank 0: the epoch's metrics line, grids and checkpoint."""
@@ -638,8 +716,16 @@ def _loop(
                 x = x.to(device, non_blocking=True)
                 x_input = corruption(x, generator=noise) if corruption is not None else x
                 model.train()
-                with replicas.in_place():
-                    losses = model.training_step(x, x_input, optimizers, noise)
+                try:
+                    with replicas.in_place():
+                        losses = model.training_step(x, x_input, optimizers, noise)
+                except Exception as error:
+                    # A loss that checks its input's range (PyTorch's BCE does) raises on the
+                    # NaN outputs of diverged weights before the loss could be NaN.
+                    explained = diverged(step + 1, epoch + 1, error)
+                    if explained is None:
+                        raise
+                    raise explained from error
                 step += 1
                 pending.add(step, epoch + 1, losses)
                 bar.update(1)
@@ -651,6 +737,13 @@ def _loop(
             else:
                 skip = 0
             flush()  # before anything is saved: a non-finite loss never reaches a checkpoint
+            # Nor do non-finite weights that the last step's update made from finite losses
+            # (every rank holds the same weights; each rank checks, and they agree).
+            if not bool(distributed.all_reduce_mean(_all_finite(model, optimizers).float()) == 1):
+                raise stop(
+                    f"non-finite weights or optimiser state after step {step} (epoch "
+                    f"{epoch + 1}), whose losses were finite"
+                )
             complete = skip == 0
             if complete:
                 epoch += 1

@@ -53,7 +53,7 @@ from typing import Any
 
 from . import __version__, distributed
 from .comparison import COPYING, entry_name, labels
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .evaluation.copying import COPYING_THRESHOLD
 from .recipe.schema import ComponentSpec, SamplerSpec
 from .rundir import (
@@ -448,7 +448,7 @@ def read_choice(run_dir: str | Path, key: str | None = None) -> TunedStart | Non
     if not file.is_file():
         return None
     document = read_json(file, "the search's record")
-    where = repr(str(file))
+    where = quoted(file)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise TuningError(
             f"{where} is not a record aesampler tune wrote; run aesampler tune --overwrite"
@@ -474,7 +474,8 @@ def resolve_start(
             return found.as_dict()
         if (RunDir(run_dir) / TUNING / TUNING_FILE).is_file() and not overwrite:
             raise TuningError(
-                f"{run_dir}/tuning/ holds a search for another model or other settings; run "
+                f"{quoted(Path(run_dir) / TUNING)} holds a search for another model or other "
+                "settings; run "
                 "aesampler tune --overwrite (or this command with --overwrite) to search again"
             )
         return tune(parts, run_dir, overwrite=overwrite, progress=progress, log=log)["choice"]

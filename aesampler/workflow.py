@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +52,7 @@ from .chain import (
 )
 from .checkpoint import MODEL_WEIGHTS, CheckpointError, find_checkpoint, load_model
 from .data import ImageDataset
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
@@ -68,6 +68,7 @@ from .rundir import (
     INTERPOLATION_GRID,
     INTERPOLATION_TENSORS,
     METRICS,
+    PARTIAL,
     RECIPE,
     REPORT,
     SAMPLER_STATE,
@@ -80,6 +81,7 @@ from .rundir import (
     RunDir,
     Transaction,
     atomic_write_bytes,
+    naming,
     partial_shard_file,
     read_json,
     samples_file,
@@ -258,7 +260,8 @@ class Components:
         if (dataset.channels, dataset.image_size) != wanted and None not in wanted:
             raise WorkflowError(
                 f"data {self.recipe.data.name!r} gives {dataset.channels}-channel images of "
-                f"{dataset.image_size} x {dataset.image_size}, but the model in {self.checkpoint} "
+                f"{dataset.image_size} x {dataset.image_size}, but the model in "
+                f"{quoted(self.checkpoint)} "
                 f"was trained on {wanted[0]}-channel images of {wanted[1]} x {wanted[1]}; set "
                 "data.image_size (and the data) to match"
             )
@@ -278,10 +281,15 @@ def fit_sampler(
     hash of its settings (with the defaults it was not given), the aesampler version, the
     model's weights, the data, the batch-norm mode and the seed; a later command with the same
     KEY loads it instead of fitting again. (The entry's chain corruption is not in KEY: it acts
-    after the draws, so what a sampler fits does not depend on it.) A saved state that cannot be
-    read or does not fit the sampler is fitted again. What fitting measured (a sampler's
-    ``stats``) and took is kept beside the state; ``details``, when given, receives
-    ``fit_seconds`` and ``loaded``.
+    after the draws, so what a sampler fits does not depend on it.) Beside the state,
+    ``settings.json`` keeps its checksum (:func:`state_digest`), what fitting measured (a
+    sampler's ``stats``) and how long it took; ``details``, when given, receives ``fit_seconds``
+    and ``loaded``.
+
+    A fitted state is checked by the sampler (:meth:`Sampler.check_state`) before it is saved: one
+    with problems is a WorkflowError and nothing is saved. A saved state is used only if it
+    matches its checksum, passes the same check and loads; otherwise it is fitted again, with one
+    log line naming the file, and the new fit replaces that folder (only that folder).
     """
     recipe, sampling = parts.recipe, parts.recipe.sampling
     details = {} if details is None else details
@@ -295,6 +303,8 @@ def fit_sampler(
         sampler.check_model(parts.model)
     except SamplerError as error:
         raise WorkflowError(f"sampler {spec.name!r}: {error}") from None
+    if sampler.fits:  # what it fits is kept in fitted/: checked before any work for it
+        RunDir(recipe.output.dir).check_collection(FITTED)
     batchnorm, _ = parts.setting(spec)
     context = parts.sampler_context(log, batchnorm)
     details.update(fit_seconds=0.0, loaded=False)
@@ -323,11 +333,12 @@ def fit_sampler(
     folder = run / FITTED / f"{spec.name}-{key}"
     if (folder / SAMPLER_STATE).is_file():
         try:
-            state = load_file(str(folder / SAMPLER_STATE))
-            fitted = read_json(folder / SETTINGS, "what a sampler fitted")
-            sampler.load_state_dict(state)
-        except Exception as error:  # damaged, or not this sampler's: fit again over it
-            log(f"the fitted state in {folder} cannot be used ({error}); refitting")
+            fitted = _load_fitted(sampler, folder)
+        except _UnusableState as error:  # changed, damaged, or not this sampler's: fit again
+            log(
+                f"sampler {spec.name!r}: the fitted state {str(folder / SAMPLER_STATE)!r} cannot "
+                f"be used ({error}); refitting"
+            )
             sampler = parts.registry.create("sampler", spec.name, **spec.params)
         else:
             sampler.latent_shape = context.latent_shape
@@ -344,18 +355,94 @@ def fit_sampler(
     seconds = time.perf_counter() - started
     details["fit_seconds"] = seconds
     log(f"sampler {spec.name!r}: fitted in {seconds:.1f}s")
-    with run.new_folder(FITTED, folder.name, "fit") as staged:
-        save_tensors(
-            {k: v.contiguous() for k, v in sampler.state_dict().items()}, staged / SAMPLER_STATE
+    state = {k: v.contiguous() for k, v in sampler.state_dict().items()}
+    problems = _state_problems(sampler, state)
+    if problems:  # refitting would give the same: the fit is deterministic
+        raise WorkflowError(
+            f"sampler {spec.name!r} fitted a state that cannot be used ({'; '.join(problems)}); "
+            "nothing was saved. Its settings do not suit this model's encodings: change them, "
+            "or sampling.seed"
         )
+    with run.new_folder(FITTED, folder.name, "fit") as staged:
+        save_tensors(state, staged / SAMPLER_STATE)
         components = parts.registry.provenance([("sampler", spec.name)])
         stats = dict(getattr(sampler, "stats", None) or {})
         write_json(
             staged / SETTINGS,
-            {**identity, "fit_seconds": seconds, "stats": stats, "components": components},
+            {
+                **identity,
+                STATE_CHECKSUM: state_digest(state),
+                "fit_seconds": seconds,
+                "stats": stats,
+                "components": components,
+            },
         )
     run.record_components(components)
     return sampler
+
+
+#: The key in a fitted folder's ``settings.json`` that holds the state's checksum.
+STATE_CHECKSUM = "state_sha256"
+
+
+def state_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors: each one's name, dtype, shape and bytes, in the order of the names.
+
+    The checksum of a fitted state in its ``settings.json``, and the part of the samples' key that
+    says which fitted start sampler drew them.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        header = json.dumps([name, str(tensor.dtype), list(tensor.shape)])  # one line: no \n
+        digest.update(header.encode() + b"\n")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _UnusableState(Exception):
+    """A saved fitted state that is not used (the message says why); it is fitted again."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _state_problems(sampler: Sampler, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """``sampler.check_state(state)``, each problem on one line; a check that raises is one."""
+    try:
+        return [" ".join(str(p).split()) for p in sampler.check_state(state) or []]
+    except Exception as error:  # a plugin's check that cannot read the state
+        return [f"its check failed ({type(error).__name__}: {_one_line(error)})"]
+
+
+def _load_fitted(sampler: Sampler, folder: Path) -> object:
+    """Load ``folder``'s state into ``sampler`` and give its ``settings.json``, or raise
+    :class:`_UnusableState` saying why the state is not what was fitted, or not usable."""
+    try:
+        state = load_file(str(folder / SAMPLER_STATE))
+    except Exception as error:  # safetensors' own error, or an OSError
+        raise _UnusableState(f"it cannot be read: {_one_line(error)}") from None
+    try:
+        fitted = json.loads((folder / SETTINGS).read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:  # missing, not UTF-8, not JSON
+        why = _one_line(error)
+        raise _UnusableState(f"the {SETTINGS} beside it cannot be read: {why}") from None
+    recorded = fitted.get(STATE_CHECKSUM) if isinstance(fitted, dict) else None
+    if not isinstance(recorded, str):
+        raise _UnusableState(f"the {SETTINGS} beside it records no checksum of it")
+    if recorded != state_digest(state):
+        raise _UnusableState(
+            f"it does not match the checksum in {SETTINGS}: it was changed after it was fitted"
+        )
+    problems = _state_problems(sampler, state)
+    if problems:
+        raise _UnusableState("; ".join(problems))
+    try:
+        sampler.load_state_dict(state)
+    except Exception as error:  # not this sampler's state (a plugin may raise anything)
+        raise _UnusableState(_one_line(error)) from None
+    return fitted
 
 
 def checkpoint_for(recipe: Recipe, override: str | Path | None = None) -> Path:
@@ -390,7 +477,9 @@ def build_components(
     clashes = {k: (v, held.get(k)) for k, v in wanted.items() if held.get(k) != v}
     if clashes:
         detail = ", ".join(f"{k}: recipe {a!r}, checkpoint {b!r}" for k, (a, b) in clashes.items())
-        raise WorkflowError(f"the checkpoint {folder} does not match the recipe's model ({detail})")
+        raise WorkflowError(
+            f"the checkpoint {quoted(folder)} does not match the recipe's model ({detail})"
+        )
     chain = _build_chain(recipe, model, registry, recipe.chain_corruption)
     return Components(recipe, model, chain, device, folder, registry, precision)
 
@@ -552,6 +641,8 @@ def sample(
     world = distributed.world()
     progress, log = distributed.voice(progress, log)
     distributed.main_first(run.check_replaceable, "sample", [SAMPLES], overwrite)
+    if len(shard_bounds(cfg.num_chains, cfg.shard_size)) > 1:  # it keeps progress in partial/
+        distributed.main_first(run.check_collection, PARTIAL)
     check_sizes(parts, sample=True, evaluate=False)
     if cfg.tuned:
         from .tuning import resolve_start
@@ -673,10 +764,6 @@ def _samples_key(parts: Components, start: Sampler, steps: int, record: list[int
     """A hash of everything that decides the chains' values, for resuming their shards: the
     model's weights, the sampling settings, the device the chains run on, the start sampler's
     fitted state (and the data it was fitted on), the chain's corruption, the version."""
-    state = hashlib.sha256()
-    for name, tensor in sorted(start.state_dict().items()):
-        state.update(name.encode())
-        state.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     identity = {
         "sampling": parts.recipe.sampling.model_dump(mode="json", exclude={"grid_size"}),
         "start": parts.start_spec.model_dump(mode="json"),
@@ -685,7 +772,7 @@ def _samples_key(parts: Components, start: Sampler, steps: int, record: list[int
         "record": record,
         "device": str(parts.device),
         "precision": parts.precision.precision,
-        "start_state": state.hexdigest(),
+        "start_state": state_digest(start.state_dict()),
         "data": parts.recipe.data.model_dump(mode="json"),
         "transition": parts.recipe.sampling.transition.model_dump(mode="json"),
         "corruption": parts.recipe.chain_corruption.model_dump(mode="json")
@@ -703,7 +790,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        with naming(target):
+            shutil.copyfile(source, target)
 
 
 def _first_chains(files: list[Path], count: int) -> dict[int, torch.Tensor]:

@@ -103,7 +103,7 @@ def test_celeba_unreadable_image_names_the_file(tmp_path):
     fake_celeba_jpegs(tmp_path / "img_align_celeba", [1])
     (tmp_path / "img_align_celeba" / "000002.jpg").write_bytes(b"not a jpeg")
     # The header check finds it when the dataset is built ...
-    with pytest.raises(DatasetError, match=r"000002.jpg: cannot identify the image format"):
+    with pytest.raises(DatasetError, match=r"000002.jpg': cannot identify the image format"):
         celeba("train", root=str(tmp_path), image_size=8)
     # ... and a dataset built without the check names it when the image is read.
     data = FileImageDataset("celeba", "train", sorted(tmp_path.rglob("*.jpg")), 8)
@@ -229,7 +229,7 @@ def test_32_bit_integer_and_float_images(tmp_path):
 
     too_wide = tmp_path / "wide.tif"
     Image.fromarray((ramp * 1000).astype(np.int32)).save(too_wide)  # up to 255,000
-    with pytest.raises(DatasetError, match=r"cannot read image .*wide.tif: .*0\.\.65535.*255000"):
+    with pytest.raises(DatasetError, match=r"cannot read image .*wide.tif': .*0\.\.65535.*255000"):
         _files([too_wide])[0]
 
     good_float = tmp_path / "float.tif"
@@ -240,7 +240,7 @@ def test_32_bit_integer_and_float_images(tmp_path):
     bad_float = tmp_path / "bright.tif"
     Image.fromarray((ramp / 100).astype(np.float32)).save(bad_float)
     with pytest.raises(
-        DatasetError, match=r"bright.tif: floating-point pixels must lie in \[0, 1\]"
+        DatasetError, match=r"bright.tif': floating-point pixels must lie in \[0, 1\]"
     ):
         _files([bad_float])[0]
 
@@ -248,7 +248,7 @@ def test_32_bit_integer_and_float_images(tmp_path):
 def test_decompression_bomb_is_a_dataset_error_naming_the_file_and_size(tmp_path):
     bomb = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
     data = _files([bomb])
-    with pytest.raises(DatasetError, match=r"bomb.png: declares 20000 × 20000 pixels") as caught:
+    with pytest.raises(DatasetError, match=r"bomb.png': declares 20000 × 20000 pixels") as caught:
         data[0]
     assert "decompression bomb" in str(caught.value)
     # Between Pillow's two limits it only warns, and the image is used; a filter that turns the
@@ -258,7 +258,7 @@ def test_decompression_bomb_is_a_dataset_error_naming_the_file_and_size(tmp_path
         assert _files([big]).check_files() == ()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with pytest.raises(DatasetError, match=r"big.png: declares 10000 × 10000 pixels.*warning"):
+        with pytest.raises(DatasetError, match=r"big.png': declares 10000 × 10000 pixels.*warning"):
             _files([big]).check_files()
 
 
@@ -282,7 +282,7 @@ def test_header_check_finds_every_kind_of_bad_file(tmp_path):
     assert data.paths == good and len(data) == 3 and len(data.skipped) == 6
     assert data.skipped_note() == (
         f"files: skipped 6 of 9 image files in split 'train' that cannot be used "
-        f"(first: {tmp_path / 'text.png'}: {reasons['text.png']})"
+        f"(first: {str(tmp_path / 'text.png')!r}: {reasons['text.png']})"
     )
     assert data.describe()["skipped_files"] == 6
     assert data.check_files() == ()  # what is left is clean
@@ -335,7 +335,7 @@ def test_image_that_fails_to_decode_names_the_file(tmp_path):
     cut = _truncated_png(tmp_path / "cut.png")
     data = _files([cut])
     assert data.check_files() == ()  # the header is fine: only decoding finds the damage
-    with pytest.raises(DatasetError, match=r"files: cannot read image .*cut.png: .*truncated"):
+    with pytest.raises(DatasetError, match=r"files: cannot read image .*cut.png': .*truncated"):
         data[0]
 
 
@@ -348,7 +348,10 @@ def test_decode_error_in_a_dataloader_worker_is_one_clear_message(tmp_path, num_
     with pytest.raises(DatasetError) as caught:
         list(loader)
     message = str(caught.value)
-    assert message == f"files: cannot read image {tmp_path / 'cut.png'}: image file is truncated"
+    assert (
+        message
+        == f"files: cannot read image {str(tmp_path / 'cut.png')!r}: image file is truncated"
+    )
     assert "Traceback" not in message and "\n" not in message
     if num_workers:
         assert caught.value.worker == "in DataLoader worker process 0"

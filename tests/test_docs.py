@@ -464,6 +464,11 @@ def test_example_sampler():
     assert torch.equal(restored.sample(10, seeded()), sampler.sample(10, seeded()))
     with pytest.raises(SamplerError, match="holds mean and std"):
         restored.load_state_dict({"pool": train})
+    # Its own check of a saved state, on top of the default one (every tensor finite).
+    assert restored.check_state(state) == []
+    assert restored.check_state({**state, "std": -state["std"]}) == ["std has negative values"]
+    nan = torch.full_like(state["mean"], float("nan"))
+    assert restored.check_state({**state, "mean": nan}) == ["mean holds 3 NaN or infinite values"]
     with pytest.raises(SamplerError, match="2 or more encodings of 'valid'"):
         registry.create("sampler", "diagonal_gaussian", split="valid").fit(
             SamplerContext.from_encodings({"valid": train[:1]}, log=lambda line: None)

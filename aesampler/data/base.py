@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import AesamplerError
+from ..errors import AesamplerError, quoted
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 OnError = Literal["error", "skip"]
@@ -100,7 +100,7 @@ class FileProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return f"{quoted(self.path)}: {self.reason}"
 
 
 class _Unusable(Exception):
@@ -244,7 +244,7 @@ class FileImageDataset(ImageDataset):
                     raise _Unusable(problem)
                 image = _pixels(file, self._mode)
         except _Unusable as error:
-            raise DatasetError(f"{self.name}: cannot read image {path}: {error}") from error
+            raise DatasetError(f"{self.name}: cannot read image {quoted(path)}: {error}") from error
         image = square_resize(image, self.image_size)
         if image.dtype == torch.uint8:
             return _transforms().to_dtype(image, torch.float32, scale=True), self.labels[index]

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataset
-from ..errors import AesamplerError
+from ..errors import AesamplerError, quoted
 from ..rundir import atomic_write_bytes
 
 
@@ -161,7 +161,8 @@ class ClassifierFeatures(FeatureExtractor):
                 atomic_write_bytes(file.with_suffix(".json"), json.dumps(info, indent=2).encode())
             except OSError as error:
                 raise FeatureError(
-                    f"cannot write the feature classifier cache {file}: {error}; point "
+                    f"cannot write the feature classifier cache {quoted(file)}: "
+                    f"{error.strerror or error}; point "
                     "evaluate.cache_dir (evaluate_samples: cache_dir) at a writable directory"
                 ) from error
             if problem:
@@ -266,7 +267,9 @@ class InceptionFeatures(FeatureExtractor):
             state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
             net.load_state_dict(state)
         except Exception as error:
-            raise FeatureError(f"cannot load Inception-v3 weights from {path}: {error}") from error
+            raise FeatureError(
+                f"cannot load Inception-v3 weights from {quoted(path)}: {error}"
+            ) from error
         net.fc = nn.Identity()  # the 2048 pooled features
         self.net = net.to(device).eval()
         return {"name": self.name, "weights": str(path)}

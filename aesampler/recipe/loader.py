@@ -29,7 +29,7 @@ from torch import nn
 from yaml.constructor import ConstructorError
 
 from .. import kinds
-from ..errors import AesamplerError, ComponentError, did_you_mean
+from ..errors import AesamplerError, ComponentError, did_you_mean, quoted
 from ..interfaces import DeterministicEncoder, ModuleDecoder
 from ..plugins import get_registry
 from ..registry import Component, Registry, param_problems
@@ -91,8 +91,10 @@ class RecipeError(AesamplerError):
         self.source = source
         self.issues = list(issues)
         count = len(self.issues)
-        lines = "\n".join("  " + issue.render(source) for issue in self.issues)
-        super().__init__(f"{source}: {count} problem{'s' * (count != 1)}:\n{lines}")
+        # A file name with a line break or an undecodable byte is shown quoted, with escapes.
+        shown = source if source.isprintable() else quoted(source)
+        lines = "\n".join("  " + issue.render(shown) for issue in self.issues)
+        super().__init__(f"{shown}: {count} problem{'s' * (count != 1)}:\n{lines}")
 
 
 def _show(value: Any, limit: int = 60) -> str:

@@ -17,7 +17,7 @@ import abc
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -68,6 +68,50 @@ def check_split(name: str, value: Any) -> str:
     if value not in SPLITS:
         raise ValueError(f"{name} must be 'train', 'valid' or 'test', got {value!r}")
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of fitted states: each returns problems, short phrases that name the tensor.
+
+
+def finite_problems(state: Mapping[str, Tensor], skip: Iterable[str] = ()) -> list[str]:
+    """A problem for each floating-point tensor of ``state`` (but those in ``skip``) that holds
+    NaN or inf."""
+    skipped = set(skip)
+    problems = []
+    for name, tensor in sorted(state.items()):
+        if name in skipped or not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            problems.append(f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}")
+    return problems
+
+
+def positive_problems(state: Mapping[str, Tensor], names: Iterable[str]) -> list[str]:
+    """A problem for each tensor of ``names`` in ``state`` with a value that is not > 0 (NaN
+    included)."""
+    problems = []
+    for name in names:
+        tensor = state.get(name)
+        if isinstance(tensor, Tensor) and tensor.numel():
+            bad = int((~(tensor.double() > 0)).sum())
+            if bad:
+                problems.append(f"{name} has {bad} value{'s' if bad > 1 else ''} not above 0")
+    return problems
+
+
+def orthonormal_problems(name: str, axes: Tensor | None, *, tolerance: float = 1e-4) -> list[str]:
+    """A problem when ``axes`` (D, D) is not square or its columns are not orthonormal."""
+    if not isinstance(axes, Tensor):
+        return []
+    if axes.dim() != 2 or axes.shape[0] != axes.shape[1]:
+        return [f"{name} has shape {tuple(axes.shape)}, not (D, D)"]
+    a = axes.double()
+    gap = (a.T @ a - torch.eye(len(a), dtype=torch.float64)).abs().max() if len(a) else 0.0
+    if not float(gap) <= tolerance:  # NaN fails too
+        return [f"{name} are not orthonormal axes (AᵀA differs from I by {float(gap):.3g})"]
+    return []
 
 
 @torch.inference_mode()
@@ -429,6 +473,19 @@ class Sampler(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:  # noqa: B027 (optional)
         """Restore what :meth:`state_dict` returned; raise SamplerError when it does not fit."""
+
+    def check_state(self, state: Mapping[str, Tensor]) -> list[str]:
+        """What is wrong with a fitted state (as :meth:`state_dict` gives it): [] when nothing.
+
+        aesampler calls it on each state a sampler fits, before saving it (a fit with problems
+        is an error: nothing is saved), and on each saved state it loads, before
+        :meth:`load_state_dict` (a state with problems is fitted again). Each problem is a short
+        phrase that names the tensor (``"weights sum to 0.7, not 1"``). The default: every
+        floating-point tensor is finite. Subclasses add their own invariants to
+        ``super().check_state(state)``; a state that lacks tensors or has the wrong shapes may be
+        left to :meth:`load_state_dict` to refuse.
+        """
+        return finite_problems(state)
 
     def _shape(self) -> tuple[int, ...]:
         if self.latent_shape is None:

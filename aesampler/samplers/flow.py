@@ -32,11 +32,13 @@ from .base import (
     check_int,
     check_number,
     check_split,
+    orthonormal_problems,
+    positive_problems,
     principal_axes,
     train_early_stopped,
     training_and_validation,
 )
-from .gmm import check_covariance, fit_mixture, sample_mixture
+from .gmm import check_covariance, fit_mixture, mixture_problems, sample_mixture
 
 FLOWS = ("nsf", "maf")
 BASES = ("gaussian", "gmm")
@@ -363,6 +365,12 @@ class LatentFlow(Sampler):
             {f"flow.{key}": v.detach().cpu() for key, v in self.model.state_dict().items()}
         )
         return state
+
+    def check_state(self, state):
+        problems = super().check_state(state)
+        problems += positive_problems(state, ["scales", "bound"])
+        problems += orthonormal_problems("axes", state.get("axes"))
+        return problems + mixture_problems(state, prefix="flow.base.")
 
     def load_state_dict(self, state):
         try:

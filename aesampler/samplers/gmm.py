@@ -1,14 +1,15 @@
 """``ex_post_gmm``: a Gaussian mixture fitted to the training encodings.
 
 :func:`fit_mixture`, :func:`sample_mixture` and :func:`mixture_log_prob` are the one place where
-mixtures are fitted, drawn and evaluated; ``latent_flow`` fits and draws its mixture base with
-them, and ``local_global`` also evaluates (and differentiates) its mixture's log-density.
+mixtures are fitted, drawn and evaluated, and :func:`mixture_problems` where a saved one is
+checked; ``latent_flow`` fits, draws and checks its mixture base with them, and ``local_global``
+also evaluates (and differentiates) its mixture's log-density.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -16,6 +17,7 @@ from torch import Tensor
 from .base import Sampler, SamplerError, check_int, check_number, check_split
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+_WEIGHTS_TOLERANCE = 1e-6  # |Σ weights − 1| allowed: EM's weights sum to 1 in float64
 
 
 def check_covariance(value) -> str:
@@ -114,6 +116,39 @@ def mixture_log_prob(weights: Tensor, means: Tensor, scale_tril: Tensor, z: Tens
     return torch.logsumexp(constant[:, None] - 0.5 * y.square().sum(-1), dim=0)
 
 
+def mixture_problems(state: Mapping[str, Tensor], prefix: str = "") -> list[str]:
+    """What is wrong with the mixture ``prefix + "weights"``, ``"means"``, ``"scale_tril"`` of
+    ``state`` (see :meth:`Sampler.check_state`): weights (K,) positive and summing to 1, means
+    (K, D), Cholesky factors (K, D, D) lower-triangular with a positive diagonal.
+
+    A state without these tensors has no problem here (its loader refuses it); that every value
+    is finite is :func:`~aesampler.samplers.base.finite_problems`'s to check.
+    """
+    names = [prefix + name for name in ("weights", "means", "scale_tril")]
+    tensors = [state.get(name) for name in names]
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return []
+    weights, means, tril = tensors
+    k_d_d = (*means.shape, means.shape[-1]) if means.dim() == 2 else None
+    if means.dim() != 2 or weights.shape != means.shape[:1] or tril.shape != k_d_d:
+        return [
+            f"{names[0]} {tuple(weights.shape)}, {names[1]} {tuple(means.shape)} and {names[2]} "
+            f"{tuple(tril.shape)} are not (K,), (K, D) and (K, D, D)"
+        ]
+    problems = []
+    w = weights.double()
+    if not bool((w > 0).all()):
+        problems.append(f"{names[0]} has values not above 0")
+    total = float(w.sum())
+    if not abs(total - 1.0) <= _WEIGHTS_TOLERANCE:
+        problems.append(f"{names[0]} sum to {total:.9g}, not 1")
+    if bool(tril.triu(1).ne(0).any()):
+        problems.append(f"{names[2]} are not lower-triangular")
+    if not bool((tril.diagonal(dim1=1, dim2=2).double() > 0).all()):
+        problems.append(f"{names[2]} have diagonal values not above 0")
+    return problems
+
+
 class ExPostGMM(Sampler):
     """A Gaussian mixture fitted to the training encodings (Ghosh et al., 2020).
 
@@ -183,6 +218,9 @@ class ExPostGMM(Sampler):
             "scale_tril": self.scale_tril,
             "latent_shape": torch.tensor(self._shape(), dtype=torch.int64),
         }
+
+    def check_state(self, state):
+        return super().check_state(state) + mixture_problems(state)
 
     def load_state_dict(self, state):
         try:

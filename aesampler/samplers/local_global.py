@@ -31,7 +31,13 @@ import math
 import torch
 from torch import Tensor
 
-from .base import SamplerError, check_int, check_number
+from .base import (
+    SamplerError,
+    check_int,
+    check_number,
+    orthonormal_problems,
+    positive_problems,
+)
 from .gmm import check_covariance, mixture_log_prob, sample_mixture
 from .ratio import _EVAL_BATCH, RatioCorrected
 
@@ -157,6 +163,11 @@ class LocalGlobal(RatioCorrected):
         if state:
             state.update(mala_axes=self.axes, mala_scales=self.scales)
         return state
+
+    def check_state(self, state):
+        problems = super().check_state(state)
+        problems += positive_problems(state, ["mala_scales"])
+        return problems + orthonormal_problems("mala_axes", state.get("mala_axes"))
 
     def load_state_dict(self, state):
         try:

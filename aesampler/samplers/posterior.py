@@ -27,7 +27,16 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Sampler, SamplerError, check_int, check_number, check_split, hold_out
+from .base import (
+    Sampler,
+    SamplerError,
+    check_int,
+    check_number,
+    check_split,
+    finite_problems,
+    hold_out,
+    positive_problems,
+)
 
 NAME = "posterior_mixture"
 POSTERIOR = "posterior"  # the form: each component its own std
@@ -273,6 +282,15 @@ class PosteriorMixture(Sampler):
             "valid_encodings": torch.tensor(self.stats.get("valid_encodings", 0)),
             "latent_shape": torch.tensor(self._shape(), dtype=torch.int64),
         }
+
+    def check_state(self, state):
+        # Not super(): without validation encodings the log-likelihood is NaN by design.
+        problems = finite_problems(state, skip=["valid_loglik"])
+        problems += positive_problems(state, ["stds", "scale", "scales"])
+        form = state.get("form")
+        if isinstance(form, Tensor) and not (form.numel() == 1 and 0 <= int(form) < len(_FORMS)):
+            problems.append(f"form is not one of 0 ({POSTERIOR}) and 1 ({SHARED})")
+        return problems
 
     def load_state_dict(self, state):
         try:

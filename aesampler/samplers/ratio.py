@@ -143,6 +143,12 @@ class DensityRatioSampler(Sampler):
         #: Diagnostics: the ratio's fit (at fit) and the cost of the last draws (at sample).
         self.stats: dict[str, float] = {}
 
+    def _new_proposal(self) -> Sampler:
+        """A new, unfitted proposal (here the prior N(0, I); ``ratio_corrected`` builds its own)."""
+        from .simple import PriorSampler
+
+        return PriorSampler()
+
     # -- to implement ---------------------------------------------------------------------
 
     def raw_log_ratio(self, z: Tensor) -> Tensor:
@@ -268,6 +274,18 @@ class DensityRatioSampler(Sampler):
         }
         state.update({f"proposal.{k}": v for k, v in self.proposal.state_dict().items()})
         return state
+
+    def check_state(self, state):
+        problems = super().check_state(state)
+        scale = state.get("scale")
+        if isinstance(scale, Tensor) and not bool((scale.double() >= 0).all()):
+            problems.append("scale (the calibration's temperature) is negative")
+        proposal_state = {k[9:]: v for k, v in state.items() if k.startswith("proposal.")}
+        if proposal_state:  # the proposal's own invariants, on its part of the state
+            proposal = self.proposal or self._new_proposal()
+            named = [f"proposal.{p}" for p in proposal.check_state(proposal_state)]
+            problems += [p for p in named if p not in problems]  # its finite check is ours too
+        return problems
 
     def _load_common(self, state: Mapping[str, Tensor], proposal: Sampler) -> None:
         try:

@@ -61,6 +61,13 @@ class EncodingsSampler(Sampler):
     def state_dict(self):
         return {} if self.pool is None else {"pool": self.pool}
 
+    def check_state(self, state):
+        problems = super().check_state(state)
+        pool = state.get("pool")
+        if isinstance(pool, Tensor) and (pool.dim() < 2 or len(pool) == 0):
+            problems.append(f"pool {tuple(pool.shape)} holds no encodings")
+        return problems
+
     def load_state_dict(self, state):
         if "pool" not in state or state["pool"].dim() < 2:
             raise SamplerError("the saved state of 'encodings' holds no pool of encodings")

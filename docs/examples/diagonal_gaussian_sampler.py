@@ -43,6 +43,12 @@ class DiagonalGaussian(Sampler):
         self.mean, self.std = state["mean"].float(), state["std"].float()
         self.latent_shape = tuple(self.mean.shape)
 
+    def check_state(self, state: dict[str, torch.Tensor]) -> list[str]:
+        problems = super().check_state(state)  # every floating-point tensor is finite
+        if "std" in state and bool((state["std"] < 0).any()):
+            problems.append("std has negative values")
+        return problems
+
 
 @aesampler.hookimpl
 def register_samplers(register):
