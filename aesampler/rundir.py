@@ -766,6 +766,9 @@ class RunDir:
         """
         self.recover()
         entry = self.path / PARTIAL
+        if not self.path.is_dir():  # a new run directory: its first output makes it (and the
+            with self.new_folder(PARTIAL, name, "partial"):  # lock file), and nobody is in it
+                pass
         with self._locked():  # deciding who is alive and taking the lock are one step
             self.check_collection(PARTIAL)
             if entry.is_dir():

@@ -200,3 +200,14 @@ def test_a_second_sample_with_other_settings_leaves_a_running_one_alone(tiny_run
     assert first.returncode == 0, err
     assert len(list((copy / "samples").glob("samples-*-of-00030.safetensors"))) == 30
     assert not (copy / "partial").exists()
+
+
+def test_a_sharded_sample_into_a_new_folder_makes_it_and_its_lock(tiny_run, tmp_path):
+    """The lock of partial/ lives in the run directory: a first output in shards makes it."""
+    recipe_path, run, _ = tiny_run
+    fresh = tmp_path / "new" / "run"
+    checkpoint = f"model.checkpoint={find_checkpoint(run)}"
+    done = cli("sample", str(recipe_path), "--out", str(fresh), "--quiet", checkpoint, *SHARDED)
+    assert done.returncode == 0, done.stderr
+    assert len(list((fresh / "samples").glob("samples-*-of-00003.safetensors"))) == 3
+    assert not (fresh / "partial").exists() and "partial" not in RunDir(fresh).owned()
