@@ -22,8 +22,8 @@ as null.
 
 The sizes are the paper's 64 × 64 DCGAN networks (3 channels, latent 200, width 64) and the
 quickstart's 32 × 32 ones (1 channel, latent 200, width 32), with fresh random weights: speed
-does not depend on what the weights learned. The defaults (:data:`QUICK`: batch 64, 2 chain
-steps, 3 rounds) answer in about a minute on 2 CPU cores; :data:`FULL` is the longer table.
+does not depend on what the weights learned. The defaults (:data:`QUICK`: batch 64, 5 chain
+steps, 5 rounds) answer in under a minute on 2 CPU cores; :data:`FULL` is the longer table.
 
 With ``training=True`` it also times training (:func:`bench_training`): the variants of
 :data:`TRAIN_VARIANTS` (``aesampler train`` and the bare loop, fp32 and ``train.precision:
@@ -53,8 +53,8 @@ from .precision import SlowPrecisionWarning, autocast_dtype, cpu_capability, res
 NETWORKS = (("quickstart", 32, 1, 32), ("paper", 64, 3, 64))
 VARIANTS = ("reference", "exact", "auto", "bf16")
 #: The default batches, chain steps and rounds (about a minute on 2 CPU cores), and ``--full``'s.
-QUICK = {"batches": (64,), "steps": 2, "repeats": 3}
-FULL = {"batches": (64, 256), "steps": 5, "repeats": 3}
+QUICK = {"batches": (64,), "steps": 5, "repeats": 5}
+FULL = {"batches": (64, 256), "steps": 5, "repeats": 5}
 
 
 @dataclass

@@ -344,10 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=_positive, nargs="+", default=None, metavar="N", help="default: 64"
     )
     bench.add_argument(
-        "--steps", type=_positive, default=None, help="chain steps per timed run (default 2)"
+        "--steps", type=_positive, default=None, help="chain steps per timed run (default 5)"
     )
     bench.add_argument(
-        "--repeats", type=_positive, default=None, help="interleaved rounds (median; default 3)"
+        "--repeats", type=_positive, default=None, help="interleaved rounds (median; default 5)"
     )
     bench.add_argument(
         "--network",
@@ -378,22 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
 DISTRIBUTED_COMMANDS = frozenset({"train", "sample", "evaluate", "run", "validate", "plugins"})
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def format_warning(message, category, filename, lineno, line=None) -> str:
     """aesampler's own warnings as one line each (``aesampler: warning: ...``); others as
-    Python shows them."""
+    Python formats them."""
     if category.__module__.startswith("aesampler"):
-        print(f"aesampler: warning: {message}", file=file or sys.stderr)
-    else:
-        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+        return f"aesampler: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
-_PYTHON_SHOWWARNING = warnings.showwarning
+_PYTHON_FORMAT = warnings.formatwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+    # Only the format changes: whoever records warnings (pytest.warns, a caller's
+    # catch_warnings(record=True)) still receives them.
+    previous, warnings.formatwarning = warnings.formatwarning, format_warning
+    try:
         return _main(argv)
+    finally:
+        warnings.formatwarning = previous
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -105,7 +105,7 @@ def test_the_bench_defaults_are_the_quick_ones(monkeypatch):
         None,
         None,
     )
-    assert bench.QUICK == {"batches": (64,), "steps": 2, "repeats": 3}
+    assert bench.QUICK == {"batches": (64,), "steps": 5, "repeats": 5}
 
 
 def test_the_training_bench_times_every_variant_on_both_networks(monkeypatch):

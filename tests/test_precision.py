@@ -176,23 +176,21 @@ def test_sample_records_what_auto_chose_and_says_it(tiny_run, tmp_path):
     assert "sample: precision auto -> fp32 (" in done.stdout
 
 
-def test_explicit_bf16_on_slow_hardware_warns_once_in_one_line_on_the_cli(tiny_run, tmp_path):
+def test_explicit_bf16_on_slow_hardware_warns_once_on_the_cli_in_one_line(tiny_run, tmp_path):
+    from aesampler.cli import format_warning
+
     _, shared, _ = tiny_run
     run = tmp_path / "run"
     shutil.copytree(shared, run)
     P._WARNED.clear()
-    done = cli(
-        "sample",
-        str(run),
-        "--overwrite",
-        "--quiet",
-        "sampling.num_chains=8",
-        "sampling.precision=bf16",
-    )
+    argv = ["sample", str(run), "--overwrite", "--quiet", "sampling.num_chains=8"]
+    with pytest.warns(aesampler.SlowPrecisionWarning) as caught:
+        done = cli(*argv, "sampling.precision=bf16")
     assert done.returncode == 0, done.stderr
-    warned = [line for line in done.stderr.splitlines() if "precision 'bf16'" in line]
-    assert len(warned) == 1, done.stderr
-    assert warned[0].startswith("aesampler: warning: precision 'bf16' on this device will")
-    assert "no AVX512-BF16 or AMX" in warned[0]
+    assert len(caught) == 1
+    warning = caught[0]
+    line = format_warning(warning.message, warning.category, warning.filename, warning.lineno)
+    assert line.startswith("aesampler: warning: precision 'bf16' on this device will")
+    assert "no AVX512-BF16 or AMX" in line and line.count("\n") == 1
     settings = json.loads((run / "samples" / "settings.json").read_text())
     assert settings["precision"]["precision"] == "bf16" and not settings["precision"]["fast_bf16"]
