@@ -207,7 +207,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        raise AesamplerError(f"{str(run_dir)!r} is not a run directory")
+        raise AesamplerError(f"{quoted(run_dir)} is not a run directory")
     print(f"report: {write_report(run_dir)}")
     return 0
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from .checkpoint import CheckpointError, find_checkpoint, read_info
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 from .rundir import (
     CHECKPOINTS,
     CHOSEN_FIGURE,
@@ -140,9 +140,9 @@ def _read_json(path: Path, what: str):
     try:
         return read_json(path, what)
     except RecursionError:
-        raise ReportError(f"{str(path)!r} ({what}) nests too deeply to be read") from None
+        raise ReportError(f"{quoted(path)} ({what}) nests too deeply to be read") from None
     except ValueError as error:  # a number too long to convert, and the like
-        raise ReportError(f"{str(path)!r} ({what}) cannot be read: {error}") from None
+        raise ReportError(f"{quoted(path)} ({what}) cannot be read: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
         data = file.read_bytes()
     except OSError as error:
         raise ReportError(
-            f"cannot read {str(file)!r} (the training log): {error.strerror}"
+            f"cannot read {quoted(file)} (the training log): {error.strerror}"
         ) from None
     steps, epochs = [], []
     for line in data.decode("utf-8", errors="replace").splitlines():
@@ -373,8 +373,8 @@ def _settings(folder: Path, fields: list, command: str) -> dict:
         problem = "it does not hold a JSON object"
     if problem:
         raise ReportError(
-            f"{str(file)!r} does not hold the settings aesampler writes: {problem}; re-create it "
-            f"with aesampler {command} {str(folder.parent)!r} --overwrite"
+            f"{quoted(file)} does not hold the settings aesampler writes: {problem}; re-create it "
+            f"with aesampler {command} {quoted(folder.parent)} --overwrite"
         )
     return settings
 
@@ -571,7 +571,7 @@ def read_quality(path: Path) -> dict:
     problem = _quality_problem(report)
     if problem:
         raise ReportError(
-            f"{str(path)!r} is not aesampler sample-quality metrics: {problem}; re-create it "
+            f"{quoted(path)} is not aesampler sample-quality metrics: {problem}; re-create it "
             "with aesampler evaluate"
         )
     report.setdefault("lower_is_better", {})
@@ -629,7 +629,7 @@ def read_comparison(path: Path) -> dict:
                 break
     if problem:
         raise ReportError(
-            f"{str(path)!r} is not an aesampler sampler comparison: {problem}; re-create it "
+            f"{quoted(path)} is not an aesampler sampler comparison: {problem}; re-create it "
             "with aesampler compare-samplers --overwrite"
         )
     return document
@@ -722,7 +722,7 @@ def _tuning_section(run_dir: Path) -> str:
         return _tuning_html(document)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise ReportError(
-            f"{str(path)!r} is not a search aesampler tune wrote ({type(error).__name__}: "
+            f"{quoted(path)} is not a search aesampler tune wrote ({type(error).__name__}: "
             f"{error}); re-create it with aesampler tune --overwrite"
         ) from None
 
@@ -833,18 +833,18 @@ COMPARE_FILES = ("compare.md", "compare.png")
 def _check_compare_out(out: Path, overwrite: bool) -> None:
     """Raise unless ``compare.md`` and ``compare.png`` may be written into ``out``."""
     if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {str(out)!r} is a file, not a folder")
+        raise ReportError(f"--out {quoted(out)} is a file, not a folder")
     for name in COMPARE_FILES:
         target = out / name
         if target.is_dir() and not target.is_symlink():
             raise ReportError(
-                f"{str(target)!r} is a folder, where compare writes a file; move it away, or "
+                f"{quoted(target)} is a folder, where compare writes a file; move it away, or "
                 "choose another --out folder"
             )
         if (target.exists() or target.is_symlink()) and not overwrite:
             raise ReportError(
-                f"{str(target)!r} already exists; pass --overwrite to replace "
-                f"{' and '.join(COMPARE_FILES)} in {str(out)!r}, or choose another --out folder"
+                f"{quoted(target)} already exists; pass --overwrite to replace "
+                f"{' and '.join(COMPARE_FILES)} in {quoted(out)}, or choose another --out folder"
             )
 
 
@@ -863,7 +863,7 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, overwrite: bool 
         file = Path(run_dir) / METRICS
         if not file.is_file():
             raise ReportError(
-                f"{str(file)!r} does not exist: run aesampler evaluate {run_dir} first"
+                f"{quoted(file)} does not exist: run aesampler evaluate {run_dir} first"
             )
         label = Path(run_dir).name or str(run_dir)
         if label in runs:  # two runs of one name: tell them apart by the path given
@@ -900,7 +900,7 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, overwrite: bool 
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ReportError(f"cannot create {str(out)!r}: {error.strerror}") from None
+            raise ReportError(f"cannot create {quoted(out)}: {error.strerror}") from None
         atomic_write_bytes(out / "compare.md", text.encode())
         atomic_write_bytes(out / "compare.png", picture)
     return text
@@ -918,21 +918,21 @@ def _read_recipe(run_dir: Path) -> tuple[str, dict]:
         text = file.read_bytes().decode("utf-8")
         recipe = yaml.safe_load(text)
     except OSError as error:
-        raise ReportError(f"cannot read {str(file)!r}: {error.strerror}") from None
+        raise ReportError(f"cannot read {quoted(file)}: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        raise ReportError(f"{str(file)!r} is not UTF-8 text (byte {error.start})") from None
+        raise ReportError(f"{quoted(file)} is not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
-        raise ReportError(f"{str(file)!r} is not valid YAML: {error}") from None
+        raise ReportError(f"{quoted(file)} is not valid YAML: {error}") from None
     except RecursionError:
-        raise ReportError(f"{str(file)!r} nests too deeply to be a recipe") from None
+        raise ReportError(f"{quoted(file)} nests too deeply to be a recipe") from None
     if recipe is not None and not isinstance(recipe, dict):
-        raise ReportError(f"{str(file)!r} does not hold a recipe (a mapping of sections)")
+        raise ReportError(f"{quoted(file)} does not hold a recipe (a mapping of sections)")
     recipe = recipe or {}
     for key in RECIPE_SECTIONS:
         section = recipe.get(key)
         if section is not None and not isinstance(section, dict):
             raise ReportError(
-                f"{str(file)!r} is not a recipe aesampler wrote: its section {key!r} is not a "
+                f"{quoted(file)} is not a recipe aesampler wrote: its section {key!r} is not a "
                 f"mapping of keys to values (it holds {_shown(section)}); it was edited or "
                 "damaged"
             )
@@ -947,7 +947,7 @@ def write_report(run_dir: str | Path) -> Path:
     """
     run = RunDir(run_dir)
     if not run.path.is_dir():
-        raise ReportError(f"{str(run.path)!r} is not a run directory")
+        raise ReportError(f"{quoted(run.path)} is not a run directory")
     run.check_replaceable("report", OUTPUTS["report"], overwrite=True)
     with run.transaction("report", list(OUTPUTS["report"])) as txn:
         return _write_report(run.path, txn.path(REPORT), txn.path(REPORT_ASSETS))

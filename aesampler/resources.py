@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import AesamplerError
+from .errors import AesamplerError, quoted
 
 #: Share of the memory available now that one allocation aesampler plans may take.
 MEMORY_SHARE = 0.8
@@ -85,6 +85,6 @@ def check_disk(nbytes: int, path: str | Path, what: str) -> None:
     if free is not None and nbytes > free:
         raise ResourceError(
             f"{what} needs about {format_bytes(nbytes)} on disk, but the disk of "
-            f"{str(path)!r} has {format_bytes(free)} free; lower it, or choose another "
+            f"{quoted(path)} has {format_bytes(free)} free; lower it, or choose another "
             "output.dir (--out)"
         )

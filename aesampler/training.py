@@ -354,11 +354,11 @@ def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, An
     Returns what every rank needs to resume (plain tensors: it is broadcast to the others).
     """
     if not run.exists() or run.is_empty():
-        raise TrainingError(f"cannot resume: {str(run.path)!r} does not exist or is empty")
+        raise TrainingError(f"cannot resume: {quoted(run.path)} does not exist or is empty")
     run.checkpoints_folder()  # a link is refused before anything changes
     if not (run / CHECKPOINTS / "latest").is_file():
         raise TrainingError(
-            f"cannot resume: {str(run.path)!r} is not a training run of aesampler (it has no "
+            f"cannot resume: {quoted(run.path)} is not a training run of aesampler (it has no "
             f"{CHECKPOINTS}/latest)"
         )
     if not run.is_aesampler():
@@ -368,14 +368,14 @@ def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, An
     for entry in (RECIPE, TRAIN_LOG):
         if (run / entry).exists() and entry not in owned:
             raise TrainingError(
-                f"cannot resume: {str(run / entry)!r} is not listed as aesampler's in the run's "
+                f"cannot resume: {quoted(run / entry)} is not listed as aesampler's in the run's "
                 "manifest, and resuming would rewrite it; move it away"
             )
     folder = find_checkpoint(run / CHECKPOINTS)
     info = read_info(folder)
     if info["model"] != {"kind": model.kind, "architecture": model.architecture}:
         raise TrainingError(
-            f"cannot resume {str(run.path)!r}: its checkpoint holds {info['model']}, but the "
+            f"cannot resume {quoted(run.path)}: its checkpoint holds {info['model']}, but the "
             f"recipe builds {{'kind': {model.kind!r}, 'architecture': {model.architecture}}}; "
             "nothing was changed"
         )

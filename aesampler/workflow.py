@@ -336,7 +336,7 @@ def fit_sampler(
             fitted = _load_fitted(sampler, folder)
         except _UnusableState as error:  # changed, damaged, or not this sampler's: fit again
             log(
-                f"sampler {spec.name!r}: the fitted state {str(folder / SAMPLER_STATE)!r} cannot "
+                f"sampler {spec.name!r}: the fitted state {quoted(folder / SAMPLER_STATE)} cannot "
                 f"be used ({error}); refitting"
             )
             sampler = parts.registry.create("sampler", spec.name, **spec.params)

@@ -330,6 +330,20 @@ def test_names_with_a_line_break_or_undecodable_bytes_are_quoted(tiny_run, tmp_p
     assert "bad\\nname-\\xfe.png" in line, line
 
 
+def test_every_message_naming_a_path_escapes_an_undecodable_byte(tmp_path):
+    """Messages built with ``quoted`` everywhere: a byte that is not UTF-8 shows as ``\\xff``,
+    never as Python's surrogate escape ``\\udcff`` (here: report and compare)."""
+    odd = tmp_path / os.fsdecode(b"not-a-run-\xff")
+    odd.mkdir()
+    (odd / "notes.txt").write_text("mine")
+    for argv in (
+        ("report", str(odd)),
+        ("compare", str(odd), str(odd), "--out", str(tmp_path / "out")),
+    ):
+        line = one_error_line(cli(*argv))
+        assert "not-a-run-\\xff" in line and "udcff" not in line, (argv, line)
+
+
 @pytest.mark.parametrize("content", ["padding", "nesting"])
 def test_a_huge_manifest_is_refused_at_once(content, tiny_run, tmp_path):
     copy = copy_run(tiny_run, tmp_path)

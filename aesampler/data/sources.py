@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..errors import quoted
 from .base import (
     DatasetError,
     FileImageDataset,
@@ -56,7 +57,7 @@ def _root(name: str, root: str | Path | None, what: str) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DatasetError(
-            f"{name}: data.root {str(path)!r} is not a folder; it should hold {what}"
+            f"{name}: data.root {quoted(path)} is not a folder; it should hold {what}"
         )
     return path
 
@@ -111,7 +112,7 @@ def _celeba_image_dir(root: Path) -> Path:
         if candidate.is_dir() and any(candidate.glob("*.jpg")):
             return candidate
     raise DatasetError(
-        f"celeba: no images found under {str(root)!r}. Put the aligned-and-cropped JPEGs in "
+        f"celeba: no images found under {quoted(root)}. Put the aligned-and-cropped JPEGs in "
         f"{str(root / 'img_align_celeba')!r} (a bare folder) or in "
         f"{str(root / 'celeba' / 'img_align_celeba')!r} with list_eval_partition.txt beside it "
         "(torchvision's layout). Nothing is downloaded."
@@ -164,7 +165,7 @@ def celeba(
         source = f"official file numbers {low:06d}-{high:06d}"
     if not chosen:
         raise DatasetError(
-            f"celeba: split {split!r} has no images in {str(image_dir)!r} (by {source})"
+            f"celeba: split {split!r} has no images in {quoted(image_dir)} (by {source})"
         )
     dataset = FileImageDataset("celeba", split, chosen, image_size, channels=3)
     dataset.check_files(on_error)
@@ -182,8 +183,8 @@ def svhn(split: str, image_size: int = 32, root: str | None = None) -> TensorIma
     file = base / ("test_32x32.mat" if split == "test" else "train_32x32.mat")
     if not file.is_file():
         raise DatasetError(
-            f"svhn: {str(file)!r} is missing. Put SVHN's cropped-digit files train_32x32.mat and "
-            f"test_32x32.mat in {str(base)!r} (torchvision's SVHN layout). Nothing is downloaded."
+            f"svhn: {quoted(file)} is missing. Put SVHN's cropped-digit files train_32x32.mat and "
+            f"test_32x32.mat in {quoted(base)} (torchvision's SVHN layout). Nothing is downloaded."
         )
     # torchvision.datasets.SVHN reads these files the same way, but refuses any whose MD5 is not
     # the official one; reading them directly also accepts subsets made by the user.
@@ -194,9 +195,9 @@ def svhn(split: str, image_size: int = 32, root: str | None = None) -> TensorIma
         images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
         labels = mat["y"].astype(np.int64).reshape(-1) % 10  # the digit 0 is stored as 10
     except (KeyError, ValueError, OSError) as error:
-        raise DatasetError(f"svhn: cannot read {str(file)!r}: {error}") from error
+        raise DatasetError(f"svhn: cannot read {quoted(file)}: {error}") from error
     if images.dtype != torch.uint8:
-        raise DatasetError(f"svhn: {str(file)!r} holds {images.dtype} images, expected uint8")
+        raise DatasetError(f"svhn: {quoted(file)} holds {images.dtype} images, expected uint8")
     if split != "test":
         rest, valid_idx = _split_off(np.arange(len(images)), 0.05, labels)
         index = np.sort(rest if split == "train" else valid_idx)
@@ -234,7 +235,7 @@ def image_folder(
         every = _images_under(base)
         if len(every) < 3:
             raise DatasetError(
-                f"image_folder: {str(base)!r} holds {len(every)} image files "
+                f"image_folder: {quoted(base)} holds {len(every)} image files "
                 f"({', '.join(IMAGE_SUFFIXES)}); at least 3 are needed to make three splits"
             )
         index = _three_way(
@@ -242,7 +243,7 @@ def image_folder(
         )
         paths = [every[i] for i in index[split]]
     if not paths:
-        raise DatasetError(f"image_folder: split {split!r} has no images under {str(base)!r}")
+        raise DatasetError(f"image_folder: split {split!r} has no images under {quoted(base)}")
     dataset = FileImageDataset("image_folder", split, paths, image_size, channels=channels)
     dataset.check_files(on_error)
     return dataset

@@ -250,7 +250,7 @@ class InceptionFeatures(FeatureExtractor):
             )
         path = Path(self.weights).expanduser()
         if not path.is_file():
-            raise FeatureError(f"inception weights file {str(path)!r} does not exist")
+            raise FeatureError(f"inception weights file {quoted(path)} does not exist")
         return path
 
     def prepare(self, train_set, cache_dir, device, log):
