@@ -196,6 +196,7 @@ def test_the_disk_check_counts_what_partial_holds_as_room(tiny_run, tmp_path, mo
         check_sizes(parts, sample=True, evaluate=False)
     # A killed run left 200 MB of shards (a sparse file here): reused or deleted, they are room.
     folder, _ = RunDir(copy).partial_folder("samples-0123456789ab")
+    RunDir(copy).release_partial(folder.name)  # its writer is gone
     with open(folder / "shard-00000.safetensors", "wb") as shard:
         shard.truncate(200 * 10**6)
     check_sizes(parts, sample=True, evaluate=False)
