@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -53,3 +54,11 @@ def crash_at(point: int, argv: list[str]) -> int:
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def copy_run(tiny_run, tmp_path: Path, name: str = "copy") -> Path:
+    """A copy of the shared ``tiny_run`` fixture's run directory, for a test that changes it."""
+    _, run, _ = tiny_run
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    return copy

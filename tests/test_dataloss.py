@@ -21,13 +21,7 @@ from aesampler.checkpoint import find_checkpoint
 from aesampler.rundir import RunDir, RunDirError
 
 from .conftest import cli
-
-
-def copy_run(tiny_run, tmp_path: Path, name: str = "copy") -> Path:
-    _, run, _ = tiny_run
-    copy = tmp_path / name
-    shutil.copytree(run, copy)
-    return copy
+from .helpers import copy_run
 
 
 def listing(folder: Path) -> dict[str, bytes | None]:

@@ -27,14 +27,7 @@ from aesampler.checkpoint import find_checkpoint
 from aesampler.rundir import MANIFEST, RunDir
 
 from .conftest import cli
-from .helpers import crash_at
-
-
-def copy_run(tiny_run, tmp_path: Path, name: str = "copy") -> Path:
-    _, run, _ = tiny_run
-    copy = tmp_path / name
-    shutil.copytree(run, copy)
-    return copy
+from .helpers import copy_run, crash_at
 
 
 def listing(folder: Path) -> dict[str, bytes | None]:
