@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -62,3 +64,45 @@ def copy_run(tiny_run, tmp_path: Path, name: str = "copy") -> Path:
     copy = tmp_path / name
     shutil.copytree(run, copy)
     return copy
+
+
+def install_my_project(monkeypatch) -> types.ModuleType:
+    """A stand-in for a user's own code, importable as ``my_project`` (docs/examples/own_model.py
+    imports it): an untrained MLP VAE with batch norm (16-D latents, 28 × 28 images) and random
+    training and test images."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    project = types.ModuleType("my_project")
+    project.my_encoder = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 2 * 16)
+    )
+    project.my_decoder = nn.Sequential(
+        nn.Linear(16, 64),
+        nn.BatchNorm1d(64),
+        nn.ReLU(),
+        nn.Linear(64, 784),
+        nn.Sigmoid(),
+        nn.Unflatten(1, (1, 28, 28)),
+    )
+    generator = torch.Generator().manual_seed(1)
+    project.train_images = torch.rand(400, 1, 28, 28, generator=generator)
+    project.test_images = torch.rand(300, 1, 28, 28, generator=generator)
+    monkeypatch.setitem(sys.modules, "my_project", project)
+    return project
+
+
+def check_own_model_example(done: dict, printed: list[str], project: types.ModuleType) -> None:
+    """What docs/examples/own_model.py did: fitted a mixture on the training latents, started
+    1,000 chains from it and printed a table of metrics at steps 0, 1 and 5."""
+    gmm, result = done["gmm"], done["result"]
+    assert done["z"].shape == (len(project.train_images), 16)
+    assert gmm.weights.shape == (10,) and abs(float(gmm.weights.sum()) - 1) < 1e-5
+    assert result.steps == (0, 1, 5) and result.x[5].shape == (1000, 1, 28, 28)
+    # Step 0 is the mixture's draws from the run's start generator.
+    from aesampler.chain import start_generator
+
+    assert torch.equal(result.z[0], gmm.sample(1000, generator=start_generator(0)))
+    header = printed.index(next(line for line in printed if line.split()[:1] == ["step"]))
+    assert {"frechet", "novelty", "mmd_prior"} <= set(printed[header].split())
+    assert [line.split()[0] for line in printed[header + 1 : header + 4]] == ["0", "1", "5"]

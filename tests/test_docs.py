@@ -42,6 +42,7 @@ from aesampler.cli import build_parser, main
 from aesampler.plugins import DISABLE_ENV, load_registry, reset_registry, set_builtins_only
 
 from .conftest import tiny_chain_parts
+from .helpers import check_own_model_example, install_my_project
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -142,9 +143,11 @@ EXERCISED = {
     "docs/examples/provenance.py": "test_provenance_example",
     "docs/examples/script_plugin.py": "test_script_plugin_example",
     "docs/examples/diagonal_gaussian_sampler.py": "test_example_sampler",
+    "docs/examples/own_model.py": "test_own_model_example",
     # concepts.md
     "docs/examples/chain_figure2.py": "test_figure_2_example",
     "docs/examples/chain_start.py": "test_chain_start_example",
+    "docs/examples/own_networks.py": "test_own_networks_example",
     # data.md
     "docs/examples/data_celeba.yaml": "test_data_sections_are_read_where_aesampler_runs",
     "docs/examples/data_image_folder.yaml": "test_data_sections_are_read_where_aesampler_runs",
@@ -580,6 +583,26 @@ def test_figure_2_example(quickstart):
     assert torch.equal(path[:, 0], z_a) and torch.equal(path[:, -1], z_b)
     assert done["before"].shape == done["after"].shape == (32, 1, 8, 8)
     assert not torch.equal(done["before"], done["after"])
+
+
+def test_own_networks_example(capsys):
+    done = runpy.run_path(str(EXAMPLES / "own_networks.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "(0, 1, 5, 10)",
+        "torch.Size([64, 1, 28, 28])",
+        "torch.Size([64, 16])",
+        "torch.Size([32, 1, 28, 28])",
+    ]
+    path, cleaned = done["path"], done["cleaned"]
+    assert torch.equal(path[:, 0], done["result"].z[10][:4])
+    assert torch.equal(cleaned.z[0], path.reshape(32, 16))
+    assert not torch.equal(cleaned.x[5], cleaned.x[0])
+
+
+def test_own_model_example(capsys, monkeypatch):
+    project = install_my_project(monkeypatch)
+    done = runpy.run_path(str(EXAMPLES / "own_model.py"), run_name="__main__")
+    check_own_model_example(done, capsys.readouterr().out.splitlines(), project)
 
 
 def test_chain_start_example(quickstart):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AesamplerError
+from ..interfaces import Encoder
 
 
 class SamplerError(AesamplerError):
@@ -114,6 +115,26 @@ def orthonormal_problems(name: str, axes: Tensor | None, *, tolerance: float = 1
     return []
 
 
+def encoder_of(source: Any) -> Encoder:
+    """The encoder Q(z|x) of ``source``: an :class:`~aesampler.Encoder` itself, a model with an
+    ``encoder`` (a trained :class:`~aesampler.models.GenerativeAutoencoder`), or a
+    :class:`~aesampler.Chain` whose transition encodes (decode-corrupt-encode does).
+
+    Raises SamplerError naming what was given when none of these holds.
+    """
+    if isinstance(source, Encoder):
+        return source
+    for holder in (source, getattr(source, "transition", None)):
+        encoder = getattr(holder, "encoder", None)
+        if isinstance(encoder, Encoder):
+            return encoder
+    raise SamplerError(
+        f"cannot encode images with a {type(source).__name__}: pass an aesampler.Encoder (e.g. "
+        "GaussianEncoder(net) or DeterministicEncoder(net)), a model with an encoder, or a Chain "
+        "built from an encoder"
+    )
+
+
 @torch.inference_mode()
 def encode_images(
     model: Any,
@@ -126,21 +147,24 @@ def encode_images(
 ) -> Tensor:
     """Draws from Q(z|x) for each image: a sample of P̂(Z) = ∫ Q(z|x) P(x) dx.
 
-    ``images`` is a tensor (N, C, H, W), encoded ``batch`` images at a time, or an iterable of
-    such batches (a data loader). Batch normalisation runs in the chain's mode (``"batch"``:
-    minibatch statistics, the paper's choice); the model's buffers are left as they were. All
-    draws come from one generator seeded with ``seed``. Returns float32 latents on the CPU.
+    ``model`` is whatever holds the encoder (see :func:`encoder_of`): an Encoder, a trained
+    model or a Chain. ``images`` is a tensor (N, C, H, W), encoded ``batch`` images at a time,
+    or an iterable of such batches (a data loader). Batch normalisation runs in the chain's mode
+    (``"batch"``: minibatch statistics, the paper's choice); the encoder's buffers are left as
+    they were. All draws come from one generator seeded with ``seed``. Returns float32 latents on
+    the CPU.
     """
     from ..chain import sampling_mode  # the chain imports the samplers' interface
 
+    encoder = encoder_of(model)
     if isinstance(images, Tensor):
         images = [images[i : i + batch] for i in range(0, len(images), batch)]
     generator = torch.Generator(device).manual_seed(seed)
     out = []
-    with sampling_mode([model], batchnorm):
+    with sampling_mode([encoder], batchnorm):
         for x in images:
             x = x.to(device, non_blocking=True)  # asynchronous from pinned memory
-            out.append(model.encoder(x).sample(generator).float())
+            out.append(encoder(x).sample(generator).float())
     if not out:
         raise SamplerError("there are no images to encode")
     return torch.cat(out).cpu()  # one synchronisation, not one per batch
@@ -181,19 +205,20 @@ def encode_posteriors(
     """
     from ..chain import sampling_mode  # the chain imports the samplers' interface
 
+    encoder = encoder_of(model)
     check_int("copies", copies, low=2)
     if isinstance(images, Tensor):
         images = [images[i : i + batch] for i in range(0, len(images), batch)]
     generator = torch.Generator(device).manual_seed(seed)
     means, stds = [], []
     deterministic = None
-    with sampling_mode([model], batchnorm):
+    with sampling_mode([encoder], batchnorm):
         for x in images:
             x = x.to(device, non_blocking=True)
             if deterministic and corruption is not None:
                 posterior = None  # the clean encoding is not needed
             else:
-                posterior = model.encoder(x)
+                posterior = encoder(x)
                 if deterministic is None:
                     deterministic = posterior.std is None
                 elif deterministic != (posterior.std is None):
@@ -205,7 +230,7 @@ def encode_posteriors(
                 means.append(posterior.mean.float())
             else:
                 z = torch.stack(
-                    [model.encoder(corruption(x, generator=generator)).mean for _ in range(copies)]
+                    [encoder(corruption(x, generator=generator)).mean for _ in range(copies)]
                 ).double()
                 means.append(z.mean(0).float())
                 stds.append(z.std(0, correction=1).float())
@@ -331,6 +356,20 @@ def train_early_stopped(
     return EarlyStopped(done, best_epoch, first, best)
 
 
+def _checked_latents(name: str, latents: Any) -> Tensor:
+    """``latents`` if it is a floating-point tensor (N, ...) with at least one row."""
+    if not isinstance(latents, Tensor) or not latents.is_floating_point() or latents.dim() < 2:
+        shape = tuple(latents.shape) if isinstance(latents, Tensor) else None
+        got = f"a tensor of shape {shape}" if shape is not None else type(latents).__name__
+        raise SamplerError(
+            f"{name} must be a floating-point tensor (N, *latent_shape), one latent per row; "
+            f"got {got}"
+        )
+    if not len(latents):
+        raise SamplerError(f"{name} holds no latents (0 rows)")
+    return latents
+
+
 class SamplerContext:
     """What a sampler may use when it is fitted.
 
@@ -450,6 +489,58 @@ class Sampler(abc.ABC):
     copies_data: ClassVar[bool] = False
 
     latent_shape: tuple[int, ...] | None = None
+    #: The split whose encodings :meth:`fit` reads, and the split it validates on (early
+    #: stopping, a scale) when it validates at all. Samplers with a ``split`` parameter set them.
+    split: str = "train"
+    valid_split: str = "valid"
+
+    def fit_latents(
+        self,
+        latents: Tensor,
+        valid: Tensor | None = None,
+        *,
+        posteriors: tuple[Tensor, Tensor | None] | None = None,
+        valid_posteriors: tuple[Tensor, Tensor | None] | None = None,
+        model: Any = None,
+        seed: int = 0,
+        log: Callable[[str], None] = print,
+    ) -> Sampler:
+        """Fit on latents you already have, without a recipe; returns the sampler itself.
+
+        Args:
+            latents: encodings of your training images, (N, *latent_shape): for example
+                ``encode_images(encoder, images)``.
+            valid: encodings of held-out images, for the samplers that validate (a flow's early
+                stopping, a mixture's scale). Without them such a sampler holds out a tenth of
+                ``latents`` and says so through ``log``.
+            posteriors: the (means, stds) of Q(z|x) for the images behind ``latents``, as
+                :func:`encode_posteriors` gives them, for samplers that read posteriors
+                (``posterior_mixture``); ``valid_posteriors`` likewise for ``valid``.
+            model: the trained model, for samplers that read more of it than latents (the AAE's
+                adversary).
+            seed: the seed of any randomness in fitting.
+            log: where to say what happens.
+
+        Example:
+            >>> gmm = ExPostGMM(components=10).fit_latents(encode_images(encoder, images))
+            >>> chain.run(n=64, start=gmm, steps=5)
+        """
+        encodings = {self.split: _checked_latents("latents", latents)}
+        found = {self.split: posteriors} if posteriors is not None else {}
+        if valid is not None and self.valid_split != self.split:
+            valid = _checked_latents("valid", valid)
+            if valid.shape[1:] != encodings[self.split].shape[1:]:
+                raise SamplerError(
+                    f"valid has latents of shape {tuple(valid.shape[1:])}, but latents has "
+                    f"{tuple(encodings[self.split].shape[1:])}"
+                )
+            encodings[self.valid_split] = valid
+            if valid_posteriors is not None:
+                found[self.valid_split] = valid_posteriors
+        context = SamplerContext.from_encodings(encodings, posteriors=found, seed=seed, log=log)
+        context.model = model
+        self.fit(context)
+        return self
 
     def check_model(self, model: Any) -> None:  # noqa: B027 (optional)
         """Raise SamplerError when this sampler cannot serve ``model``.
