@@ -127,9 +127,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not distributed.world().is_main:
         return 0  # rank 0 speaks for the run
     if result.metrics is not None:
-        from .evaluation import format_table
+        from .evaluation import describe_best_steps, format_table
 
         print(format_table(result.metrics))
+        print("\n".join(describe_best_steps(result.metrics)))
     if result.comparison is not None:
         from .comparison import format_comparison
 

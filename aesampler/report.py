@@ -26,6 +26,7 @@ from torchvision.utils import make_grid
 
 from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError, quoted
+from .evaluation.best import DIAGNOSTICS_MEANING, describe_best_steps
 from .rundir import (
     CHECKPOINTS,
     CHOSEN_FIGURE,
@@ -474,6 +475,10 @@ def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
                 )
             body += f"<tr><th>{step}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        verdicts = describe_best_steps(report)
+        if verdicts:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in verdicts)
+            parts.append(f"<p>The best step by each metric:</p><ul class='best'>{items}</ul>")
     else:
         parts.append("<p>metrics.json holds no metric values (no metric was evaluated).</p>")
     settings, reference = report["settings"], report["reference"]
@@ -505,7 +510,7 @@ def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
         notes.append(
             f"Chain diagnostics over steps {diag['window'][0]}–{diag['window'][1]} of "
             f"{diag['chains']} chains: R-hat median {diag['rhat_median']:.3f} (max "
-            f"{diag['rhat_max']:.3f}); {ess}."
+            f"{diag['rhat_max']:.3f}); {ess}. {DIAGNOSTICS_MEANING}"
         )
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     return "".join(parts)

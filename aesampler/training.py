@@ -615,9 +615,15 @@ def _loop(
     picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
     grid_x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
 
+    log(_opening_line(recipe, model, train_set, len(loader), total, step, device))
     metrics = _Metrics(run / TRAIN_LOG if main else None)
     bar = tqdm(
-        total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True
+        total=total,
+        initial=min(step, total),
+        desc=f"train {recipe.model.name}",
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
     )
     started = time.perf_counter()
     last: dict[str, float] = {}
@@ -785,6 +791,28 @@ def _loop(
         epochs_completed=epoch,
         seconds=time.perf_counter() - started,
         last_losses=last,
+    )
+
+
+def _opening_line(
+    recipe: Recipe, model, train_set, per_epoch: int, total: int, step: int, device
+) -> str:
+    """What is about to be trained, on what, for how long: the first line of a training."""
+    cfg, world = recipe.train, distributed.world()
+    parameters = sum(p.numel() for p in model.parameters())
+    image = "×".join(map(str, train_set[0][0].shape))
+    corruption = recipe.corruption.name if recipe.corruption is not None else "none"
+    ranks = f" on each of {world.world_size} ranks" if world.enabled else ""
+    steps = f"{cfg.epochs * per_epoch:,} steps"
+    if total < cfg.epochs * per_epoch:
+        steps += f", cut to {total:,} by train.max_steps"
+    if step:
+        steps += f", resumed at step {step:,}"
+    return (
+        f"train: model {recipe.model.name} ({parameters:,} parameters), data "
+        f"{recipe.data.name} ({len(train_set):,} training images of {image}), corruption "
+        f"{corruption}; {cfg.epochs} epochs × {per_epoch} steps of {cfg.batch_size} images"
+        f"{ranks} = {steps}; on {device}"
     )
 
 

@@ -17,6 +17,7 @@ PYTHON_EXAMPLE = re.compile(r"<!-- readme-example.*?-->\n```python\n(.*?)```", r
 SAMPLING_SNIPPET = re.compile(r"Sample the trained model from Python.*?```python\n(.*?)```", re.S)
 TEST_COMMAND = re.compile(r"<!-- test-command.*?-->\n {4}(.*)\n")
 INSTALL_COMMAND = re.compile(r"^ {4}(pip install -e \. && (aesampler .*))$", re.M)
+CPU_INSTALL = re.compile(r"^ {4}(pip install torch .*--index-url \S+/cpu)$", re.M)
 CHAIN_FORMULA = re.compile(r"^ {4}z0 ~ P\(Z\);.*$", re.M)  # the paper's chain: not code
 
 
@@ -29,6 +30,7 @@ def test_every_readme_code_block_is_run_or_checked():
     # An indented block follows a blank line, or a comment such as the test-command marker.
     indented = re.findall(r"(?:\n\n|-->\n)((?: {4}.*\n)+)", fence.sub("", README))
     known = [CHAIN_FORMULA.search(README)[0], INSTALL_COMMAND.search(README)[1]]
+    known.append(CPU_INSTALL.search(README)[1])
     known.append(TEST_COMMAND.search(README)[1])
     assert sorted(block.strip() for block in indented) == sorted(k.strip() for k in known)
 
@@ -43,6 +45,20 @@ def test_readme_install_command_is_valid(monkeypatch, capsys):
     assert build_parser().parse_args(words[1:]).command == "run"
     monkeypatch.chdir(ROOT)
     assert main(["validate", *words[2:]]) == 0, capsys.readouterr().err
+
+
+def test_readme_cpu_install_covers_every_dependency_that_brings_cuda():
+    """The CPU-build command installs the PyTorch packages aesampler depends on, all of them, so
+    that ``pip install -e .`` afterwards finds them satisfied and pulls no CUDA wheel."""
+    from importlib.metadata import requires
+
+    words = shlex.split(CPU_INSTALL.search(README)[1])
+    assert words[:2] == ["pip", "install"]
+    assert words[words.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    named = {w for w in words[2:] if not w.startswith("-") and "://" not in w}
+    declared = [d for d in requires("aesampler") if "extra ==" not in d]  # not the test extras
+    torch_family = {re.match(r"[\w-]+", d)[0] for d in declared if d.startswith("torch")}
+    assert named == torch_family == {"torch", "torchvision"}
 
 
 def test_readme_python_example_runs(capsys, monkeypatch):

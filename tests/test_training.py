@@ -322,3 +322,46 @@ def test_bf16_training_is_refused_on_a_cuda_device_without_bfloat16(monkeypatch)
     assert train_precision(torch.device("cuda:0"), "fp32").precision == "fp32"
     with pytest.warns(aesampler.SlowPrecisionWarning):  # this suite's CPU has no fast bf16
         assert train_precision(torch.device("cpu"), "bf16").precision == "bf16"
+
+
+def test_training_opens_with_what_it_trains_and_labels_its_bar(tmp_path, capsys):
+    """One line says the model, its size, the data, the corruption, epochs and steps; the bar
+    names the model (issue 19: "nothing says what is being trained")."""
+    said: list[str] = []
+    recipe = tiny_recipe(tmp_path / "run", train={"epochs": 2, "max_steps": 30})
+    train(recipe, progress=True, log=said.append)
+    model = AAE(image_size=8, channels=1, latent_dim=4, width=4, adversary_hidden=16)
+    parameters = sum(p.numel() for p in model.parameters())
+    opening = next(line for line in said if line.startswith("train: model"))
+    assert opening == (
+        f"train: model aae ({parameters:,} parameters), data digits (1,455 training images of "
+        "1×8×8), corruption gaussian; 2 epochs × 22 steps of 64 images = 44 steps, cut to 30 by "
+        "train.max_steps; on cpu"
+    )
+    assert "train aae: 100%" in capsys.readouterr().err
+    said.clear()
+    resumed = tiny_recipe(tmp_path / "run", train={"epochs": 2})
+    train(resumed, resume=True, progress=False, log=said.append)
+    opening = next(line for line in said if line.startswith("train: model"))
+    assert opening.endswith("= 44 steps, resumed at step 30; on cpu")
+
+
+def test_the_opening_line_shown_in_the_docs_is_the_quickstarts():
+    """docs/training.md shows the quickstart's opening line: its numbers are the quickstart's."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    shown = re.search(r"^train: model .*$", (root / "docs" / "training.md").read_text(), re.M)[0]
+    recipe = yaml.safe_load((root / "recipes" / "quickstart.yaml").read_text())
+    model, train_cfg = recipe["model"], recipe["train"]
+    net = AAE(image_size=32, channels=1, latent_dim=model["latent_dim"], width=model["width"])
+    per_epoch = 4000 // train_cfg["batch_size"]
+    assert shown == (
+        f"train: model aae ({sum(p.numel() for p in net.parameters()):,} parameters), data "
+        "mnist5k (4,000 training images of 1×32×32), corruption gaussian; "
+        f"{train_cfg['epochs']} epochs × {per_epoch} steps of {train_cfg['batch_size']} images = "
+        f"{train_cfg['epochs'] * per_epoch:,} steps; on cpu"
+    )

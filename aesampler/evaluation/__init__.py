@@ -1,5 +1,6 @@
 """Sample quality at every chain step: metrics, feature extractors and the evaluation run."""
 
+from .best import DIAGNOSTICS_MEANING, BestStep, best_steps, describe_best_steps
 from .copying import COPYING_THRESHOLD, CopyingResult, DataCopying, data_copying
 from .evaluate import diagnostics, evaluate, format_table
 from .features import (
@@ -24,6 +25,8 @@ from .stats import Estimate
 
 __all__ = [
     "COPYING_THRESHOLD",
+    "DIAGNOSTICS_MEANING",
+    "BestStep",
     "ClassifierFeatures",
     "CopyingResult",
     "DataCopying",
@@ -40,7 +43,9 @@ __all__ = [
     "PixelFeatures",
     "PrecisionRecall",
     "StepSize",
+    "best_steps",
     "data_copying",
+    "describe_best_steps",
     "diagnostics",
     "evaluate",
     "evaluate_samples",
