@@ -227,7 +227,7 @@ def evaluate_samples(
         reference_latents: encodings of the reference images, for ``mmd_learned``.
         prior_latents: draws from the model's prior, for ``mmd_prior``; default N(0, I).
         bootstrap, confidence, seed: resamples (0: no intervals), level and seed of the
-            percentile bootstrap.
+            bootstrap intervals (docs/evaluation.md says how they are computed).
         registry: where names are looked up; default: every installed plugin.
         device, cache_dir: where a feature extractor runs and keeps what it trains (the
             classifier; without ``cache_dir`` it is trained afresh and not kept).
