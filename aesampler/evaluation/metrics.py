@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import AesamplerError
+from ..errors import AesamplerError, named
 from .stats import (
     Estimate,
     bootstrap,
@@ -215,8 +215,8 @@ class PrecisionRecall(Metric):
         if self.k >= min(len(fake), len(real)):
             raise AesamplerError(  # evaluate and evaluate_samples check min_samples first
                 f"precision_recall: k={self.k} needs more than {self.k} samples and held-out "
-                f"images, got {len(fake)} and {len(real)}; lower k or raise evaluate.num_chains "
-                "and evaluate.reference_size"
+                f"images, got {len(fake)} and {len(real)}; lower k or raise "
+                f"{named('evaluate.num_chains')} and {named('evaluate.reference_size')}"
             )
         key = ("real_radii", self.k)
         if key not in data.cache:

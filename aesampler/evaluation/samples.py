@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..data import ImageDataset
-from ..errors import AesamplerError
+from ..errors import AesamplerError, Voice, speaking
 from ..registry import Registry
 from .evaluate import (
     UNUSED_EXTRACTOR,
@@ -40,6 +40,26 @@ _ARGUMENT = {
     "reference_z": "reference_latents",
     "train_images": "train",
 }
+
+
+#: How a caller of ``evaluate_samples`` sets what a recipe sets under these keys: errors raised
+#: inside it give their advice in these words (:class:`aesampler.errors.Voice`).
+VOICE = Voice(
+    "evaluate_samples",
+    {
+        "evaluate.feature_extractor.name": "features={value}",
+        "evaluate.feature_extractor.weights": (
+            "features={{'name': 'inception', 'weights': {value}}}"
+        ),
+        "evaluate.cache_dir": "cache_dir",
+        "evaluate.num_chains": "the number of samples",
+        "evaluate.reference_size": "the number of reference images",
+        "evaluate.steps": "latents at {value} steps or more",
+        "data": "train",  # the images the feature classifier trains on
+        "labels": "train=(images, labels)",
+        "train_images": "train=...",
+    },
+)
 
 
 class _TensorImages(ImageDataset):
@@ -186,6 +206,7 @@ def _metric_list(metrics: Any, registry: Registry) -> list[tuple[str, Metric]]:
     return out
 
 
+@speaking(VOICE)
 def evaluate_samples(
     samples: Tensor | Mapping[int, Tensor],
     reference: Tensor,
