@@ -521,7 +521,11 @@ def test_evaluate_computes_its_numbers_by_the_same_code_as_evaluate_samples(
         log=lambda line: None,
     )
     assert again["metrics"] == report["metrics"]
+    # The same diagnostics; the note's advice is in each caller's words
+    note, python_note = report["diagnostics"].pop("ess_note"), again["diagnostics"].pop("ess_note")
     assert again["diagnostics"] == report["diagnostics"]
+    assert note.endswith("record more steps (max(evaluate.steps) >= 39)")
+    assert python_note == note.replace("max(evaluate.steps) >= 39", "latents at 39 steps or more")
 
     # A metric that needs more chains than the recipe runs stops before any chain is run.
     parts.recipe.evaluate.metrics = [ComponentSpec(name="precision_recall", k=40)]
