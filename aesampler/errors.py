@@ -2,16 +2,22 @@
 
 Every error a user can cause derives from :class:`AesamplerError`. Its message names the thing
 that is wrong, where it is (an argument, a key path, a plugin's distribution) and, where there is a
-short list, what would have been accepted. The CLI prints the message and exits with status 2;
-``--traceback`` shows the stack for debugging.
+short list, what would have been accepted. Advice names a setting in the caller's words
+(:func:`named`): a recipe key for the CLI and recipes, an argument inside a Python entry point
+that speaks its own :class:`Voice` (``evaluate_samples``). The CLI prints the message and exits
+with status 2; ``--traceback`` shows the stack for debugging.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class AesamplerError(Exception):
@@ -44,6 +50,68 @@ class PluginLoadWarning(UserWarning):
 
 class PluginSettingWarning(UserWarning):
     """A setting about plugins that names nothing installed (a typo in a plugin name)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Advice in the caller's words
+
+
+@dataclass(frozen=True)
+class Voice:
+    """How a caller changes its settings: the words advice in an error message uses.
+
+    Code that gives advice names a setting by its recipe key path (``evaluate.cache_dir``, the
+    one name every setting has) and asks :func:`named` how the caller says it. The recipe's
+    voice (:data:`RECIPE`, the default: the CLI, recipes and the workflow API) says the key path
+    itself; an entry point that takes its settings as Python arguments (``evaluate_samples``)
+    speaks its own words through :func:`speaking`, ``phrases`` mapping each key path (or the
+    name of a setting only it has) to a phrase in which ``{value}`` stands for the value's
+    ``repr``. A key it has no phrase for gives no advice, rather than a recipe key.
+    """
+
+    name: str
+    phrases: Mapping[str, str] = field(default_factory=dict)
+
+
+#: The recipe's voice: key paths, ``key=value`` with a value.
+RECIPE = Voice("recipe")
+
+_VOICE: contextvars.ContextVar[Voice] = contextvars.ContextVar("aesampler_voice", default=RECIPE)
+_UNSET: Any = object()
+
+
+@contextlib.contextmanager
+def speaking(voice: Voice) -> Iterator[None]:
+    """Advice given inside the block is in ``voice``'s words (for this thread or task)."""
+    token = _VOICE.set(voice)
+    try:
+        yield
+    finally:
+        _VOICE.reset(token)
+
+
+def named(key: str, value: Any = _UNSET, *, recipe: str | None = _UNSET) -> str | None:
+    """How the caller sets ``key`` (to ``value``), or None when it has no such setting.
+
+    In the recipe's voice: ``recipe`` when given (``{value}`` in it stands for the value; None:
+    recipes have no such setting), else ``key`` or ``key=value``. In another voice: its phrase
+    for ``key`` with the value's ``repr``, or None.
+    """
+    voice = _VOICE.get()
+    if voice is RECIPE:
+        if recipe is not _UNSET:
+            return None if recipe is None else recipe.format(value=value)
+        return key if value is _UNSET else f"{key}={value}"
+    phrase = voice.phrases.get(key)
+    return None if phrase is None else phrase.format(value=repr(value))
+
+
+def alternatives(*options: str | None) -> str:
+    """``"a, b, or c"`` of the options that are not None."""
+    given = [option for option in options if option]
+    if len(given) < 2:
+        return "".join(given)
+    return ", ".join(given[:-1]) + f", or {given[-1]}"
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:

@@ -11,8 +11,10 @@ resample (the Fréchet distance by SciPy's eigensolvers with BLAS's own threadin
 gathering n × n kernel blocks). "batched" is ``aesampler.evaluation.stats.bootstrap`` with the
 vectorised statistic. The slow variant runs ``--before-resamples`` resamples and its time is
 scaled to ``--resamples``; both variants use the same seed, so on those first resamples their
-interval ends must agree to rounding, which the last column shows. Variants alternate within
-one process, ``--repeats`` times, and the table gives the median. Usage:
+interval ends must agree to rounding, which the last column shows (SciPy's ends placed at the
+value as aesampler places its own since issue 19, see benchmarks/bootstrap_intervals.py).
+Variants alternate within one process, ``--repeats`` times, and the table gives the median.
+Usage:
 
     python benchmarks/evaluation_bootstrap.py [--resamples 200] [--before-resamples 20]
 """
@@ -34,6 +36,7 @@ from aesampler.evaluation.stats import (
     median_bandwidth,
     mmd2_from_kernels,
     mmd2_resampled,
+    placed_at,
     rbf_kernel_blocks,
 )
 
@@ -60,7 +63,15 @@ def bootstrap_before(statistic, sizes, resamples: int, seed: int = 0) -> tuple[f
         method="percentile",
         rng=np.random.default_rng(seed),
     )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    value, resampled = float(statistic(*full)), result.bootstrap_distribution
+    placed = placed_at(
+        value,
+        float(result.confidence_interval.low),
+        float(np.median(resampled)),
+        float(result.confidence_interval.high),
+        positive=value > 0 and bool((resampled > 0).all()),
+    )
+    return placed.low, placed.high
 
 
 def cases(rng: np.random.Generator) -> dict:

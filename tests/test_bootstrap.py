@@ -1,9 +1,12 @@
-"""The vectorised bootstrap equals the straightforward one it replaced.
+"""The vectorised bootstrap equals the straightforward one it replaced; its intervals contain
+their estimates.
 
 The references live here, not in the package: SciPy's ``stats.bootstrap`` calling the statistic
 once per resample (the implementation before issue #10), and the Fréchet distance and MMD of each
 resample computed from the gathered rows. The fast paths must give the same resample indices, the
-same numbers per resample within rounding, and so the same interval ends.
+same numbers per resample within rounding, and so the same interval ends. Since issue 19 the
+interval is SciPy's percentile interval moved from the resamples' median to the value
+(``placed_at``), so the reference moves SciPy's ends by SciPy's resamples.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from aesampler.evaluation import EvaluationData, FeatureExtractor, evaluate_samples
@@ -23,6 +28,7 @@ from aesampler.evaluation.stats import (
     mean_resampled,
     mmd2_from_kernels,
     mmd2_resampled,
+    placed_at,
     rbf_kernel_blocks,
     resample_counts,
     resample_indices,
@@ -32,8 +38,11 @@ from aesampler.plugins import load_registry
 RNG = np.random.default_rng(0)
 
 
-def scipy_bootstrap(statistic, sizes, *, resamples, confidence, seed) -> Estimate:
-    """The bootstrap before #10: SciPy's, one Python call of the statistic per resample."""
+def scipy_percentile(statistic, sizes, *, resamples, confidence, seed):
+    """The bootstrap before #10: SciPy's, one Python call of the statistic per resample.
+
+    Returns the value on all data and SciPy's result (percentile interval, resampled numbers).
+    """
     full = [np.arange(n) for n in sizes]
     value = float(statistic(*full))
     result = stats.bootstrap(
@@ -46,8 +55,22 @@ def scipy_bootstrap(statistic, sizes, *, resamples, confidence, seed) -> Estimat
         method="percentile",
         rng=np.random.default_rng(seed),
     )
-    interval = result.confidence_interval
-    return Estimate(value, float(interval.low), float(interval.high))
+    return value, result
+
+
+def scipy_bootstrap(statistic, sizes, *, resamples, confidence, seed) -> Estimate:
+    """SciPy's percentile interval, moved from the median of SciPy's resamples to the value."""
+    value, result = scipy_percentile(
+        statistic, sizes, resamples=resamples, confidence=confidence, seed=seed
+    )
+    resampled = result.bootstrap_distribution
+    return placed_at(
+        value,
+        float(result.confidence_interval.low),
+        float(np.median(resampled)),
+        float(result.confidence_interval.high),
+        positive=value > 0 and bool((resampled > 0).all()),
+    )
 
 
 def slow_frechet(x, y, ix, iy) -> np.ndarray:
@@ -209,3 +232,122 @@ def test_latent_only_metrics_prepare_no_feature_extractor():
         "name": "untouchable",
         "note": "not prepared: every metric is latent-space",
     }
+
+
+# Intervals contain their estimates (issue 19, item 5) -------------------------------------------
+
+
+def _frechet_of_two_draws(rows: int, dim: int, seed: int):
+    """Two samples of one Gaussian and the Fréchet metric's Estimate for them."""
+    rng = np.random.default_rng(seed)
+    fake, real = rng.normal(size=(rows, dim)), rng.normal(size=(rows, dim))
+    data = EvaluationData(
+        z={},
+        images={0: fake},
+        features=lambda step: fake,
+        reference_z=None,
+        prior_z=None,
+        reference_features=real,
+        train_images=None,
+        resamples=200,
+        seed=0,
+    )
+    return fake, real, load_registry().create("metric", "frechet").compute(data, 0)["frechet"]
+
+
+def test_the_frechet_distance_of_one_gaussian_lies_inside_its_interval():
+    """The plug-in Fréchet distance is biased upward, its resamples more so: SciPy's percentile
+    interval misses the value, which the interval placed at the value contains."""
+    fake, real, got = _frechet_of_two_draws(60, 4, seed=0)
+
+    def distance(i, j):
+        return frechet_distance(*gaussian_stats(fake[i]), *gaussian_stats(real[j]))
+
+    value, before = scipy_percentile(distance, (60, 60), resamples=200, confidence=0.95, seed=0)
+    assert got.value == value
+    low, high = before.confidence_interval.low, before.confidence_interval.high
+    assert value < low  # the percentile interval misses it
+    assert 0 < got.low <= value <= got.high  # this one holds it, and stays positive
+    # The same spread relative to the median, placed at the value.
+    middle = np.median(before.bootstrap_distribution)
+    assert (got.low / value, got.high / value) == pytest.approx((low / middle, high / middle))
+    width = high - low
+    # BCa is no remedy: its bias correction pushes both ends onto the lowest resamples.
+    bca = stats.bootstrap(
+        (np.arange(60), np.arange(60)),
+        lambda i, j, axis=-1: frechet_resampled(fake, real, i.astype(int), j.astype(int)),
+        vectorized=True,
+        paired=False,
+        n_resamples=200,
+        method="BCa",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert float(np.squeeze(bca.high) - np.squeeze(bca.low)) < width / 100
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_frechet_value_is_inside_at_every_draw(seed):
+    *_, got = _frechet_of_two_draws(40, 8, seed)
+    assert got.low <= got.value <= got.high
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_interval_of_a_mean_stays_the_percentile_interval(seed):
+    values = np.random.default_rng(seed).exponential(size=300)  # skewed, but the mean unbiased
+
+    def mean(i):
+        return float(values[i].mean())
+
+    settings = dict(resamples=400, confidence=0.95, seed=seed)
+    got = bootstrap(mean, (300,), batched=lambda i: mean_resampled(values, i), **settings)
+    _, before = scipy_percentile(mean, (300,), **settings)
+    low, high = before.confidence_interval.low, before.confidence_interval.high
+    # moved by the resamples' median's distance from the mean: a few percent of the width
+    assert abs(got.low - low) < 0.05 * (high - low)
+    assert abs(got.high - high) < 0.05 * (high - low)
+    assert got.low <= got.value <= got.high
+
+
+def test_an_interval_keeps_ratios_for_positive_numbers_and_differences_otherwise():
+    assert placed_at(2.0, 3.0, 4.0, 6.0, positive=True) == Estimate(2.0, 1.5, 3.0)
+    assert placed_at(2.0, 3.0, 4.0, 6.0, positive=False) == Estimate(2.0, 1.0, 4.0)
+    values = np.array([-2.0, -1.0, 1.0, 2.5])  # resampled means of both signs: differences
+    got = bootstrap(lambda i: float(values[i].mean()), (4,), resamples=50, confidence=0.9, seed=0)
+    _, result = scipy_percentile(
+        lambda i: float(values[i].mean()), (4,), resamples=50, confidence=0.9, seed=0
+    )
+    assert (result.bootstrap_distribution < 0).any() and got.value > 0
+    shift = got.value - np.median(result.bootstrap_distribution)
+    assert (got.low, got.high) == pytest.approx(
+        (result.confidence_interval.low + shift, result.confidence_interval.high + shift)
+    )
+
+
+@given(
+    values=st.lists(
+        st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False), min_size=2, max_size=30
+    ),
+    reduce=st.sampled_from([np.mean, np.max, np.min, np.var, np.median]),
+    resamples=st.integers(2, 40),
+    confidence=st.floats(0.01, 0.99),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_every_interval_contains_its_value(values, reduce, resamples, confidence, seed):
+    values = np.asarray(values)
+    got = bootstrap(
+        lambda i: float(reduce(values[i])),
+        (len(values),),
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+    assert got.low <= got.value <= got.high
+    again = bootstrap(
+        lambda i: float(reduce(values[i])),
+        (len(values),),
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+    assert again == got  # the same seed, the same interval

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torchvision.utils import save_image
 
 from aesampler.data import digits
 from aesampler.evaluation import (
@@ -520,7 +521,11 @@ def test_evaluate_computes_its_numbers_by_the_same_code_as_evaluate_samples(
         log=lambda line: None,
     )
     assert again["metrics"] == report["metrics"]
+    # The same diagnostics; the note's advice is in each caller's words
+    note, python_note = report["diagnostics"].pop("ess_note"), again["diagnostics"].pop("ess_note")
     assert again["diagnostics"] == report["diagnostics"]
+    assert note.endswith("record more steps (max(evaluate.steps) >= 39)")
+    assert python_note == note.replace("max(evaluate.steps) >= 39", "latents at 39 steps or more")
 
     # A metric that needs more chains than the recipe runs stops before any chain is run.
     parts.recipe.evaluate.metrics = [ComponentSpec(name="precision_recall", k=40)]
@@ -657,3 +662,124 @@ def test_feature_extractors_on_unusual_images():
     inception.net = torch.nn.Identity()  # never reached: the channels are checked first
     with pytest.raises(FeatureError, match="1- or 3-channel images, got 2"):
         inception(torch.rand(1, 2, 8, 8))
+
+
+# Errors in the caller's words (issue 19, item 4) ------------------------------------------------
+
+#: A recipe key path in a message: what a Python caller must not be told to set.
+RECIPE_KEY = re.compile(r"\b(?:evaluate|sampling|samplers|train|data|model|tune|output)\.[a-z_]")
+
+
+def _python_error(**kwargs) -> str:
+    from aesampler import AesamplerError
+    from aesampler.evaluation import evaluate_samples
+
+    with pytest.raises(AesamplerError) as caught:
+        evaluate_samples(X, REF, bootstrap=5, log=lambda line: None, **kwargs)
+    return str(caught.value)
+
+
+def _in_python_words(message: str, *arguments: str) -> None:
+    assert not RECIPE_KEY.search(message), message
+    for argument in arguments:
+        assert argument in message, message
+
+
+def test_feature_errors_name_evaluate_samples_arguments():
+    unlabelled = _python_error(features="classifier", train=X)
+    assert "dataset 'tensors'" not in unlabelled
+    _in_python_words(
+        unlabelled,
+        "and train has none",
+        "train=(images, labels)",
+        "features='pixels'",
+        "features={'name': 'inception', 'weights': 'PATH'}",
+    )
+    none = _python_error(features="classifier")
+    _in_python_words(none, "pass train=(images, labels), or use features='pixels'")
+    inception = _python_error(features="inception")
+    _in_python_words(inception, "set features={'name': 'inception', 'weights': 'PATH'}")
+
+
+def test_feature_errors_name_recipe_keys_on_the_command_line(tmp_path):
+    from .conftest import TINY_RECIPE
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    out = ["--out", str(tmp_path / "run"), "--quiet"]
+    done = cli("run", str(recipe), "evaluate.feature_extractor=inception", *out)
+    assert done.returncode == 2
+    assert "set evaluate.feature_extractor.weights=PATH; aesampler never" in done.stderr
+    folder = tmp_path / "unlabelled"
+    for split in ("train", "valid", "test"):
+        (folder / split).mkdir(parents=True)
+        for i in range(4):
+            torch.manual_seed(i)
+            save_image(torch.rand(3, 8, 8), folder / split / f"{i}.png")
+    data = f"data={{name: image_folder, root: {folder}, image_size: 8}}"
+    done = cli("run", str(recipe), data, "evaluate.feature_extractor=classifier", *out)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "aesampler: error: the classifier feature extractor needs labels, and dataset "
+        "'image_folder' has none; use evaluate.feature_extractor.name=pixels, or inception with "
+        "a local weights file (evaluate.feature_extractor.weights=PATH)"
+    )
+
+
+def test_an_unwritable_classifier_cache_names_the_callers_setting(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    labelled = (X, torch.arange(20) % 2)
+    message = _python_error(
+        features={"name": "classifier", "epochs": 1}, train=labelled, cache_dir=blocked
+    )
+    _in_python_words(message, "point cache_dir at a writable directory")
+    train = digits("train", image_size=8)  # as `evaluate` prepares it: the recipe's words
+    with pytest.raises(FeatureError, match="point evaluate.cache_dir at a writable directory"):
+        ClassifierFeatures(epochs=1).prepare(train, blocked, torch.device("cpu"), print)
+
+
+def test_advice_of_metrics_and_diagnostics_is_in_the_callers_words():
+    from aesampler.errors import speaking
+    from aesampler.evaluation import evaluate_samples
+    from aesampler.evaluation.copying import DataCopying
+    from aesampler.evaluation.samples import VOICE
+
+    latents = {t: torch.randn(20, 3, generator=torch.Generator().manual_seed(t)) for t in range(10)}
+    report = evaluate_samples(
+        {0: X}, REF, latents=latents, metrics=["mmd_prior"], bootstrap=0, log=lambda line: None
+    )
+    note = report["diagnostics"]["ess_note"]
+    _in_python_words(note, "record more steps (latents at 39 steps or more)")
+    note = diagnostics({t: v.numpy() for t, v in latents.items()})["ess_note"]
+    assert note.endswith("record more steps (max(evaluate.steps) >= 39)")
+
+    data = _data(resamples=0)
+    few = _data(features=lambda step: np.zeros((3, 2)), resamples=0)
+    metric = load_registry().create("metric", "precision_recall", k=5)
+    with pytest.raises(Exception, match="raise evaluate.num_chains and evaluate.reference_size"):
+        metric.compute(few, 0)
+    with speaking(VOICE), pytest.raises(Exception) as caught:
+        metric.compute(few, 0)
+    _in_python_words(str(caught.value), "raise the number of samples and the number of reference")
+    with pytest.raises(Exception, match="give training images$"):
+        DataCopying().compute(data, 0)
+    with speaking(VOICE), pytest.raises(Exception, match=r"give training images \(train=\.\.\.\)"):
+        DataCopying().compute(data, 0)
+
+
+def test_evaluate_samples_phrases_every_setting_the_evaluation_advises():
+    """Every key the evaluation code asks ``named`` about has words in evaluate_samples' voice."""
+    from pathlib import Path
+
+    import aesampler
+    from aesampler.evaluation.samples import VOICE
+
+    package = Path(aesampler.__file__).parent
+    asked = {
+        key
+        for source in package.rglob("*.py")
+        for key in re.findall(r"\bnamed\(\s*[\"']([^\"']+)[\"']", source.read_text())
+    }
+    assert asked >= {"evaluate.feature_extractor.name", "evaluate.cache_dir", "labels"}
+    assert asked <= set(VOICE.phrases), sorted(asked - set(VOICE.phrases))

@@ -797,3 +797,118 @@ def test_a_component_that_is_not_its_kinds_interface_is_refused(tmp_path):
     resolved["sampling"]["start"] = {"name": "odd"}  # the schema alone does not build anything
     with pytest.raises(ComponentError, match="returned function, not an aesampler.samplers"):
         build_sampler(Recipe.model_validate(resolved), registry)
+
+
+# A bare name wherever a component section goes (issue 19, item 7) ------------------------------
+
+#: A registered name of each kind that the base recipe of these tests can use as it is.
+BARE = {
+    "model": "vae",
+    "dataset": "mnist5k",
+    "corruption": "identity",
+    "transition": "decode_corrupt_encode",
+    "sampler": "encodings",
+    "feature_extractor": "pixels",
+}
+
+
+def _section_at(recipe: Recipe, path: tuple[str, ...]):
+    for key in path:
+        recipe = getattr(recipe, key)
+    return recipe
+
+
+def _nested_yaml(path: tuple[str, ...], value: str) -> str:
+    return "".join(f"{'  ' * i}{key}:\n" for i, key in enumerate(path[:-1])) + (
+        f"{'  ' * (len(path) - 1)}{path[-1]}: {value}\n"
+    )
+
+
+def _component_sections() -> list[tuple[tuple[str, ...], str]]:
+    from aesampler import kinds
+
+    return [(path, kind.name) for path, kind in kinds.sections()]
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    _component_sections(),
+    ids=lambda v: ".".join(v) if isinstance(v, tuple) else v,
+)
+def test_a_bare_name_is_the_section_on_the_command_line_in_yaml_and_in_python(tmp_path, path, kind):
+    name, key = BARE[kind], ".".join(path)
+    by_override = _section_at(load_recipe(_write(tmp_path, BASE), [f"{key}={name}"]), path)
+    # In the file, the section replaces the base recipe's own (a top-level one is a new key).
+    text = BASE if len(path) > 1 else re.sub(rf"(?ms)^{path[0]}:\n(  .*?\n)*", "", BASE)
+    by_file = _section_at(load_recipe(_write(tmp_path, text + _nested_yaml(path, name))), path)
+    data = yaml.safe_load(text)
+    data.setdefault(path[0], {}) if len(path) > 1 else None
+    (data[path[0]] if len(path) > 1 else data)[path[-1]] = name
+    by_schema = _section_at(Recipe.model_validate(data), path)
+    for section in (by_override, by_file, by_schema):
+        assert (section.name, section.params) == (name, {}), key
+
+
+def test_naming_another_component_replaces_the_section_and_name_keeps_its_siblings(tmp_path):
+    text = BASE + "sampling:\n  start: {name: ex_post_gmm, components: 10, batchnorm: running}\n"
+    path = _write(tmp_path, text)
+    # KEY=NAME: the new component's section, nothing of the old one's parameters or settings
+    start = load_recipe(path, ["sampling.start=prior"]).sampling.start
+    assert (start.name, start.params, start.batchnorm) == ("prior", {}, None)
+    # ... and its own keys may follow, in that order
+    start = load_recipe(path, ["sampling.start=encodings", "sampling.start.split=valid"])
+    assert start.sampling.start.params == {"split": "valid"}
+    # KEY.name=NAME changes the name only: a parameter the new component lacks is an error at
+    # the file's line, never carried over silently
+    assert _problems(tmp_path, text, ["sampling.start.name=prior"]) == [
+        ":17: sampling.start.components: sampler 'prior' (aesampler) has no "
+        "parameter 'components'. Parameters: none"
+    ]
+    # A section named bare in the file takes overrides of its keys
+    bare = _write(tmp_path, BASE + "sampling:\n  start: ex_post_gmm\n")
+    assert load_recipe(bare, ["sampling.start.components=5"]).sampling.start.params == {
+        "components": 5
+    }
+
+
+SAMPLERS = (
+    "aae_discriminator, encodings, ex_post_gmm, latent_flow, local_global, posterior_mixture, "
+    "prior, ratio_corrected"
+)
+
+
+def test_an_unknown_bare_name_names_the_key_and_the_choices(tmp_path, capsys):
+    path = _write(tmp_path, BASE)
+    assert cli_main(["validate", str(path), "sampling.start=priorr"]) == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"  {path} (command line): sampling.start.name: unknown sampler 'priorr'. Did you mean "
+        "'prior'? Registered samplers: "
+        + ", ".join(f"{name} (aesampler)" for name in SAMPLERS.split(", "))
+    ]
+    (problem,) = _problems(tmp_path, BASE + "sampling:\n  start: priorr\n")
+    assert problem.startswith(":17: sampling.start.name: unknown sampler 'priorr'. Did you mean")
+    (problem,) = _problems(tmp_path, BASE, ["evaluate.feature_extractor=pixel"])
+    assert problem == (
+        " (command line): evaluate.feature_extractor.name: unknown feature_extractor 'pixel'. "
+        "Did you mean 'pixels'? Registered feature_extractors: classifier (aesampler), "
+        "inception (aesampler), pixels (aesampler)"
+    )
+
+
+def test_a_section_that_holds_no_name_says_what_it_takes(tmp_path, capsys):
+    path = _write(tmp_path, BASE)
+    assert cli_main(["validate", str(path), "sampling.start=5"]) == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"  {path} (command line): sampling.start: must name a sampler ({SAMPLERS}, or auto), "
+        "alone or as the name of a section with its parameters, not 5"
+    ]
+    listed = BASE.replace("data:\n  name: digits\n  image_size: 8\n", "data: [digits]\n")
+    assert _problems(tmp_path, listed) == [
+        ":5: data: must name a dataset (celeba, digits, image_folder, mnist5k, svhn), alone or as "
+        "the name of a section with its parameters, not ['digits']"
+    ]
+    assert _problems(tmp_path, BASE, ["model=null"]) == [
+        " (command line): model: must name a model (aae, vae), alone or as the name of a section "
+        "with its parameters, not None"
+    ]
+    assert load_recipe(path, ["corruption=null"]).corruption is None  # optional: null is none

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AesamplerError
+from ..errors import AesamplerError, named
 from .metrics import EvaluationData, Metric
 from .stats import Estimate
 
@@ -320,9 +320,10 @@ class DataCopying(Metric):
 
     def compute(self, data: EvaluationData, step: int) -> dict[str, Estimate]:
         if data.train_features is None:
+            train = named("train_images", recipe=None)  # a recipe always has them
             raise AesamplerError(
-                "data_copying needs the training images' features: give training images "
-                "(train=... in evaluate_samples)"
+                "data_copying needs the training images' features: give training images"
+                + (f" ({train})" if train else "")
             )
         train = data.train_features()
         train, held_out, samples, k = check_inputs(

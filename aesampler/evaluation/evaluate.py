@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..chain import ChainResult, shard_bounds
-from ..errors import AesamplerError
+from ..errors import AesamplerError, named
 from ..registry import Registry
 from ..samplers.base import encode_images
 from .features import FeatureExtractor
@@ -96,9 +96,12 @@ def diagnostics(z: dict[int, np.ndarray]) -> dict:
     if ess is not None:
         result.update(ess)
     else:
+        more = named(
+            "evaluate.steps", 2 * MIN_DRAWS_FOR_ESS - 1, recipe="max(evaluate.steps) >= {value}"
+        )
         result["ess_note"] = (
             f"ESS needs at least {MIN_DRAWS_FOR_ESS} draws per chain in the window: record "
-            f"more steps (max(evaluate.steps) >= {2 * MIN_DRAWS_FOR_ESS - 1})"
+            f"more steps ({more})"
         )
     return result
 

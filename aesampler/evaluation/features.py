@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataset
-from ..errors import AesamplerError, quoted
+from ..errors import AesamplerError, alternatives, named, quoted
 from ..rundir import atomic_write_bytes
 
 
@@ -117,16 +117,23 @@ class ClassifierFeatures(FeatureExtractor):
         self.net: _SmallCNN | None = None
 
     def check(self, train_set):
+        labels = named("labels", recipe=None)  # a recipe's dataset has labels or not
+        pixels = f"use {named('evaluate.feature_extractor.name', 'pixels')}"
         if train_set is None:
             raise FeatureError(
                 "the classifier feature extractor needs labels to train on, and no training "
-                "images were given; pass train=(images, labels), or use features='pixels'"
+                f"images were given; {alternatives(labels and f'pass {labels}', pixels)}"
             )
         if not train_set.num_classes:
+            data = named("data", recipe="dataset {value!r}", value=train_set.name)
+            weights = named("evaluate.feature_extractor.weights", "PATH")
             raise FeatureError(
-                f"the classifier feature extractor needs labels, and dataset {train_set.name!r} "
-                "has none; use evaluate.feature_extractor.name=pixels, or inception with a "
-                "local weights file"
+                f"the classifier feature extractor needs labels, and {data} has none; "
+                + alternatives(
+                    labels and f"give labels ({labels})",
+                    pixels,
+                    f"inception with a local weights file ({weights})",
+                )
             )
 
     def prepare(self, train_set, cache_dir, device, log):
@@ -162,8 +169,8 @@ class ClassifierFeatures(FeatureExtractor):
             except OSError as error:
                 raise FeatureError(
                     f"cannot write the feature classifier cache {quoted(file)}: "
-                    f"{error.strerror or error}; point "
-                    "evaluate.cache_dir (evaluate_samples: cache_dir) at a writable directory"
+                    f"{error.strerror or error}; point {named('evaluate.cache_dir')} at a "
+                    "writable directory"
                 ) from error
             if problem:
                 log(f"feature classifier: replaced the unreadable cache {file}")
@@ -245,8 +252,8 @@ class InceptionFeatures(FeatureExtractor):
             raise FeatureError(
                 "the inception feature extractor needs a local weights file: save torchvision's "
                 "inception_v3 weights (Inception_V3_Weights.IMAGENET1K_V1) on a machine with "
-                "network access and set evaluate.feature_extractor.weights=PATH; aesampler "
-                "never downloads weights"
+                f"network access and set {named('evaluate.feature_extractor.weights', 'PATH')}; "
+                "aesampler never downloads weights"
             )
         path = Path(self.weights).expanduser()
         if not path.is_file():

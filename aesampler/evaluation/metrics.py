@@ -1,8 +1,8 @@
 """The built-in metrics: how far the chain's samples are from the data, step by step.
 
 Every metric is computed at each evaluated step t from the chains' z_t and x_t = d(z_t), against
-held-out data, and comes with a percentile bootstrap interval (the samples and the reference are
-resampled independently).
+held-out data, and comes with a bootstrap interval that contains it (the samples and the reference
+are resampled independently; :func:`~aesampler.evaluation.stats.bootstrap` says how).
 
 | metric | what | better |
 |---|---|---|
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import AesamplerError
+from ..errors import AesamplerError, named
 from .stats import (
     Estimate,
     bootstrap,
@@ -77,7 +77,7 @@ class EvaluationData:
         *sizes: int,
         batched: Callable[..., np.ndarray] | None = None,
     ) -> Estimate:
-        """``statistic`` on all rows, with a percentile bootstrap interval.
+        """``statistic`` on all rows, with a bootstrap interval (see :func:`~.stats.bootstrap`).
 
         ``statistic(*indices)`` gets one integer index array per entry of ``sizes`` (rows of the
         arrays it compares, in that order): ``arange(n)`` for the value, then ``resamples``
@@ -215,8 +215,8 @@ class PrecisionRecall(Metric):
         if self.k >= min(len(fake), len(real)):
             raise AesamplerError(  # evaluate and evaluate_samples check min_samples first
                 f"precision_recall: k={self.k} needs more than {self.k} samples and held-out "
-                f"images, got {len(fake)} and {len(real)}; lower k or raise evaluate.num_chains "
-                "and evaluate.reference_size"
+                f"images, got {len(fake)} and {len(real)}; lower k or raise "
+                f"{named('evaluate.num_chains')} and {named('evaluate.reference_size')}"
             )
         key = ("real_radii", self.k)
         if key not in data.cache:

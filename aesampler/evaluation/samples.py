@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..data import ImageDataset
-from ..errors import AesamplerError
+from ..errors import AesamplerError, Voice, speaking
 from ..registry import Registry
 from .evaluate import (
     UNUSED_EXTRACTOR,
@@ -40,6 +40,26 @@ _ARGUMENT = {
     "reference_z": "reference_latents",
     "train_images": "train",
 }
+
+
+#: How a caller of ``evaluate_samples`` sets what a recipe sets under these keys: errors raised
+#: inside it give their advice in these words (:class:`aesampler.errors.Voice`).
+VOICE = Voice(
+    "evaluate_samples",
+    {
+        "evaluate.feature_extractor.name": "features={value}",
+        "evaluate.feature_extractor.weights": (
+            "features={{'name': 'inception', 'weights': {value}}}"
+        ),
+        "evaluate.cache_dir": "cache_dir",
+        "evaluate.num_chains": "the number of samples",
+        "evaluate.reference_size": "the number of reference images",
+        "evaluate.steps": "latents at {value} steps or more",
+        "data": "train",  # the images the feature classifier trains on
+        "labels": "train=(images, labels)",
+        "train_images": "train=...",
+    },
+)
 
 
 class _TensorImages(ImageDataset):
@@ -186,6 +206,7 @@ def _metric_list(metrics: Any, registry: Registry) -> list[tuple[str, Metric]]:
     return out
 
 
+@speaking(VOICE)
 def evaluate_samples(
     samples: Tensor | Mapping[int, Tensor],
     reference: Tensor,
@@ -227,7 +248,7 @@ def evaluate_samples(
         reference_latents: encodings of the reference images, for ``mmd_learned``.
         prior_latents: draws from the model's prior, for ``mmd_prior``; default N(0, I).
         bootstrap, confidence, seed: resamples (0: no intervals), level and seed of the
-            percentile bootstrap.
+            bootstrap intervals (docs/evaluation.md says how they are computed).
         registry: where names are looked up; default: every installed plugin.
         device, cache_dir: where a feature extractor runs and keeps what it trains (the
             classifier; without ``cache_dir`` it is trained afresh and not kept).

@@ -6,10 +6,13 @@
   symmetric eigenvalues;
 * :func:`knn_radii` and :func:`within_radii`: the k-nearest-neighbour balls of Kynkäänniemi et
   al. (2019) for precision and recall, by scikit-learn;
-* :func:`bootstrap`: percentile confidence intervals over resampled sample indices, drawn and read
-  as SciPy's ``stats.bootstrap`` does; a statistic may give every resample's value at once
-  (:func:`mmd2_resampled`, :func:`frechet_resampled`, :func:`mean_resampled`), which is what
-  makes 200 resamples of a 768-D Fréchet distance take seconds rather than minutes;
+* :func:`bootstrap`: confidence intervals over resampled sample indices, drawn as SciPy's
+  ``stats.bootstrap`` draws them: the spread of the resampled numbers around their median,
+  placed at the estimate (so a statistic whose resamples are biased, as the plug-in Fréchet
+  distance's are, still has its estimate inside its interval); a statistic may give every
+  resample's value at once (:func:`mmd2_resampled`, :func:`frechet_resampled`,
+  :func:`mean_resampled`), which is what makes 200 resamples of a 768-D Fréchet distance take
+  seconds rather than minutes;
 * chain diagnostics (R-hat, ESS) come from arviz-stats.
 
 SciPy and scikit-learn are imported inside the functions that use them, so that importing the
@@ -29,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 @dataclass(frozen=True)
 class Estimate:
-    """A number with a bootstrap confidence interval."""
+    """A number with a bootstrap confidence interval (``low <= value <= high``)."""
 
     value: float
     low: float
@@ -317,17 +320,26 @@ def bootstrap(
     seed: int,
     batched: Callable[..., np.ndarray] | None = None,
 ) -> Estimate:
-    """The statistic on all data, with a percentile bootstrap interval.
+    """The statistic on all data, with a bootstrap interval that contains it.
 
     ``statistic(*index_arrays)`` computes the number from the given indices into each sample;
     each sample is resampled with replacement independently of the others
     (:func:`resample_indices`, SciPy's draws). ``batched``, when given, computes every
     resample's number in one call from (resamples, n) index arrays, row b being resample b; it
     must equal ``statistic`` on each row, and saves a Python call (and, for the Fréchet
-    distance, two eigendecompositions) per resample. The interval ends are the
-    ``(1 ± confidence) / 2`` quantiles of the resampled numbers, linearly interpolated, as in
-    SciPy's ``method="percentile"``. With fewer than 2 resamples, or a sample of a single point
-    (whose every resample is itself), the interval is the value itself.
+    distance, two eigendecompositions) per resample.
+
+    The interval is SciPy's percentile interval (the ``(1 ± confidence) / 2`` quantiles of the
+    resampled numbers, linearly interpolated, as ``method="percentile"`` takes them) moved from
+    the resamples' median to the value (:func:`placed_at`): the bootstrap's estimate of the
+    statistic's median bias is taken out. For an unbiased statistic (a mean) the median is the
+    value up to resampling noise and the interval barely moves; for one whose resamples run
+    high (the plug-in Fréchet distance, which every resample can exceed) the percentile interval
+    would miss the value, and this one gives where the value would fall on new samples of the
+    same sizes. BCa (``method="BCa"``) is no remedy there: with the value below (nearly) every
+    resample its bias correction is infinite (SciPy returns NaN) or collapses the interval onto
+    the lowest resamples (docs/evaluation.md). With fewer than 2 resamples, or a sample of a
+    single point (whose every resample is itself), the interval is the value itself.
     """
     full = [np.arange(n) for n in sizes]
     value = float(statistic(*full))
@@ -344,5 +356,24 @@ def bootstrap(
                 f"({resamples},), got shape {distribution.shape}"
             )
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(distribution, [alpha, 1 - alpha])
-    return Estimate(value, float(low), float(high))
+    low, middle, high = np.quantile(distribution, [alpha, 0.5, 1 - alpha])
+    return placed_at(
+        value,
+        float(low),
+        float(middle),
+        float(high),
+        positive=value > 0 and bool((distribution > 0).all()),
+    )
+
+
+def placed_at(value: float, low: float, middle: float, high: float, *, positive: bool) -> Estimate:
+    """The interval [low, high] of resampled numbers with median ``middle``, moved to ``value``.
+
+    Its ends keep their ratios to the median when the value and every resampled number are
+    positive (``positive``: a distance or a rate, whose spread grows with its size; the interval
+    stays positive), else their differences from it. Either way low <= value <= high, also after
+    rounding: the ratios are at most and at least 1, the differences at least 0.
+    """
+    if positive:
+        return Estimate(value, value * min(low / middle, 1.0), value * max(high / middle, 1.0))
+    return Estimate(value, value - (middle - low), value + (high - middle))

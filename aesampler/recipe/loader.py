@@ -34,7 +34,7 @@ from ..interfaces import DeterministicEncoder, ModuleDecoder
 from ..plugins import get_registry
 from ..registry import Component, Registry, param_problems
 from .build import meta_model, wrong_type
-from .schema import AUTO, INT_LIMIT, Recipe, check_seed
+from .schema import AUTO, INT_LIMIT, Recipe, check_seed, name_to_section
 
 # Where components appear in a recipe, all derived from the table of kinds (aesampler.kinds).
 # Single component sections by key path: their kind, and the parameters the host passes itself
@@ -462,14 +462,22 @@ def _set(data: dict, path: tuple[str, ...], value: Any, text: str) -> tuple[str 
         if child is None:
             child = _field_default((*done, key))
             child = node[key] = {} if child is None else child
-        elif isinstance(child, str) and isinstance(key, int) and tuple(done) in COMPONENT_LISTS:
-            child = node[key] = {"name": child}  # `- frechet` becomes `{name: frechet}`
+        elif isinstance(child, str) and _holds_a_component((*done, key)):
+            # `start: prior` and `- frechet` become `{name: prior}` and `{name: frechet}`
+            child = node[key] = name_to_section(child)
         if not isinstance(child, (dict, list)):
             where = ".".join(map(str, (*done, key)))
             raise _override_error(text, f"{where} is {_show(child)}, not a section")
         done.append(key)
         node = child
     raise AssertionError("unreachable: parse_override never returns an empty path")
+
+
+def _holds_a_component(path: tuple) -> bool:
+    """Whether ``path`` is a component section or an item of a list of them."""
+    return tuple(path) in COMPONENT_SECTIONS or (
+        bool(path) and isinstance(path[-1], int) and tuple(path[:-1]) in COMPONENT_LISTS
+    )
 
 
 def _apply(data: dict, overrides: Iterable[str]) -> tuple[dict, list[tuple]]:
@@ -698,6 +706,27 @@ def _check_component(
     return issues, converted
 
 
+def _optional(section: tuple) -> bool:
+    """Whether the schema lets the component section at ``section`` be null (none)."""
+    model: Any = Recipe
+    for key in section[:-1]:
+        model = _model_of(model.model_fields[key].annotation)
+    return type(None) in typing.get_args(model.model_fields[section[-1]].annotation)
+
+
+def _not_a_section(section: tuple, value: Any, registry: Registry, lines: dict) -> RecipeIssue:
+    """A component section that holds neither a name nor a section with one."""
+    kind, _ = _kind_at(section)
+    offered = ", ".join(c.name for c in _registered(registry, kind)) or "none"
+    if section == AUTO_START:
+        offered += f", or {AUTO}"
+    message = (
+        f"must name a {kind} ({offered}), alone or as the name of a section with its "
+        f"parameters, not {_show(value)}"
+    )
+    return RecipeIssue(section, message, _line_for(section, lines))
+
+
 def _image_geometry(data: dict, registry: Registry) -> tuple[Any, Any]:
     """The image size and channels the data section will give (None when unknown)."""
     try:
@@ -864,9 +893,12 @@ def validate(
 
     for section in COMPONENT_SECTIONS:
         parent = _parent(data, section)
-        spec = parent.get(section[-1]) if parent is not None else None
-        if isinstance(spec, str):  # a bare name, as list items may be: `start: prior`
-            spec = parent[section[-1]] = {"name": spec}
+        if parent is None or section[-1] not in parent:
+            continue
+        spec = parent[section[-1]] = name_to_section(parent[section[-1]])  # `start: prior`
+        if not isinstance(spec, dict) and not (spec is None and _optional(section)):
+            issues.append(_not_a_section(section, spec, registry, lines))
+            continue
         if section == AUTO_START and isinstance(spec, dict) and spec.get("name") == AUTO:
             extra = sorted(k for k in spec if k != "name")
             if extra:
@@ -886,7 +918,7 @@ def validate(
         entries = parent.get(path[-1]) if parent is not None else None
         if isinstance(entries, list):
             for i, entry in enumerate(entries):
-                spec = {"name": entry} if isinstance(entry, str) else entry
+                spec = name_to_section(entry)
                 if isinstance(spec, dict):
                     entries[i] = check((*path, i), spec)
     found, model = _check_model(clean, registry, lines)

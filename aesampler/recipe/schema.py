@@ -58,10 +58,17 @@ def check_steps_or_auto(value: Any) -> Any:
 StepsOrAuto = Annotated[int | Literal["auto"], PlainValidator(check_steps_or_auto)]
 
 
+def name_to_section(value: Any) -> Any:
+    """A component named bare is the section holding only its name: ``prior`` is
+    ``{name: prior}``. Every component section and list item reads it so, in a recipe file and
+    on the command line (``sampling.start=prior``); anything else is returned as it is."""
+    return {"name": value} if isinstance(value, str) else value
+
+
 def _names_to_sections(value: Any) -> Any:
     """A list of components may name them bare: ``[prior, {name: ex_post_gmm}]``."""
     if isinstance(value, list):
-        return [{"name": v} if isinstance(v, str) else v for v in value]
+        return [name_to_section(v) for v in value]
     return value
 
 
@@ -74,7 +81,8 @@ class Section(BaseModel):
 
 
 class ComponentSpec(BaseModel):
-    """``name`` plus the component's parameters."""
+    """``name`` plus the component's parameters (as a field, a bare name is the section: see
+    :data:`ComponentSection`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -85,6 +93,11 @@ class ComponentSpec(BaseModel):
         """The component's parameters: every key but ``name`` (and declared fields)."""
         return dict(self.model_extra or {})
 
+
+#: A component section (``data``, ``sampling.transition``, ...): a bare name is ``{name: ...}``.
+ComponentSection = Annotated[ComponentSpec, BeforeValidator(name_to_section)]
+#: An optional one (``corruption``): null is none.
+OptionalComponentSection = Annotated[ComponentSpec | None, BeforeValidator(name_to_section)]
 
 BatchNormMode = Literal["batch", "running"]
 #: How a chain from a sampler corrupts: ``training``, the recipe's chain corruption (Eq. 2:
@@ -115,11 +128,6 @@ class SamplerSpec(ComponentSpec):
     def setting(self, default_batchnorm: str) -> tuple[str, str]:
         """(batch-norm mode, chain corruption) with the defaults filled in."""
         return self.batchnorm or default_batchnorm, self.corruption or "training"
-
-
-def _name_to_section(value: Any) -> Any:
-    """A single component may be named bare: ``start: prior`` (also on the command line)."""
-    return {"name": value} if isinstance(value, str) else value
 
 
 class ModelSpec(ComponentSpec):
@@ -169,13 +177,13 @@ class SamplingSection(Section):
     """How to run the chains (§3, §4.4): N chains from a start sampler (by default the prior),
     recorded at chosen steps."""
 
-    transition: ComponentSpec = Field(
+    transition: ComponentSection = Field(
         default_factory=lambda: ComponentSpec(name="decode_corrupt_encode")
     )
-    corruption: ComponentSpec | None = Field(
+    corruption: OptionalComponentSection = Field(
         None, description="the chain's corruption; default: the training corruption (if any)"
     )
-    start: Annotated[SamplerSpec, BeforeValidator(_name_to_section)] = Field(
+    start: Annotated[SamplerSpec, BeforeValidator(name_to_section)] = Field(
         default_factory=lambda: SamplerSpec(name="prior"),
         description="the start sampler drawing each chain's z0; default: the prior N(0, I); "
         "auto: the sampler, batch-norm mode, corruption and steps that `aesampler tune` "
@@ -322,7 +330,7 @@ class EvaluateSection(Section):
         default_factory=lambda: [ComponentSpec(name=m) for m in DEFAULT_METRICS],
         description="metric names, or sections with a name and parameters",
     )
-    feature_extractor: ComponentSpec = Field(
+    feature_extractor: ComponentSection = Field(
         default_factory=lambda: ComponentSpec(name="classifier")
     )
     steps: StepList = Field(default_factory=lambda: [0, 1, 2, 5, 10], min_length=1)
@@ -430,9 +438,9 @@ class OutputSection(Section):
 
 
 class Recipe(Section):
-    model: ModelSpec
-    data: ComponentSpec
-    corruption: ComponentSpec | None = None
+    model: Annotated[ModelSpec, BeforeValidator(name_to_section)]
+    data: ComponentSection
+    corruption: OptionalComponentSection = None
     train: TrainSection = TrainSection()
     sampling: SamplingSection = SamplingSection()
     interpolation: InterpolationSection = InterpolationSection()
