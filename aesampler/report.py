@@ -489,7 +489,8 @@ def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
     notes = [
         f"{settings['num_chains']} chains against {reference['images']} held-out images "
         f"({reference['split']} split); intervals: {level}% bootstrap "
-        f"({settings['bootstrap']} resamples), moved from the resamples' median to the value (docs/evaluation.md).",
+        f"({settings['bootstrap']} resamples), moved from the resamples' median to the value "
+        "(docs/evaluation.md).",
         f"Image metrics in the features of: {_spec(extractor)}.",
         "Novelty of held-out images (their distance to the nearest training image): "
         + (f"{novelty:.4g}." if novelty is not None else "not measured (no training images)."),
