@@ -28,6 +28,7 @@ from .errors import (
     PluginLoadWarning,
     PluginSettingWarning,
     UnknownComponentError,
+    WrapperError,
 )
 from .hookspecs import hookimpl
 from .interfaces import (
@@ -92,6 +93,7 @@ __all__ = [
     "Transition",
     "TransitionOutput",
     "UnknownComponentError",
+    "WrapperError",
     "__version__",
     "default_record",
     "evaluate_samples",

@@ -880,9 +880,17 @@ def _in_dtype(out: TransitionOutput, dtype: torch.dtype | None) -> TransitionOut
 
 
 def _check_next(z_next: Tensor, z: Tensor, t: int) -> None:
+    if not isinstance(z_next, Tensor):
+        raise ChainInputError(
+            f"the transition at step {t} returned z that is a {type(z_next).__name__}, not a "
+            "tensor: the encoder's posterior mean must be a tensor of latents (wrap a network "
+            "that returns named outputs as DeterministicEncoder(net, output=...) or "
+            "GaussianEncoder(net, mean_output=..., scale_output=...))"
+        )
     if z_next.shape != z.shape or z_next.dtype != z.dtype:
         raise ChainInputError(
             f"the transition at step {t} returned z of shape {tuple(z_next.shape)} and dtype "
             f"{z_next.dtype}, but the chain's z has shape {tuple(z.shape)} and dtype {z.dtype}: "
-            "the encoder's output must match the decoder's input"
+            "the encoder's output must match the decoder's input: one latent of shape "
+            f"{tuple(z.shape[1:])} per image, as in z0"
         )

@@ -13,16 +13,22 @@ The folder is written under a temporary name and renamed into place; then
 checkpoints are removed (:meth:`aesampler.rundir.RunDir.drop_old_checkpoints`: only folders
 named ``step-NNNNNNNN``, never through a link; a ``checkpoints/`` that is a link is refused).
 A crash at any moment leaves the previous complete checkpoint in use.
+
+These folders are the built-in checkpoint format ``aesampler`` (:class:`AesamplerCheckpoints`).
+Plugins register others (:mod:`aesampler.formats`): :func:`locate_checkpoint` asks each format
+whether it recognises a folder, and :func:`load_model` loads from any of them.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +37,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import AesamplerError, quoted
+from .errors import AesamplerError, UnknownComponentError, quoted
+from .formats import KIND as FORMAT_KIND
+from .formats import CheckpointFormat
+from .interfaces import Decoder, Encoder
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
 from .recipe.build import check_model_size
-from .registry import Registry
+from .registry import Component, Registry, check_params
 from .rundir import CHECKPOINTS, RunDir, atomic_write_bytes, fsync_dir, naming, remove_path
 
 FORMAT = "aesampler-checkpoint"
@@ -117,9 +126,20 @@ def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder for a run directory, its ``checkpoints/`` folder, or itself.
 
     ``latest`` must name a ``step-NNNNNNNN`` folder beside it: it is never followed elsewhere
-    (``..``, an absolute path, or a link out of the run directory are refused).
+    (``..``, an absolute path, or a link out of the run directory are refused). Only aesampler's
+    own checkpoints: :func:`locate_checkpoint` also finds folders in other formats.
     """
-    path = Path(path)
+    folder = _find_own(Path(path))
+    if folder is None:
+        raise CheckpointError(
+            f"no checkpoint at {quoted(path)}: expected a run directory (with checkpoints/latest) "
+            f"or a checkpoint folder holding {MODEL_INFO} and {MODEL_WEIGHTS}"
+        )
+    return folder
+
+
+def _find_own(path: Path) -> Path | None:
+    """:func:`find_checkpoint`, None when ``path`` holds no aesampler checkpoint at all."""
     for root in (path / CHECKPOINTS, path):
         latest = root / LATEST
         if latest.is_file():
@@ -145,10 +165,7 @@ def find_checkpoint(path: str | Path) -> Path:
             return folder
     if (path / MODEL_INFO).is_file():
         return path
-    raise CheckpointError(
-        f"no checkpoint at {quoted(path)}: expected a run directory (with checkpoints/latest) "
-        f"or a checkpoint folder holding {MODEL_INFO} and {MODEL_WEIGHTS}"
-    )
+    return None
 
 
 def read_info(folder: Path) -> dict[str, Any]:
@@ -200,13 +217,9 @@ def load_weights(module: nn.Module, file: Path) -> None:
         ) from error
 
 
-def load_model(
-    path: str | Path, registry: Registry | None = None, device: torch.device | str = "cpu"
-) -> tuple[GenerativeAutoencoder, dict[str, Any]]:
-    """Rebuild a trained model from a checkpoint (no recipe needed) and its ``model.json``."""
-    folder = find_checkpoint(path)
+def _rebuild(folder: Path, registry: Registry) -> GenerativeAutoencoder:
+    """The model of an aesampler checkpoint folder, from its ``model.json`` and weights."""
     info = read_info(folder)
-    registry = registry or get_registry()
     kind, architecture = info["model"]["kind"], info["model"]["architecture"]
     try:
         check_model_size(kind, architecture, registry)  # before allocating anything
@@ -221,7 +234,242 @@ def load_model(
             f"{architecture}: {type(error).__name__}: {error}"
         ) from None
     load_weights(model, folder / MODEL_WEIGHTS)
+    return model
+
+
+class AesamplerCheckpoints(CheckpointFormat):
+    """aesampler's own checkpoints: model.json and model.safetensors, no code."""
+
+    model = None  # model.json names the model kind, and holds its architecture
+
+    def locate(self, path: Path) -> Path | None:
+        return _find_own(Path(path))
+
+    def files(self, folder: Path) -> list[Path]:
+        return [folder / MODEL_WEIGHTS]
+
+    def load(self, folder: Path, registry: Registry, **options: Any) -> GenerativeAutoencoder:
+        return _rebuild(folder, registry)
+
+    def info(self, folder: Path) -> dict[str, Any]:
+        return read_info(folder)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A folder holding a trained model, and the format it is in."""
+
+    folder: Path
+    format: CheckpointFormat
+    #: The format's registry entry: its name (``aesampler``, ``pythae``) and distribution.
+    component: Component
+
+    @property
+    def own(self) -> bool:
+        """Whether it is an aesampler checkpoint (the model kind is in its ``model.json``)."""
+        return self.format.model is None
+
+    def describe(self) -> str:
+        return f"checkpoint format {self.component.name!r} ({self.component.distribution})"
+
+
+def _formats(registry: Registry) -> list[Component]:
+    """The registered checkpoint formats, aesampler's own first."""
+    found = [c for c in registry if c.kind == FORMAT_KIND]
+    return sorted(found, key=lambda c: (c.distribution != "aesampler", c.name))
+
+
+def _build_format(component: Component, registry: Registry) -> CheckpointFormat:
+    where = f"checkpoint format {component.name!r} ({component.distribution})"
+    try:
+        fmt = registry.create(FORMAT_KIND, component.name)
+    except AesamplerError:
+        raise
+    except Exception as error:
+        raise CheckpointError(
+            f"{where} cannot be built: {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(fmt, CheckpointFormat):
+        raise CheckpointError(
+            f"{where} returned {type(fmt).__name__}, not an aesampler.formats.CheckpointFormat"
+        )
+    return fmt
+
+
+def locate_checkpoint(path: str | Path, registry: Registry | None = None) -> Checkpoint:
+    """The checkpoint at ``path``: a run directory, an aesampler checkpoint folder, or a folder
+    in a checkpoint format that a plugin registered (``register_checkpoint_formats``).
+
+    aesampler's own format is tried first; then every other format is asked, and exactly one
+    may recognise the folder.
+    """
+    registry = registry or get_registry()
+    path = Path(path)
+    found: list[Checkpoint] = []
+    others: list[str] = []
+    for component in _formats(registry):
+        fmt = _build_format(component, registry)
+        where = f"checkpoint format {component.name!r} ({component.distribution})"
+        if fmt.model is not None:
+            others.append(f"{component.name} ({component.distribution})")
+        try:
+            folder = fmt.locate(path)
+        except AesamplerError:
+            raise
+        except Exception as error:  # a plugin's bug: named, not a traceback from inside it
+            raise CheckpointError(
+                f"{where} failed while looking at {quoted(path)}: {type(error).__name__}: {error}"
+            ) from error
+        if folder is None:
+            continue
+        if not isinstance(folder, (str, os.PathLike)) or not Path(folder).is_dir():
+            raise CheckpointError(
+                f"{where} recognised {quoted(path)} but gave {folder!r}, not a folder"
+            )
+        found.append(Checkpoint(Path(folder), fmt, component))
+        if fmt.model is None:  # an aesampler checkpoint is that, whatever else matches
+            return found[-1]
+    if len(found) > 1:
+        names = ", ".join(c.describe() for c in found)
+        raise CheckpointError(
+            f"{quoted(path)} is recognised by several checkpoint formats ({names}); switch off "
+            "the plugins you do not mean (AESAMPLER_DISABLE_PLUGINS=...)"
+        )
+    if found:
+        return found[0]
+    elsewhere = (
+        f", or a folder in another registered checkpoint format: {', '.join(others)}"
+        if others
+        else " (a plugin can add the folders another library writes: register_checkpoint_formats)"
+    )
+    raise CheckpointError(
+        f"no checkpoint at {quoted(path)}: expected a run directory (with checkpoints/latest), a "
+        f"checkpoint folder holding {MODEL_INFO} and {MODEL_WEIGHTS}{elsewhere}"
+    )
+
+
+def check_options(checkpoint: Checkpoint, options: dict[str, Any], registry: Registry) -> None:
+    """Raise unless ``options`` are load options of the checkpoint's format: the parameters of
+    the model kind it names (aesampler's own checkpoints take none)."""
+    if checkpoint.own:
+        if options:
+            raise CheckpointError(
+                f"{quoted(checkpoint.folder)} is an aesampler checkpoint, which takes no load "
+                f"options; got {', '.join(map(repr, options))} (options are for folders in "
+                "other checkpoint formats)"
+            )
+        return
+    try:
+        component = registry.get("model", checkpoint.format.model)
+    except UnknownComponentError as error:
+        raise CheckpointError(
+            f"{checkpoint.describe()} loads models of kind {checkpoint.format.model!r}, which is "
+            f"not registered: {error}"
+        ) from None
+    check_params(component, options, provided=("image_size", "channels"))
+
+
+def load_located(
+    checkpoint: Checkpoint,
+    registry: Registry,
+    device: torch.device | str = "cpu",
+    options: dict[str, Any] | None = None,
+) -> tuple[GenerativeAutoencoder, dict[str, Any]]:
+    """:func:`load_model` for a checkpoint already located."""
+    options = dict(options or {})
+    check_options(checkpoint, options, registry)
+    folder = checkpoint.folder
+    try:
+        model = checkpoint.format.load(folder, registry, **options)
+    except AesamplerError:
+        raise
+    except Exception as error:  # a plugin's bug, or a library it calls that fails on the folder
+        raise CheckpointError(
+            f"{checkpoint.describe()} could not load {quoted(folder)}: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
+    problems = _model_problems(model, foreign=not checkpoint.own)
+    if problems:
+        raise CheckpointError(
+            f"{checkpoint.describe()} loaded from {quoted(folder)} a model aesampler cannot "
+            f"sample: {'; '.join(problems)}"
+        )
+    info = dict(checkpoint.format.info(folder) or {})
+    kind = getattr(model, "kind", checkpoint.format.model)
+    info.setdefault("model", {"kind": kind, "architecture": dict(model.architecture)})
     return model.to(device), info
+
+
+def _model_problems(model: object, foreign: bool) -> list[str]:
+    """What a model loaded from another library's folder lacks (aesampler's own model kinds are
+    held to their hook's contract where they are registered)."""
+    if not foreign:
+        return []
+    if not isinstance(model, GenerativeAutoencoder):
+        return [f"it is a {type(model).__name__}, not an aesampler.models.GenerativeAutoencoder"]
+    problems = []
+    if not isinstance(getattr(model, "encoder", None), Encoder):
+        problems.append("its encoder is not an aesampler.Encoder")
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, Decoder):
+        problems.append("its decoder is not an aesampler.Decoder")
+    elif decoder.latent_shape is None:
+        problems.append("its decoder has no latent_shape")
+    architecture = getattr(model, "architecture", None)
+    if not isinstance(architecture, dict):
+        problems.append("it has no architecture dict")
+    else:
+        for key in ("image_size", "channels"):
+            value = architecture.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"its architecture's {key} is {value!r}, not a positive integer")
+    return problems
+
+
+def load_model(
+    path: str | Path,
+    registry: Registry | None = None,
+    device: torch.device | str = "cpu",
+    **options: Any,
+) -> tuple[GenerativeAutoencoder, dict[str, Any]]:
+    """Load a trained model (no recipe needed) and what describes it.
+
+    Args:
+        path: a run directory, an aesampler checkpoint folder, or a folder in a checkpoint
+            format a plugin registered (a pythae folder, with aesampler-pythae installed).
+        registry: where the formats and model kinds come from; default: the installed plugins.
+        device: where the model goes.
+        options: a folder in another format's load options, the parameters of the model kind it
+            names (pythae's ``trust_pickled_code=True``); aesampler's own checkpoints take none.
+
+    Returns:
+        The model and a dict: an aesampler checkpoint's ``model.json``; for other formats what
+        the format says, with ``"model"`` (the model's kind and architecture).
+    """
+    registry = registry or get_registry()
+    return load_located(locate_checkpoint(path, registry), registry, device, options)
+
+
+def model_digest(path: str | Path, registry: Registry | None = None) -> str:
+    """SHA-256 of the files that make the model at ``path`` (its format's ``files``): what the
+    model is, for the keys of what aesampler keeps for it. For an aesampler checkpoint it is
+    the digest of ``model.safetensors``."""
+    checkpoint = locate_checkpoint(path, registry)
+    files = [Path(f) for f in checkpoint.format.files(checkpoint.folder)]
+
+    def digest(file: Path):  # a hashlib object
+        h = hashlib.sha256()
+        with naming(file), open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h
+
+    if len(files) == 1:
+        return digest(files[0]).hexdigest()
+    combined = hashlib.sha256()
+    for file in files:
+        combined.update(file.name.encode() + b"\n" + digest(file).digest())
+    return combined.hexdigest()
 
 
 #: What ``state.pt`` holds: key -> the type of its value (``rng``: its keys and types).

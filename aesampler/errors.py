@@ -32,6 +32,12 @@ class NonFiniteChainError(AesamplerError, FloatingPointError):
     """A chain produced NaN or inf in its latents or samples."""
 
 
+class WrapperError(AesamplerError, ValueError):
+    """A network wrapped by DeterministicEncoder, GaussianEncoder or ModuleDecoder returned what
+    the wrapper cannot use (not a tensor, a missing named output), or failed on the latents the
+    decoder's ``latent_shape`` describes."""
+
+
 class ComponentError(AesamplerError):
     """A registered component was asked for by a wrong name, or built with wrong parameters."""
 

@@ -142,6 +142,23 @@ def register_samplers(register: Register) -> None:
     """
 
 
+@hookspec
+def register_checkpoint_formats(register: Register) -> None:
+    """Register checkpoint formats: folders, written by aesampler or another library, that a
+    trained model is loaded from (``--checkpoint FOLDER``, ``load_model(FOLDER)``).
+
+    The factory takes no parameters and returns an :class:`aesampler.formats.CheckpointFormat`:
+    ``locate(path)`` returns the folder of ``path`` that holds a model in this format, or None
+    (it reads names and small plain files only, never runs code from the folder);
+    ``files(folder)`` lists the files whose bytes make the model (their digest keys what is
+    cached for it); ``load(folder, registry, **options)`` returns the
+    :class:`aesampler.models.GenerativeAutoencoder` on the CPU, its ``architecture`` holding
+    ``image_size`` and ``channels``. ``model`` names the model kind (registered too) that
+    recipes use for the format's folders; that kind's factory parameters, but ``image_size`` and
+    ``channels``, are the ``options`` (the recipe's ``model:`` keys). aesampler never trains it.
+    """
+
+
 #: Component kind -> the hook through which plugins register components of that kind.
 KIND_HOOKS: dict[str, str] = {kind.name: kind.hook for kind in kinds.KINDS}
 

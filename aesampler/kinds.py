@@ -118,6 +118,13 @@ KINDS: tuple[Kind, ...] = (
         sections=(("evaluate", "feature_extractor"),),
         built_once=True,
     ),
+    # Not named in recipes: aesampler asks each format whether it recognises the folder given
+    # as a checkpoint (aesampler.checkpoint.locate_checkpoint).
+    Kind(
+        "checkpoint_format",
+        "register_checkpoint_formats",
+        "aesampler.formats.CheckpointFormat",
+    ),
 )
 
 #: The kinds by name, in table order.

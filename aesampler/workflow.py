@@ -50,9 +50,17 @@ from .chain import (
     shard_bounds,
     shard_seed,
 )
-from .checkpoint import MODEL_WEIGHTS, CheckpointError, find_checkpoint, load_model
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    find_checkpoint,
+    load_located,
+    locate_checkpoint,
+    model_digest,
+)
 from .data import ImageDataset
 from .errors import AesamplerError, quoted
+from .formats import loaded_by
 from .interpolate import lerp, slerp
 from .models import GenerativeAutoencoder
 from .plugins import get_registry
@@ -120,10 +128,10 @@ class Components:
     tuned: TunedStart | None = field(default=None, init=False, repr=False)
 
     def weights_digest(self) -> str:
-        """SHA-256 of the checkpoint's weights file: what the model is, for caches' keys."""
+        """SHA-256 of the checkpoint's weights file (for a folder in another format, of the
+        files that make its model): what the model is, for caches' keys."""
         if self._digest is None:
-            weights = (self.checkpoint / MODEL_WEIGHTS).read_bytes()
-            self._digest = hashlib.sha256(weights).hexdigest()
+            self._digest = model_digest(self.checkpoint, self.registry)
         return self._digest
 
     @property
@@ -445,11 +453,17 @@ def _load_fitted(sampler: Sampler, folder: Path) -> object:
     return fitted
 
 
-def checkpoint_for(recipe: Recipe, override: str | Path | None = None) -> Path:
-    """The checkpoint to sample: ``override``, else ``model.checkpoint``, else the run's own."""
+def checkpoint_for(
+    recipe: Recipe, override: str | Path | None = None, registry: Registry | None = None
+) -> Path:
+    """The checkpoint to sample: ``override``, else ``model.checkpoint``, else the run's own.
+
+    ``override`` and ``model.checkpoint`` may be folders in any registered checkpoint format
+    (:func:`aesampler.checkpoint.locate_checkpoint`); the run's own is aesampler's.
+    """
     for candidate in (override, recipe.model.checkpoint):
         if candidate is not None:
-            return find_checkpoint(candidate)
+            return locate_checkpoint(candidate, registry).folder
     try:
         return find_checkpoint(recipe.output.dir)
     except CheckpointError:
@@ -467,21 +481,44 @@ def build_components(
 ) -> Components:
     """Load the recipe's trained model and build the chain its ``sampling`` section describes."""
     registry = registry or get_registry()
-    folder = checkpoint_for(recipe, checkpoint)
+    folder = checkpoint_for(recipe, checkpoint, registry)
+    located = locate_checkpoint(folder, registry)
+    _check_format(recipe, located, registry)
     device = distributed.rank_device(resolve_device(recipe.sampling.device or recipe.train.device))
-    model, info = load_model(folder, registry, device)
+    # Another library's folder: the recipe's model keys are its load options.
+    options = {} if located.own else recipe.model.params
+    model, info = load_located(located, registry, device, options)
     # Chain.run itself holds the weights in channels-last layout for bf16 (the fast layout).
     precision = resolve_precision(device, recipe.sampling.precision)
     wanted = {"kind": recipe.model.name, **recipe.model.params}
     held = {"kind": info["model"]["kind"], **info["model"]["architecture"]}
     clashes = {k: (v, held.get(k)) for k, v in wanted.items() if held.get(k) != v}
-    if clashes:
+    if clashes and located.own:  # (another format's checkpoint: the keys were its options)
         detail = ", ".join(f"{k}: recipe {a!r}, checkpoint {b!r}" for k, (a, b) in clashes.items())
         raise WorkflowError(
             f"the checkpoint {quoted(folder)} does not match the recipe's model ({detail})"
         )
     chain = _build_chain(recipe, model, registry, recipe.chain_corruption)
     return Components(recipe, model, chain, device, folder, registry, precision)
+
+
+def _check_format(recipe: Recipe, located: Checkpoint, registry: Registry) -> None:
+    """The recipe's model kind is the one the checkpoint's format loads."""
+    name = recipe.model.name
+    if not located.own and located.format.model != name:
+        raise WorkflowError(
+            f"the checkpoint {quoted(located.folder)} is a folder in the "
+            f"{located.describe()}, whose models are of kind {located.format.model!r}; set "
+            f"model.name: {located.format.model} in the recipe (it names {name!r})"
+        )
+    owner = loaded_by(registry, name)
+    if located.own and owner is not None:
+        raise WorkflowError(
+            f"model {name!r} is loaded from folders in the checkpoint format "
+            f"{owner[0].name!r} ({owner[0].distribution}), but {quoted(located.folder)} is an "
+            "aesampler checkpoint; set model.name to the kind of model it holds (its model.json "
+            "says which)"
+        )
 
 
 def _build_chain(

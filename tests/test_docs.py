@@ -176,6 +176,14 @@ EXERCISED = {
     # results.md
     "docs/examples/compare_commands.sh": "test_results_commands_are_valid",
     "docs/examples/running_bn_commands.sh": "test_results_commands_are_valid",
+    # elsewhere.md
+    "docs/examples/elsewhere_wrappers.py": "test_elsewhere_wrappers_example",
+    "docs/examples/pythae_install.console": "test_pythae_examples",
+    "docs/examples/pythae_train.py": "test_pythae_examples",
+    "docs/examples/pythae_digits.yaml": "test_pythae_examples",
+    "docs/examples/pythae_commands.sh": "test_pythae_examples",
+    "docs/examples/pythae_python.py": "test_pythae_examples",
+    "docs/examples/pythae_pickles.console": "test_pythae_examples",
 }
 
 
@@ -973,3 +981,59 @@ def test_resume_example(quickstart, monkeypatch, capsys):
     resumed, straight = (load_file(c / "model.safetensors") for c in (resumed, straight))
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
+
+
+# --- elsewhere.md ---------------------------------------------------------------------------------
+
+
+def test_elsewhere_wrappers_example(capsys):
+    runpy.run_path(str(EXAMPLES / "elsewhere_wrappers.py"), run_name="__main__")
+    shape, message = capsys.readouterr().out.splitlines()
+    assert shape == "(32, 1, 8, 8)"
+    assert message.startswith("ModuleDecoder: the network returned a dict with outputs 'images'")
+    page = " ".join(TEXTS["elsewhere.md"].split())
+    assert f"`{message}`" in page  # the page quotes the error as it is
+
+
+def test_pythae_examples(sandbox, tmp_path, monkeypatch, capsys):
+    """The pythae section, in order: install the plugin, train with pythae, the commands, the
+    Python file, and a folder with a pickled network refused, then loaded with the user's word."""
+    pytest.importorskip("pythae")  # the plugin's dependency, not aesampler's
+    replay(EXAMPLES / "pythae_install.console", ROOT, sandbox, monkeypatch, capsys)
+    (tmp_path / "docs" / "examples").mkdir(parents=True)
+    shutil.copy(EXAMPLES / "pythae_digits.yaml", tmp_path / "docs" / "examples")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / "pythae_train.py"), run_name="__main__")
+    [training] = Path("runs/pythae-vae").iterdir()
+    assert (training / "final_model" / "model_config.json").is_file()
+    capsys.readouterr()  # what pythae's trainer printed
+    tiny = " sampling.num_chains=16 evaluate.num_chains=40 evaluate.reference_size=40"
+    tiny += " evaluate.bootstrap=10 --quiet"
+    commands = [(command + tiny, []) for command, _ in script(EXAMPLES / "pythae_commands.sh")]
+    replay(EXAMPLES / "pythae_commands.sh", tmp_path, None, monkeypatch, capsys, commands)
+    assert Path("runs/pythae-digits/samples/step-010.png").is_file()
+    assert json.loads(Path("runs/pythae-digits/metrics.json").read_text())["steps"]
+    assert Path("runs/pythae-digits/samplers").is_dir()
+
+    done = runpy.run_path(str(EXAMPLES / "pythae_python.py"), run_name="__main__")
+    assert done["info"]["model"]["architecture"]["pythae_model"] == "VAE"
+    assert capsys.readouterr().out.splitlines()[-1] == "(64, 1, 8, 8)"
+
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseEncoder
+
+    class OwnEncoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(64, 8)
+
+        def forward(self, x):
+            h = self.layer(x.flatten(1))
+            return ModelOutput(embedding=h[:, :4], log_covariance=h[:, 4:])
+
+    VAE(VAEConfig(input_dim=(1, 8, 8), latent_dim=4), encoder=OwnEncoder()).save(
+        "runs/pythae-own-encoder"
+    )
+    replay(EXAMPLES / "pythae_pickles.console", tmp_path, None, monkeypatch, capsys)
+    assert Path("runs/pythae-own/samples/step-010.png").is_file()

@@ -19,6 +19,7 @@ from torch.nn.modules.module import (
 from .. import kinds
 from ..data import ImageDataset
 from ..errors import AesamplerError, ComponentError
+from ..formats import loaded_by
 from ..interfaces import Corruption
 from ..models import GenerativeAutoencoder
 from ..plugins import get_registry
@@ -90,6 +91,8 @@ def meta_model(
     :func:`aesampler.resources.model_memory_limit`), or more than ``MAX_TENSORS`` tensors.
     """
     registry = registry or get_registry()
+    if loaded_by(registry, name) is not None:
+        return None  # loaded from another library's folder, never built from a recipe
     limit = model_memory_limit() if limit is None else limit
     budget = _Budget(limit)
     hooks = [
@@ -194,6 +197,15 @@ def build_model(
 ) -> GenerativeAutoencoder:
     registry = registry or get_registry()
     name, params = recipe.model.name, recipe.model.params
+    owner = loaded_by(registry, name)
+    if owner is not None:
+        model = registry.get("model", name)
+        raise AesamplerError(
+            f"model: {name!r} ({model.distribution}) is not trained by aesampler: its models are "
+            f"loaded from folders in the checkpoint format {owner[0].name!r}, which another "
+            "library writes. Train it there, then sample it: aesampler sample RECIPE "
+            "--checkpoint FOLDER (or set model.checkpoint)"
+        )
     provided = dict(image_size=dataset.image_size, channels=dataset.channels)
     try:
         check_model_size(name, {**provided, **params}, registry)  # before allocating anything

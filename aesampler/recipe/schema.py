@@ -134,7 +134,9 @@ class ModelSpec(ComponentSpec):
     """The model kind and architecture, or a checkpoint to load instead of training."""
 
     checkpoint: str | None = Field(
-        None, description="a run directory or checkpoint folder to load instead of training"
+        None,
+        description="a run directory or checkpoint folder to load instead of training, or a "
+        "folder in another registered checkpoint format (such as pythae's)",
     )
 
 
