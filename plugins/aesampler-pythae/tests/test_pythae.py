@@ -30,7 +30,7 @@ import aesampler
 from aesampler.checkpoint import CheckpointError, load_model, locate_checkpoint
 from aesampler.cli import main
 from aesampler.evaluation import evaluate_samples
-from aesampler.samplers import ExPostGMM, SamplerContext
+from aesampler.samplers import ExPostGMM, encode_images
 
 LATENT = 4
 RECIPE = """\
@@ -165,23 +165,26 @@ def test_the_trainers_folders_are_recognised(vae_training, rae, tmp_path):
 # --- the command line ----------------------------------------------------------------------------
 
 
-def test_sample_evaluate_and_compare_samplers_on_pythaes_vae(vae_training, recipe, tmp_path):
+@pytest.mark.parametrize("trained", ["vae_training", "rae"])
+def test_sample_evaluate_and_compare_samplers_on_pythaes_models(trained, recipe, tmp_path, request):
+    """A variational model (pythae's trainer's folder) and a deterministic one (model.save)."""
+    folder = request.getfixturevalue(trained)
     run = tmp_path / "run"
-    code, out = cli("sample", str(recipe), "--checkpoint", str(vae_training), "--quiet")
+    code, out = cli("sample", str(recipe), "--checkpoint", str(folder), "--quiet")
     assert code == 0, out
     assert (run / "samples" / "step-003.png").is_file()
-    code, out = cli("evaluate", str(recipe), "--checkpoint", str(vae_training), "--quiet")
+    code, out = cli("evaluate", str(recipe), "--checkpoint", str(folder), "--quiet")
     assert code == 0, out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == [0, 1, 3]
     assert "mmd_learned" in metrics["metrics"]  # latent metrics: the encoder's posteriors
     assert "frechet" in metrics["metrics"]
-    code, out = cli("compare-samplers", str(recipe), "--checkpoint", str(vae_training), "--quiet")
+    code, out = cli("compare-samplers", str(recipe), "--checkpoint", str(folder), "--quiet")
     assert code == 0, out
     assert "ex_post_gmm" in out and (run / "samplers").is_dir()
     # The fitted state is kept under a key that names this model's files, and reused.
     code, out = cli(
-        "compare-samplers", str(recipe), "--checkpoint", str(vae_training), "--quiet", "--overwrite"
+        "compare-samplers", str(recipe), "--checkpoint", str(folder), "--quiet", "--overwrite"
     )
     assert code == 0 and "loaded what it fitted" in out, out
 
@@ -237,25 +240,27 @@ def test_load_model_then_chain_fitted_sampler_and_evaluation(vae_training, rae, 
     assert result.x[3].shape == (10, 1, 8, 8) and result.z[3].shape == (10, LATENT)
     assert float(result.x[3].min()) >= 0 and float(result.x[3].max()) <= 1  # pythae's sigmoid
 
-    with torch.no_grad():
-        z = model.encoder(digits).sample(torch.Generator().manual_seed(0))
-    gmm = ExPostGMM(components=2)
-    gmm.fit(SamplerContext.from_encodings({"train": z}, log=lambda line: None))
-    started = chain.run(n=30, start=gmm, steps=2, seed=1, precision="fp32")
-    report = evaluate_samples(
-        {t: started.x[t] for t in started.steps},
-        digits,
-        metrics=["frechet", "mmd_learned"],
-        latents={t: started.z[t] for t in started.steps},
-        reference_latents=z,
-        bootstrap=5,
-        log=lambda line: None,
-    )
-    assert set(report["metrics"]) >= {"frechet", "mmd_learned"}
-
     deterministic, _ = load_model(rae)
     assert isinstance(deterministic.encoder, aesampler.DeterministicEncoder)
     assert deterministic.encoder(digits[:5]).is_deterministic
+    # Both: encode, fit a start sampler on the latents, run chains from it, evaluate.
+    for loaded in (model, deterministic):
+        chain = aesampler.Chain(loaded.encoder, loaded.decoder)
+        z = encode_images(chain, digits, batchnorm="running")
+        assert z.shape == (len(digits), LATENT)
+        gmm = ExPostGMM(components=2).fit_latents(z, log=lambda line: None)
+        started = chain.run(n=30, start=gmm, steps=2, seed=1, precision="fp32")
+        report = evaluate_samples(
+            started.x,
+            digits,
+            metrics=["frechet", "mmd_learned"],
+            latents=started.z,
+            reference_latents=z,
+            bootstrap=5,
+            log=lambda line: None,
+        )
+        assert set(report["metrics"]) == {"frechet", "mmd_learned"}
+        assert report["steps"] == [0, 1, 2]
     # The weights are pythae's: the wrapped networks give what the pythae model gives.
     reloaded = RAE_L2.load_from_folder(str(rae))  # a folder this test wrote, without pickles
     torch.testing.assert_close(
