@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ class _Metrics:
     """Appends JSON lines to metrics.jsonl, flushed line by line (None: another rank's, no file)."""
 
     def __init__(self, path: Path | None):
-        # Line-buffered: a crash loses no line. Closed by close(), in train()'s finally.
+        # Line-buffered: a crash loses no line. Closed by close(), in _Trainer.run's finally.
         self._path = path
         self._file = open(path, "a", buffering=1) if path is not None else None  # noqa: SIM115
 
@@ -155,7 +155,21 @@ def train(
     and its fit to the recipe. A new run is a run-directory transaction that commits when its
     first checkpoint is on disk: a training that fails earlier leaves the directory as it was.
     """
-    cfg = recipe.train
+    _check_request(recipe, resume, overwrite)
+    progress, log = distributed.voice(progress, log)  # rank 0 speaks for the run
+    parts = _build(recipe, registry, log)
+    if resume:
+        start = _resume(parts, log)
+        return _Trainer(parts, start, progress, log).run()
+    with contextlib.ExitStack() as stack:
+        # Rank 0 alone opens the run directory's transaction; it spans the whole training.
+        txn = distributed.main_first(_begin, stack, parts, overwrite, registry)
+        trainer = _Trainer(parts, _Start(), progress, log)
+        return trainer.run(on_first_checkpoint=txn.commit if txn is not None else None)
+
+
+def _check_request(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    """Refuse a training that cannot be meant, before anything is built."""
     if resume and overwrite:
         raise TrainingError("--resume and --overwrite contradict each other; choose one")
     if recipe.model.checkpoint is not None:
@@ -164,14 +178,48 @@ def train(
             "trained; sample or evaluate it (aesampler sample/evaluate/run), or remove "
             "model.checkpoint to train a new model"
         )
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a training trains with, fresh or resumed: built by :func:`_build`."""
+
+    recipe: Recipe
+    run: RunDir
+    model: Any
+    optimizers: dict[str, torch.optim.Optimizer]
+    replicas: _Replicas
+    corruption: Any
+    train_set: Any
+    valid_set: Any
+
+
+def _build(recipe: Recipe, registry: Registry | None, log: Callable[[str], None]) -> _Parts:
+    """Build everything before touching the run directory: bad data or parameters lose nothing."""
+    cfg = recipe.train
     world = distributed.world()
-    progress, log = distributed.voice(progress, log)  # rank 0 speaks for the run
     device = distributed.rank_device(resolve_device(cfg.device))
     precision = train_precision(device, cfg.precision)
     log(f"train: {precision.describe()}")
     run = RunDir(recipe.output.dir)
+    train_set, valid_set = _datasets(recipe, registry, log)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(recipe, train_set, registry).to(device)
+    model.train_precision = precision.precision  # what model.autocast() computes in
+    if world.rank > 0:  # dropout: each rank its own masks
+        torch.manual_seed(_rank_seed(cfg.seed, world.rank, 0))
+    corruption = build_corruption(recipe, registry)
+    optimizers = {
+        name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+        for name, params in model.optimizer_groups().items()
+    }
+    replicas = _Replicas(model, optimizers, device)  # before the run directory is touched
+    return _Parts(recipe, run, model, optimizers, replicas, corruption, train_set, valid_set)
 
-    # Build everything before touching the run directory: bad data or parameters lose nothing.
+
+def _datasets(recipe: Recipe, registry: Registry | None, log: Callable[[str], None]) -> tuple:
+    """The training and validation splits, checked to hold a batch for every rank."""
+    cfg, world = recipe.train, distributed.world()
     train_set = build_dataset(recipe, "train", registry)
     valid_set = build_dataset(recipe, "valid", registry)
     for dataset in (train_set, valid_set):
@@ -185,57 +233,7 @@ def train(
             f"train.batch_size is {cfg.batch_size} but the training split of "
             f"{recipe.data.name!r} holds only {len(train_set)} images{ranks}"
         )
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(recipe, train_set, registry).to(device)
-    model.train_precision = precision.precision  # what model.autocast() computes in
-    if world.rank > 0:  # dropout: each rank its own masks
-        torch.manual_seed(_rank_seed(cfg.seed, world.rank, 0))
-    corruption = build_corruption(recipe, registry)
-    optimizers = {
-        name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
-        for name, params in model.optimizer_groups().items()
-    }
-    replicas = _Replicas(model, optimizers, device)  # before the run directory is touched
-    start = _Start()
-    if resume:
-        # Rank 0 checks, repairs and reads the run directory; the others receive what it read.
-        loaded = distributed.main_first(_read_resume, run, model, optimizers, recipe)
-        start = _resume_state(distributed.broadcast_object(loaded), model, optimizers, cfg, log)
-        where = f"step {start.step} (epoch {start.epoch + 1}, batch {start.skip})"
-        log(f"resuming {run.path} at {where}")
-        parts = (model, replicas, optimizers, corruption, train_set, valid_set)
-        return _loop(recipe, run, *parts, start, progress, log)
-
-    with contextlib.ExitStack() as stack:
-
-        def begin():  # rank 0 alone: the run directory's transaction spans the whole loop
-            train_entries = OUTPUTS["train"]
-            owned_before = list(run.owned()) if run.is_aesampler() else []
-            # A new model makes every output of the old one stale: all of them are replaced.
-            run.check_replaceable("train", [*train_entries, *owned_before], overwrite)
-            stale = [e for e in owned_before if e not in train_entries]
-            txn = stack.enter_context(run.transaction("train", train_entries, replace=stale))
-            for entry in train_entries:
-                txn.direct(entry)
-            atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
-            run.record_components(_provenance(recipe, registry))
-            return txn
-
-        txn = distributed.main_first(begin)
-        return _loop(
-            recipe,
-            run,
-            model,
-            replicas,
-            optimizers,
-            corruption,
-            train_set,
-            valid_set,
-            start,
-            progress,
-            log,
-            on_first_checkpoint=txn.commit if txn is not None else None,
-        )
+    return train_set, valid_set
 
 
 def _rank_seed(seed: int, rank: int, stream: int) -> int:
@@ -325,6 +323,25 @@ def _ddp_module_names(model, optimizers: dict[str, torch.optim.Optimizer]) -> tu
     return tuple(names)
 
 
+def _begin(
+    stack: contextlib.ExitStack, parts: _Parts, overwrite: bool, registry: Registry | None
+) -> Any:
+    """Rank 0 alone: open a new run's transaction on ``stack`` (so that it spans the whole
+    training; it commits at the first checkpoint) and write the recipe and its provenance."""
+    run = parts.run
+    train_entries = OUTPUTS["train"]
+    owned_before = list(run.owned()) if run.is_aesampler() else []
+    # A new model makes every output of the old one stale: all of them are replaced.
+    run.check_replaceable("train", [*train_entries, *owned_before], overwrite)
+    stale = [e for e in owned_before if e not in train_entries]
+    txn = stack.enter_context(run.transaction("train", train_entries, replace=stale))
+    for entry in train_entries:
+        txn.direct(entry)
+    atomic_write_bytes(run / RECIPE, _recipe_bytes(parts.recipe))
+    run.record_components(_provenance(parts.recipe, registry))
+    return txn
+
+
 def _recipe_bytes(recipe: Recipe) -> bytes:
     return yaml.safe_dump(recipe.resolved(), sort_keys=False).encode()
 
@@ -348,11 +365,23 @@ class _Start:
     checkpoint: Path | None = None
 
 
-def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, Any]:
+def _resume(parts: _Parts, log: Callable[[str], None]) -> _Start:
+    """Every rank: where a resumed run starts, its checkpoint loaded into the model, optimisers
+    and generators."""
+    # Rank 0 checks, repairs and reads the run directory; the others receive what it read.
+    loaded = distributed.main_first(_read_resume, parts)
+    start = _resume_state(distributed.broadcast_object(loaded), parts, log)
+    where = f"step {start.step} (epoch {start.epoch + 1}, batch {start.skip})"
+    log(f"resuming {parts.run.path} at {where}")
+    return start
+
+
+def _read_resume(parts: _Parts) -> dict[str, Any]:
     """Rank 0: check and repair the run directory, read its checkpoint, drop the log past it.
 
     Returns what every rank needs to resume (plain tensors: it is broadcast to the others).
     """
+    run, model = parts.run, parts.model
     if not run.exists() or run.is_empty():
         raise TrainingError(f"cannot resume: {quoted(run.path)} does not exist or is empty")
     run.checkpoints_folder()  # a link is refused before anything changes
@@ -380,37 +409,65 @@ def _read_resume(run: RunDir, model, optimizers, recipe: Recipe) -> dict[str, An
             "nothing was changed"
         )
     state = load_training_state(folder)
-    missing = [name for name in optimizers if name not in state["optimizers"]]
+    missing = [name for name in parts.optimizers if name not in state["optimizers"]]
     if missing:
         raise CheckpointError(
             f"{quoted(folder / TRAINING_STATE)} holds no state for the optimisers {missing}"
         )
     load_weights(model, folder / MODEL_WEIGHTS)
     _truncate_log(run / TRAIN_LOG, state["step"])
-    atomic_write_bytes(run / RECIPE, _recipe_bytes(recipe))
+    atomic_write_bytes(run / RECIPE, _recipe_bytes(parts.recipe))
     weights = None  # rank 0 has them; the others receive a copy
     if distributed.world().enabled:
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {"folder": folder, "state": state, "weights": weights}
 
 
-def _resume_state(loaded: dict[str, Any], model, optimizers, cfg, log) -> _Start:
+def _resume_state(loaded: dict[str, Any], parts: _Parts, log: Callable[[str], None]) -> _Start:
     """Load what :func:`_read_resume` read into this rank's model, optimisers and generators.
 
     The position in the interrupted epoch is the number of images of the epoch's order already
     trained on (``samples_in_epoch``; the order does not depend on the number of ranks). With
     world_size × batch_size images per step the run skips the steps that cover them; when they
     do not divide evenly it rounds down, so a few images of that epoch are trained on twice.
+    """
+    folder, state = loaded["folder"], loaded["state"]
+    cfg, world = parts.recipe.train, distributed.world()
+    device = next(parts.model.parameters()).device
+    if not world.is_main:
+        parts.model.load_state_dict(loaded["weights"])
+    _load_optimizers(parts.optimizers, state, folder, log)
+    noise_state = _load_rng_states(state["rng"], device)
+    per_step = world.world_size * cfg.batch_size
+    done = state.get("samples_in_epoch", state["batch_in_epoch"] * cfg.batch_size)
+    skip = done // per_step
+    if done % per_step:
+        log(
+            f"the interrupted epoch had trained on {done} images of its order; with "
+            f"{world.world_size} rank(s) x batch {cfg.batch_size} it resumes after "
+            f"{skip * per_step}, so {done - skip * per_step} images are trained on again"
+        )
+    return _Start(
+        step=state["step"],
+        epoch=state["epoch"],
+        skip=skip,
+        noise_state=noise_state,
+        checkpoint=folder,
+    )
+
+
+def _load_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: dict[str, Any],
+    folder: Path,
+    log: Callable[[str], None],
+) -> None:
+    """Load the checkpoint's optimiser states, keeping the recipe's learning rate and betas.
 
     The optimisers take their state (moments, step counts) from the checkpoint but keep the
     recipe's ``train.lr`` and ``train.betas`` (``load_state_dict`` would bring back the saved
     ones): a run that diverged resumes with the lower learning rate its message suggests.
     """
-    folder, state = loaded["folder"], loaded["state"]
-    world = distributed.world()
-    device = next(model.parameters()).device
-    if not world.is_main:
-        model.load_state_dict(loaded["weights"])
     changed = set()
     for name, optimizer in optimizers.items():
         recipe_values = [(group["lr"], group["betas"]) for group in optimizer.param_groups]
@@ -429,32 +486,23 @@ def _resume_state(loaded: dict[str, Any], model, optimizers, cfg, log) -> _Start
             group["lr"], group["betas"] = lr, betas
     if changed:
         log(f"the recipe changes the checkpoint's {', '.join(sorted(changed))}")
-    rng = state["rng"]
+
+
+def _load_rng_states(rng: dict[str, Any], device: torch.device) -> torch.Tensor | None:
+    """Put this rank's saved random states back: dropout's (PyTorch's global generators) now,
+    and return the noise generator's, which :class:`_Trainer` sets.
+
+    None for a rank the interrupted run did not have: its streams start from (seed, rank) afresh.
+    """
     ranks = rng.get("ranks", [rng])  # a checkpoint written before torchrun: one rank's states
-    mine = ranks[world.rank] if world.rank < len(ranks) else None
-    noise_state = None
-    if mine is not None:
-        torch.set_rng_state(mine["torch"])
-        if device.type == "cuda" and "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"], device)
-        noise_state = mine["noise"]
-    # else: a rank the interrupted run did not have: its streams start from (seed, rank) afresh.
-    per_step = world.world_size * cfg.batch_size
-    done = state.get("samples_in_epoch", state["batch_in_epoch"] * cfg.batch_size)
-    skip = done // per_step
-    if done % per_step:
-        log(
-            f"the interrupted epoch had trained on {done} images of its order; with "
-            f"{world.world_size} rank(s) x batch {cfg.batch_size} it resumes after "
-            f"{skip * per_step}, so {done - skip * per_step} images are trained on again"
-        )
-    return _Start(
-        step=state["step"],
-        epoch=state["epoch"],
-        skip=skip,
-        noise_state=noise_state,
-        checkpoint=folder,
-    )
+    rank = distributed.world().rank
+    mine = ranks[rank] if rank < len(ranks) else None
+    if mine is None:
+        return None
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    return mine["noise"]
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -551,31 +599,292 @@ def _all_finite(model, optimizers: dict[str, torch.optim.Optimizer]) -> torch.Te
     return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
 
 
-def _loop(
-    recipe: Recipe,
-    run: RunDir,
-    model,
-    replicas: _Replicas,
-    optimizers,
-    corruption,
-    train_set,
-    valid_set,
-    start: _Start,
-    progress: bool,
-    log: Callable[[str], None],
-    on_first_checkpoint: Callable[[], None] | None = None,
-) -> TrainResult:
-    cfg = recipe.train
-    world = distributed.world()
-    main = world.is_main  # rank 0 writes; the others train and wait
-    device = next(model.parameters()).device
-    noise = torch.Generator(device=device).manual_seed(_rank_seed(cfg.seed, world.rank, 1))
-    step, epoch, skip = start.step, start.epoch, start.skip
-    if start.noise_state is not None:
-        noise.set_state(start.noise_state)
-    if main:
-        (run / IMAGES).mkdir(exist_ok=True)
+class _Trainer:
+    """One training, fresh or resumed: epochs of optimiser steps from a :class:`_Start`, the
+    losses logged to metrics.jsonl, a checkpoint after every epoch (and when training stops).
 
+    :meth:`__init__` sets up the random streams, the data loader, the grids, the log and the
+    progress bar; :meth:`run` trains epoch after epoch (:meth:`_epoch`, :meth:`_step`),
+    reads the pending losses into the log (:meth:`_flush`) and ends every epoch with a check of
+    the weights and a checkpoint (:meth:`_end_epoch`, :meth:`_save`). Every rank runs one; rank 0
+    alone writes.
+    """
+
+    def __init__(
+        self, parts: _Parts, start: _Start, progress: bool, log: Callable[[str], None]
+    ) -> None:
+        """Set up: the noise generator, the data loader, the grids, the log and the bar."""
+        self.parts, self.progress, self.log = parts, progress, log
+        self.cfg = cfg = parts.recipe.train
+        self.world = distributed.world()
+        self.main = self.world.is_main  # rank 0 writes; the others train and wait
+        self.device = next(parts.model.parameters()).device
+        self.noise = torch.Generator(device=self.device).manual_seed(
+            _rank_seed(cfg.seed, self.world.rank, 1)
+        )
+        self.step, self.epoch, self.skip = start.step, start.epoch, start.skip
+        if start.noise_state is not None:
+            self.noise.set_state(start.noise_state)
+        if self.main:
+            (parts.run / IMAGES).mkdir(exist_ok=True)
+        self.sampler, self.workers, self.loader = _train_loader(parts.train_set, cfg, self.device)
+        planned = cfg.epochs * len(self.loader)
+        self.total = planned if cfg.max_steps is None else min(planned, cfg.max_steps)
+        self.grids = _Grids(parts.model, parts.valid_set, parts.corruption, cfg, self.device)
+        log(self._opening_line())
+        self.metrics = _Metrics(parts.run / TRAIN_LOG if self.main else None)
+        self.bar = tqdm(
+            total=self.total,
+            initial=min(self.step, self.total),
+            desc=f"train {parts.recipe.model.name}",
+            disable=not progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        self.started = time.perf_counter()
+        self.checkpoint = start.checkpoint  # the last good one, named if training stops
+        self.pending = _PendingLosses(self.device)
+        self.last: dict[str, float] = {}  # the last logged step's losses
+        self.epoch_log = _EpochLog()
+
+    def run(self, on_first_checkpoint: Callable[[], None] | None = None) -> TrainResult:
+        """Train until ``train.epochs`` or ``train.max_steps``, a checkpoint after every epoch.
+
+        ``on_first_checkpoint`` (a new run's transaction commit) is called once the first
+        checkpoint is on disk: a resumable run exists then, and the old outputs can go.
+        """
+        cfg = self.cfg
+        try:
+            while self.epoch < cfg.epochs and (cfg.max_steps is None or self.step < cfg.max_steps):
+                self._epoch()
+                # Read and checked before anything is saved: neither a non-finite loss nor
+                # non-finite weights ever reach a checkpoint.
+                self._flush()
+                self._check_weights()
+                self._end_epoch()
+                if on_first_checkpoint is not None:
+                    on_first_checkpoint()
+                    on_first_checkpoint = None
+        finally:
+            self.bar.close()
+            self.metrics.close()
+        return self._result()
+
+    def _epoch(self) -> None:
+        """Train the epoch's batches from ``skip`` on, to its end or to ``train.max_steps``;
+        leave in ``skip`` where the next epoch's training starts (0: the epoch is complete)."""
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch)
+        self.workers.manual_seed(_rank_seed(cfg.seed, self.world.rank, 3) + self.epoch)
+        self.epoch_log = _EpochLog()
+        for batch_index, (x, _) in enumerate(self.loader):
+            if batch_index < self.skip:
+                continue  # resuming mid-epoch: these batches were trained on already
+            self._step(x)
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                self.skip = batch_index + 1 if batch_index + 1 < len(self.loader) else 0
+                return
+        self.skip = 0
+
+    def _step(self, x: torch.Tensor) -> None:
+        """One optimiser step on batch ``x``; its losses wait on the device in ``pending``."""
+        model, noise, corruption = self.parts.model, self.noise, self.parts.corruption
+        x = x.to(self.device, non_blocking=True)
+        x_input = corruption(x, generator=noise) if corruption is not None else x
+        model.train()
+        try:
+            with self.parts.replicas.in_place():
+                losses = model.training_step(x, x_input, self.parts.optimizers, noise)
+        except Exception as error:
+            # A loss that checks its input's range (PyTorch's BCE does) raises on the NaN
+            # outputs of diverged weights before the loss could be NaN.
+            explained = self._diverged(self.step + 1, self.epoch + 1, error)
+            if explained is None:
+                raise
+            raise explained from error
+        self.step += 1
+        self.pending.add(self.step, self.epoch + 1, losses)
+        self.bar.update(1)
+        if len(self.pending) >= self.cfg.log_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered steps' losses (one device-to-host copy) and check them."""
+        for at, in_epoch, values in self.pending.drain():
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if bad:
+                raise self._non_finite_loss(at, in_epoch, bad)
+            self.metrics.write({"event": "step", "step": at, "epoch": in_epoch, **values})
+            self.epoch_log.add(values)
+            self.last = values
+        if self.last:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in self.last.items()}, refresh=False)
+
+    def _check_weights(self) -> None:
+        """Stop if the last step's update made the weights or optimiser state non-finite from
+        finite losses (every rank holds the same weights; each rank checks, and they agree)."""
+        finite = _all_finite(self.parts.model, self.parts.optimizers).float()
+        if not bool(distributed.all_reduce_mean(finite) == 1):
+            raise self._stop(
+                f"non-finite weights or optimiser state after step {self.step} (epoch "
+                f"{self.epoch + 1}), whose losses were finite"
+            )
+
+    def _stop(self, what: str) -> TrainingError:
+        """The error that ends a diverged run; ``what`` says what was not finite, and when."""
+        where = (
+            f"the last good checkpoint is {self.checkpoint}"
+            if self.checkpoint
+            else "no checkpoint was written"
+        )
+        return TrainingError(f"training stopped: {what}; {where}. Try a lower train.lr.")
+
+    def _non_finite_loss(self, at: int, in_epoch: int, bad: dict[str, float]) -> TrainingError:
+        losses = ", ".join(f"{k}={v}" for k, v in bad.items())
+        return self._stop(f"non-finite loss at step {at} (epoch {in_epoch}): {losses}")
+
+    def _diverged(self, at: int, in_epoch: int, error: Exception) -> TrainingError | None:
+        """The non-finite-loss error for a training step that raised ``error``, if the run had
+        diverged by then (None otherwise: ``error`` is another failure and stands).
+
+        Read on this rank alone (it may be the only one that failed): a buffered step with a
+        non-finite loss is named first; otherwise, if the weights are no longer finite, step
+        ``at``'s loss could not be computed from them.
+        """
+        try:
+            found = self.pending.first_non_finite()
+            if found is None and bool(_all_finite(self.parts.model, self.parts.optimizers)):
+                return None
+        except Exception:  # the device itself failed (a CUDA assert): the error stands
+            return None
+        if found is not None:
+            return self._non_finite_loss(*found)
+        reason = (str(error).strip().splitlines() or [""])[0]
+        return self._stop(
+            f"non-finite loss at step {at} (epoch {in_epoch}): the weights are no longer "
+            f"finite, and the model's training_step failed on them "
+            f"({type(error).__name__}: {reason})"
+        )
+
+    def _end_epoch(self) -> None:
+        """Every rank: the epoch's metrics line and checkpoint (or the part of the epoch's that
+        ``train.max_steps`` allowed), written by rank 0."""
+        complete = self.skip == 0
+        if complete:
+            self.epoch += 1
+        record = {
+            "event": "epoch",
+            "epoch": self.epoch if complete else self.epoch + 1,
+            "complete": complete,
+            "step": self.step,
+            "seconds": round(time.perf_counter() - self.epoch_log.started, 3),
+            "precision": self.parts.model.train_precision,
+            **self.epoch_log.means(),
+        }
+        saved = distributed.main_first(self._save, record, self._training_state(), complete)
+        self.checkpoint = distributed.broadcast_object(saved)
+
+    def _training_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the weights: the optimisers, the position in the
+        data and every rank's random states."""
+        cfg, world = self.cfg, self.world
+        rng = distributed.all_gather_object(_rng_states(self.noise, self.device))  # every rank's
+        return {
+            "optimizers": {name: opt.state_dict() for name, opt in self.parts.optimizers.items()},
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.skip,
+            # The position in the epoch's order, whatever world size resumes it.
+            "samples_in_epoch": self.skip * world.world_size * cfg.batch_size,
+            "world_size": world.world_size,
+            "rng": {**rng[0], "ranks": rng},
+        }
+
+    def _save(self, record: dict[str, Any], state: dict[str, Any], complete: bool) -> Path:
+        """Rank 0: the epoch's metrics line, grids and checkpoint."""
+        parts, cfg, device = self.parts, self.cfg, self.device
+        # The grids draw from the global generators: forked, so training's streams (saved in
+        # ``state``) go on as if no grid had been drawn.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            valid = _validate(parts.model, parts.valid_set, cfg.batch_size, device)
+            record.update({f"valid/{k}": v for k, v in valid.items()})
+            self.metrics.write(record)
+            tag = f"epoch-{record['epoch']:03d}"
+            self.grids.save(parts.model, parts.run / IMAGES, tag)
+        info = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "epoch_complete": complete,
+            "data": parts.train_set.describe(),
+            "corruption": parts.recipe.corruption.model_dump() if parts.recipe.corruption else None,
+            "aesampler_version": __version__,
+        }
+        saved = save_checkpoint(parts.run.path, parts.model, info, state)
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
+        (self.bar.write if self.progress else self.log)(
+            f"epoch {record['epoch']}/{cfg.epochs} (step {self.step}, {record['seconds']:.1f}s): "
+            f"{summary}"
+        )
+        return saved
+
+    def _result(self) -> TrainResult:
+        """Where the run and its last checkpoint are, on every rank."""
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            found = find_checkpoint(self.parts.run.path) if self.main else None
+            checkpoint = distributed.broadcast_object(found)
+        return TrainResult(
+            run_dir=self.parts.run.path,
+            checkpoint=checkpoint,
+            steps=self.step,
+            epochs_completed=self.epoch,
+            seconds=time.perf_counter() - self.started,
+            last_losses=self.last,
+        )
+
+    def _opening_line(self) -> str:
+        """What is about to be trained, on what, for how long: the first line of a training."""
+        recipe, model, train_set = self.parts.recipe, self.parts.model, self.parts.train_set
+        cfg, world, per_epoch = self.cfg, self.world, len(self.loader)
+        parameters = sum(p.numel() for p in model.parameters())
+        image = "×".join(map(str, train_set[0][0].shape))
+        corruption = recipe.corruption.name if recipe.corruption is not None else "none"
+        ranks = f" on each of {world.world_size} ranks" if world.enabled else ""
+        steps = f"{cfg.epochs * per_epoch:,} steps"
+        if self.total < cfg.epochs * per_epoch:
+            steps += f", cut to {self.total:,} by train.max_steps"
+        if self.step:
+            steps += f", resumed at step {self.step:,}"
+        return (
+            f"train: model {recipe.model.name} ({parameters:,} parameters), data "
+            f"{recipe.data.name} ({len(train_set):,} training images of {image}), corruption "
+            f"{corruption}; {cfg.epochs} epochs × {per_epoch} steps of {cfg.batch_size} images"
+            f"{ranks} = {steps}; on {self.device}"
+        )
+
+
+@dataclass
+class _EpochLog:
+    """The epoch's logged losses, summed for the means of its metrics line, and its start."""
+
+    started: float = field(default_factory=time.perf_counter)
+    sums: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.batches += 1
+
+    def means(self) -> dict[str, float]:
+        return {f"train/{k}": v / max(self.batches, 1) for k, v in self.sums.items()}
+
+
+def _train_loader(
+    train_set, cfg, device: torch.device
+) -> tuple[DistributedSampler, torch.Generator, DataLoader]:
+    """This rank's sampler and loader of the training split, and the loader's seed generator."""
+    world = distributed.world()
     # Epoch e's order is a permutation seeded with seed + e, whatever the number of ranks; rank r
     # takes every world_size-th image of it, so step k trains on images k·W·B to (k+1)·W·B - 1.
     sampler = DistributedSampler(
@@ -587,8 +896,8 @@ def _loop(
         drop_last=True,  # no image twice in an epoch
     )
     # The loader draws its workers' base seed from this generator when each epoch starts; seeded
-    # from (seed, rank, epoch), so a resumed epoch leaves PyTorch's global generator (dropout)
-    # where the interrupted run had it.
+    # from (seed, rank, epoch) by _Trainer._epoch, so a resumed epoch leaves PyTorch's global
+    # generator (dropout) where the interrupted run had it.
     workers = torch.Generator()
     loader = DataLoader(
         train_set,
@@ -599,221 +908,7 @@ def _loop(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    total = (
-        cfg.epochs * len(loader)
-        if cfg.max_steps is None
-        else min(cfg.epochs * len(loader), cfg.max_steps)
-    )
-    # Fixed inputs for the per-epoch grids, drawn from generators of their own so the grids never
-    # disturb training's random streams.
-    grid_z = torch.randn(
-        cfg.grid_size,
-        *model.decoder.latent_shape,
-        generator=torch.Generator().manual_seed(cfg.seed + 2),
-    ).to(device)
-    # Evenly spaced validation images: splits of labelled data are often ordered by class.
-    picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
-    grid_x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
-
-    log(_opening_line(recipe, model, train_set, len(loader), total, step, device))
-    metrics = _Metrics(run / TRAIN_LOG if main else None)
-    bar = tqdm(
-        total=total,
-        initial=min(step, total),
-        desc=f"train {recipe.model.name}",
-        disable=not progress,
-        unit="step",
-        dynamic_ncols=True,
-    )
-    started = time.perf_counter()
-    last: dict[str, float] = {}
-    checkpoint = start.checkpoint
-    pending = _PendingLosses(device)
-    sums: dict[str, float] = {}
-    batches = 0
-
-    def stop(what: str) -> TrainingError:
-        """The error that ends a diverged run; ``what`` says what was not finite, and when."""
-        where = (
-            f"the last good checkpoint is {checkpoint}"
-            if checkpoint
-            else "no checkpoint was written"
-        )
-        return TrainingError(f"training stopped: {what}; {where}. Try a lower train.lr.")
-
-    def non_finite_loss(at: int, in_epoch: int, bad: dict[str, float]) -> TrainingError:
-        losses = ", ".join(f"{k}={v}" for k, v in bad.items())
-        return stop(f"non-finite loss at step {at} (epoch {in_epoch}): {losses}")
-
-    def flush() -> None:
-        """Write the buffered steps' losses (one device-to-host copy) and check them."""
-        nonlocal last, batches
-        for at, in_epoch, values in pending.drain():
-            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-            if bad:
-                raise non_finite_loss(at, in_epoch, bad)
-            metrics.write({"event": "step", "step": at, "epoch": in_epoch, **values})
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            batches += 1
-            last = values
-        if last:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
-
-    def diverged(at: int, in_epoch: int, error: Exception) -> TrainingError | None:
-        """The non-finite-loss error for a training step that raised ``error``, if the run had
-        diverged by then (None otherwise: ``error`` is another failure and stands).
-
-        Read on this rank alone (it may be the only one that failed): a buffered step with a
-        non-finite loss is named first; otherwise, if the weights are no longer finite, step
-        ``at``'s loss could not be computed from them.
-        """
-        try:
-            found = pending.first_non_finite()
-            if found is None and bool(_all_finite(model, optimizers)):
-                return None
-        except Exception:  # the device itself failed (a CUDA assert): the error stands
-            return None
-        if found is not None:
-            return non_finite_loss(*found)
-        reason = (str(error).strip().splitlines() or [""])[0]
-        return stop(
-            f"non-finite loss at step {at} (epoch {in_epoch}): the weights are no longer "
-            f"finite, and the model's training_step failed on them "
-            f"({type(error).__name__}: {reason})"
-        )
-
-    def save(record: dict[str, Any], state: dict[str, Any], complete: bool) -> Path:
-        """Rank 0: the epoch's metrics line, grids and checkpoint."""
-        # The grids draw from the global generators: forked, so training's streams (saved in
-        # ``state``) go on as if no grid had been drawn.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            valid = _validate(model, valid_set, cfg.batch_size, device)
-            record.update({f"valid/{k}": v for k, v in valid.items()})
-            metrics.write(record)
-            tag = f"epoch-{record['epoch']:03d}"
-            _save_grids(model, run / IMAGES, tag, grid_x, grid_z, corruption, cfg.seed)
-        info = {
-            "step": step,
-            "epoch": epoch,
-            "epoch_complete": complete,
-            "data": train_set.describe(),
-            "corruption": recipe.corruption.model_dump() if recipe.corruption else None,
-            "aesampler_version": __version__,
-        }
-        saved = save_checkpoint(run.path, model, info, state)
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if "/" in k)
-        seconds = record["seconds"]
-        (bar.write if progress else log)(
-            f"epoch {record['epoch']}/{cfg.epochs} (step {step}, {seconds:.1f}s): {summary}"
-        )
-        return saved
-
-    try:
-        while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
-            sampler.set_epoch(epoch)
-            workers.manual_seed(_rank_seed(cfg.seed, world.rank, 3) + epoch)
-            epoch_started = time.perf_counter()
-            sums.clear()
-            batches = 0
-            for batch_index, (x, _) in enumerate(loader):
-                if batch_index < skip:
-                    continue  # resuming mid-epoch: these batches were trained on already
-                x = x.to(device, non_blocking=True)
-                x_input = corruption(x, generator=noise) if corruption is not None else x
-                model.train()
-                try:
-                    with replicas.in_place():
-                        losses = model.training_step(x, x_input, optimizers, noise)
-                except Exception as error:
-                    # A loss that checks its input's range (PyTorch's BCE does) raises on the
-                    # NaN outputs of diverged weights before the loss could be NaN.
-                    explained = diverged(step + 1, epoch + 1, error)
-                    if explained is None:
-                        raise
-                    raise explained from error
-                step += 1
-                pending.add(step, epoch + 1, losses)
-                bar.update(1)
-                if len(pending) >= cfg.log_every:
-                    flush()
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    skip = batch_index + 1 if batch_index + 1 < len(loader) else 0
-                    break
-            else:
-                skip = 0
-            flush()  # before anything is saved: a non-finite loss never reaches a checkpoint
-            # Nor do non-finite weights that the last step's update made from finite losses
-            # (every rank holds the same weights; each rank checks, and they agree).
-            if not bool(distributed.all_reduce_mean(_all_finite(model, optimizers).float()) == 1):
-                raise stop(
-                    f"non-finite weights or optimiser state after step {step} (epoch "
-                    f"{epoch + 1}), whose losses were finite"
-                )
-            complete = skip == 0
-            if complete:
-                epoch += 1
-            record = {
-                "event": "epoch",
-                "epoch": epoch if complete else epoch + 1,
-                "complete": complete,
-                "step": step,
-                "seconds": round(time.perf_counter() - epoch_started, 3),
-                "precision": model.train_precision,
-                **{f"train/{k}": v / max(batches, 1) for k, v in sums.items()},
-            }
-            rng = distributed.all_gather_object(_rng_states(noise, device))  # every rank's
-            state = {
-                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": skip,
-                # The position in the epoch's order, whatever world size resumes it.
-                "samples_in_epoch": skip * world.world_size * cfg.batch_size,
-                "world_size": world.world_size,
-                "rng": {**rng[0], "ranks": rng},
-            }
-            checkpoint = distributed.broadcast_object(
-                distributed.main_first(save, record, state, complete)
-            )
-            if on_first_checkpoint is not None:
-                on_first_checkpoint()  # a resumable run exists now: the old outputs can go
-                on_first_checkpoint = None
-    finally:
-        bar.close()
-        metrics.close()
-    if checkpoint is None:
-        checkpoint = distributed.broadcast_object(find_checkpoint(run.path) if main else None)
-    return TrainResult(
-        run_dir=run.path,
-        checkpoint=checkpoint,
-        steps=step,
-        epochs_completed=epoch,
-        seconds=time.perf_counter() - started,
-        last_losses=last,
-    )
-
-
-def _opening_line(
-    recipe: Recipe, model, train_set, per_epoch: int, total: int, step: int, device
-) -> str:
-    """What is about to be trained, on what, for how long: the first line of a training."""
-    cfg, world = recipe.train, distributed.world()
-    parameters = sum(p.numel() for p in model.parameters())
-    image = "×".join(map(str, train_set[0][0].shape))
-    corruption = recipe.corruption.name if recipe.corruption is not None else "none"
-    ranks = f" on each of {world.world_size} ranks" if world.enabled else ""
-    steps = f"{cfg.epochs * per_epoch:,} steps"
-    if total < cfg.epochs * per_epoch:
-        steps += f", cut to {total:,} by train.max_steps"
-    if step:
-        steps += f", resumed at step {step:,}"
-    return (
-        f"train: model {recipe.model.name} ({parameters:,} parameters), data "
-        f"{recipe.data.name} ({len(train_set):,} training images of {image}), corruption "
-        f"{corruption}; {cfg.epochs} epochs × {per_epoch} steps of {cfg.batch_size} images"
-        f"{ranks} = {steps}; on {device}"
-    )
+    return sampler, workers, loader
 
 
 def _rng_states(noise: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -846,15 +941,37 @@ def _validate(
     return {"reconstruction": total.item() / max(count, 1)}
 
 
-@torch.no_grad()
-def _save_grids(model, folder: Path, tag: str, grid_x, grid_z, corruption, seed: int) -> None:
-    model.eval()
-    rows = [grid_x]
-    if corruption is not None:
-        rows.append(corruption(grid_x, generator=torch.Generator(grid_x.device).manual_seed(seed)))
-    rows.append(model.reconstruct(grid_x))
-    save_png(torch.cat(rows), folder / f"{tag}-reconstructions.png", nrow=len(grid_x))
-    # Prior samples with batch-statistics BN, as the paper samples (step 0 of a chain).
-    chain = Chain(model.encoder, model.decoder)
-    samples = chain.run(grid_z, steps=0, seed=seed, precision="fp32").x[0]
-    save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)
+class _Grids:
+    """The image grids drawn after every epoch, from fixed inputs.
+
+    Rows of evenly spaced validation images (data, corrupted input if any, reconstruction) and
+    decoded prior draws. The inputs come from generators of their own, so the grids never
+    disturb training's random streams.
+    """
+
+    def __init__(self, model, valid_set, corruption, cfg, device: torch.device):
+        self.z = torch.randn(
+            cfg.grid_size,
+            *model.decoder.latent_shape,
+            generator=torch.Generator().manual_seed(cfg.seed + 2),
+        ).to(device)
+        # Evenly spaced validation images: splits of labelled data are often ordered by class.
+        picks = torch.linspace(0, len(valid_set) - 1, min(cfg.grid_size // 2, len(valid_set)))
+        self.x = torch.stack([valid_set[int(i)][0] for i in picks]).to(device)
+        self.corruption, self.seed = corruption, cfg.seed
+
+    @torch.no_grad()
+    def save(self, model, folder: Path, tag: str) -> None:
+        """Write ``{tag}-reconstructions.png`` and ``{tag}-samples.png`` into ``folder``."""
+        model.eval()
+        grid_x, seed = self.x, self.seed
+        rows = [grid_x]
+        if self.corruption is not None:
+            noise = torch.Generator(grid_x.device).manual_seed(seed)
+            rows.append(self.corruption(grid_x, generator=noise))
+        rows.append(model.reconstruct(grid_x))
+        save_png(torch.cat(rows), folder / f"{tag}-reconstructions.png", nrow=len(grid_x))
+        # Prior samples with batch-statistics BN, as the paper samples (step 0 of a chain).
+        chain = Chain(model.encoder, model.decoder)
+        samples = chain.run(self.z, steps=0, seed=seed, precision="fp32").x[0]
+        save_png(samples, folder / f"{tag}-samples.png", nrow=int(math.sqrt(len(samples))) or 1)
