@@ -10,8 +10,9 @@ every BatchNorm layer normalises with the statistics of the current chunk of cha
 ``"running"`` it uses the population statistics learned in training. In both modes the modules'
 parameters, buffers and train/eval flags are exactly what they were before the run.
 
-Randomness (see :func:`start_generator` and :func:`block_generator`): a run has one integer base
-seed. The starting latents of all chains are drawn at once, before any chunking, from a CPU
+Randomness (:mod:`aesampler.seeding`, re-exported here: :func:`start_generator`,
+:func:`block_generator`, :func:`shard_seed`, :func:`seed_from_generator`): a run has one integer
+base seed. The starting latents of all chains are drawn at once, before any chunking, from a CPU
 generator derived from (seed, "start"). The noise of the transitions is drawn group by group,
 each group with its own generator on the modules' device derived from (seed, group index): with
 ``batchnorm="running"`` a group is a fixed block of ``block_size`` consecutive chains, so every
@@ -25,21 +26,20 @@ inf appearing in z_t or x_t raises :class:`NonFiniteChainError` naming the first
 check costs no host-device synchronisation per step: per-chain flags accumulate on the device and
 are read once at the end of each chunk.
 
+The modules' sampling state (:func:`sampling_mode`) is :mod:`aesampler.modes`'s, re-exported here.
+
 No file I/O and no logging here: callers do that, through the ``callback``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import ChainInputError, NonFiniteChainError
 from .interfaces import (
@@ -50,6 +50,7 @@ from .interfaces import (
     Transition,
     TransitionOutput,
 )
+from .modes import BATCHNORM_MODES, BatchNormMode, has_batchnorm, sampling_mode
 from .precision import (
     PRECISIONS,
     Precision,
@@ -58,24 +59,39 @@ from .precision import (
     fast_layout,
     resolve_precision,
 )
+from .seeding import (
+    block_generator,
+    check_seed,
+    seed_from_generator,
+    shard_seed,
+    start_generator,
+)
 from .transitions import DecodeCorruptEncode
 
-BatchNormMode = Literal["batch", "running"]
-BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
+__all__ = [
+    "BATCHNORM_MODES",
+    "DEFAULT_BLOCK_SIZE",
+    "PAPER_STEPS",
+    "BatchNormMode",
+    "Chain",
+    "ChainResult",
+    "ChainStep",
+    "StartSampler",
+    "StepTensors",
+    "block_generator",
+    "chunk_bounds",
+    "default_record",
+    "sampling_mode",
+    "seed_from_generator",
+    "shard_bounds",
+    "shard_seed",
+    "start_generator",
+]
+
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
 #: Chains per noise block with ``batchnorm="running"`` (see :func:`block_generator`).
 DEFAULT_BLOCK_SIZE = 256
 _SHOWN_CHAINS = 5  # how many chain indices an error message lists
-_MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator accepts
-_SEED_DRAW_HIGH = 2**63 - 1  # a seed drawn from a generator is in [0, 2**63 - 1)
-# The spawn keys of numpy.random.SeedSequence(seed, spawn_key=...) that separate the streams.
-_START_KEY = (0,)
-_NOISE_KEY = 1
-_SHARD_KEY = 2
-
-
-if TYPE_CHECKING:
-    from .samplers import Sampler
 
 
 class StartSampler(Protocol):
@@ -84,61 +100,6 @@ class StartSampler(Protocol):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` latents (n, *latent_shape) on the CPU, all randomness from ``generator``."""
         ...
-
-
-def _derived_seed(seed: int, key: tuple[int, ...]) -> int:
-    """A 64-bit seed for the stream ``key`` of the run seeded with ``seed``.
-
-    ``numpy.random.SeedSequence`` keeps its algorithm stable across numpy versions, hashes the
-    seed (padded to 128 bits) and the spawn key separately, so distinct (seed, key) pairs give
-    unrelated seeds, and the result depends on nothing else.
-    """
-    state = np.random.SeedSequence(seed, spawn_key=key).generate_state(1, dtype=np.uint64)
-    return int(state[0])
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise ChainInputError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
-    return seed
-
-
-def start_generator(seed: int) -> torch.Generator:
-    """The CPU generator from which a run with ``seed`` draws the starting latents of all chains.
-
-    Seeded with ``SeedSequence(seed, spawn_key=(0,)).generate_state(1, uint64)[0]``. Without a
-    ``start`` sampler, z0 is ``torch.randn(n, *latent_shape, generator=start_generator(seed))``
-    (float32), then converted to the modules' dtype and moved to their device chunk by chunk.
-    """
-    return torch.Generator().manual_seed(_derived_seed(_check_seed(seed), _START_KEY))
-
-
-def block_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator on ``device`` of noise group ``index`` in a run with ``seed``.
-
-    Seeded with ``SeedSequence(seed, spawn_key=(1, index)).generate_state(1, uint64)[0]``: it
-    depends on (seed, index) alone. With ``batchnorm="running"`` group ``index`` is the block of
-    chains ``[index * block_size, (index + 1) * block_size)``; with ``batchnorm="batch"`` it is
-    chunk ``index``. The group's transition at every step draws all its noise from it.
-    """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
-    key = (_NOISE_KEY, index)
-    return torch.Generator(device=device).manual_seed(_derived_seed(_check_seed(seed), key))
-
-
-def shard_seed(seed: int, index: int) -> int:
-    """The base seed of shard ``index`` of a sampling run with ``seed`` (see :func:`shard_bounds`).
-
-    Shard 0 runs with ``seed`` itself, so a run of one shard is the run ``Chain.run(seed=seed)``
-    would make; shard i > 0 with ``SeedSequence(seed, spawn_key=(2, i)).generate_state(1,
-    uint64)[0]``. A shard's chains depend on (seed, index, its size) alone: not on which process
-    runs it, nor on which shards ran before.
-    """
-    seed = _check_seed(seed)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
-    return seed if index == 0 else _derived_seed(seed, (_SHARD_KEY, index))
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -150,16 +111,6 @@ def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
     processes.
     """
     return _chunk_bounds(_check_int("n", n, 1), _check_int("shard_size", shard_size, 1))
-
-
-def seed_from_generator(generator: torch.Generator | None = None) -> int:
-    """The base seed of a run given ``generator=``: one draw from it, which advances it.
-
-    ``torch.randint(2**63 - 1, (), generator=generator, device=generator.device)``; with None,
-    from PyTorch's default CPU generator (so ``torch.manual_seed`` makes unseeded runs repeat).
-    """
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(_SEED_DRAW_HIGH, (), generator=generator, device=device))
 
 
 def default_record(steps: int) -> tuple[int, ...]:
@@ -281,49 +232,6 @@ class ChainResult:
             steps=steps,
             precision=results[0].precision,
         )
-
-
-def _unique_modules(roots: Iterable[nn.Module]) -> list[nn.Module]:
-    seen: dict[int, nn.Module] = {}
-    for root in roots:
-        for module in root.modules():
-            seen.setdefault(id(module), module)
-    return list(seen.values())
-
-
-@contextlib.contextmanager
-def sampling_mode(roots: Iterable[nn.Module], batchnorm: BatchNormMode) -> Iterator[None]:
-    """Put modules in sampling mode and leave them exactly as they were afterwards.
-
-    Every module is put in eval mode (dropout off). With ``batchnorm="batch"`` each BatchNorm
-    layer is switched to training mode with ``track_running_stats`` off, so it normalises with
-    minibatch statistics without touching its running buffers. On exit the train/eval flags and
-    ``track_running_stats`` are restored, and every buffer is restored from a snapshot as a last
-    guard, so even a custom layer that updates a buffer while sampling leaves no trace.
-    """
-    modules = _unique_modules(roots)
-    flags = [(m, m.training) for m in modules]
-    norms = [m for m in modules if isinstance(m, _BatchNorm)]
-    tracking = [(m, m.track_running_stats) for m in norms]
-    with torch.no_grad():
-        snapshot = [(b, b.detach().clone()) for m in modules for b in m.buffers(recurse=False)]
-    try:
-        for m in modules:
-            m.training = False
-        if batchnorm == "batch":
-            for m in norms:
-                m.training = True
-                m.track_running_stats = False
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-        for m, track in tracking:
-            m.track_running_stats = track
-        with torch.no_grad():
-            for buffer, saved in snapshot:
-                if not torch.equal(buffer, saved):
-                    buffer.copy_(saved)
 
 
 def _module_device_dtype(
@@ -466,7 +374,7 @@ class Chain:
         z0: Tensor | None = None,
         *,
         n: int | None = None,
-        start: Sampler | StartSampler | None = None,
+        start: StartSampler | None = None,
         steps: int = 10,
         record: Iterable[int] | Literal["all"] | None = None,
         chunk_size: int | None = None,
@@ -549,7 +457,7 @@ class Chain:
                 f"aesampler.samplers.Sampler; got {type(start).__name__}"
             )
         if seed is not None:
-            seed = _check_seed(seed)
+            seed = check_seed(seed)
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
         chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
@@ -634,7 +542,7 @@ class Chain:
         )
 
     def _has_batchnorm(self) -> bool:
-        return any(isinstance(m, _BatchNorm) for m in _unique_modules(self._roots))
+        return has_batchnorm(self._roots)
 
     def _raise_if_non_finite(
         self, first_bad: _FirstNonFinite, chunk: int, start: int, batchnorm: BatchNormMode

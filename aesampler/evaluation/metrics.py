@@ -39,6 +39,17 @@ from .stats import (
     within_radii,
 )
 
+#: The metrics an evaluation computes when none are named (``evaluate.metrics``'s default):
+#: those above but ``data_copying``, whose statistic has no interval.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "mmd_learned",
+    "mmd_prior",
+    "step_size",
+    "frechet",
+    "precision_recall",
+    "novelty",
+)
+
 
 @dataclass
 class EvaluationData:

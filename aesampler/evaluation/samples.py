@@ -31,7 +31,7 @@ from .evaluate import (
     uses_features,
 )
 from .features import FeatureExtractor
-from .metrics import Metric
+from .metrics import DEFAULT_METRICS, Metric
 
 #: The argument of ``evaluate_samples`` that provides each optional input of EvaluationData.
 _ARGUMENT = {
@@ -390,8 +390,6 @@ def _choose_metrics(
     """
     explicit = metrics is not None
     if metrics is None:
-        from ..recipe.schema import DEFAULT_METRICS
-
         metrics = DEFAULT_METRICS
     runnable: list[tuple[str, Metric]] = []
     skipped: dict[str, str] = {}

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import AesamplerError
 from ..interfaces import Encoder
+from ..modes import sampling_mode
 
 
 class SamplerError(AesamplerError):
@@ -154,8 +155,6 @@ def encode_images(
     they were. All draws come from one generator seeded with ``seed``. Returns float32 latents on
     the CPU.
     """
-    from ..chain import sampling_mode  # the chain imports the samplers' interface
-
     encoder = encoder_of(model)
     if isinstance(images, Tensor):
         images = [images[i : i + batch] for i in range(0, len(images), batch)]
@@ -203,8 +202,6 @@ def encode_posteriors(
     batch statistics come from batches like the clean ones. The corruption's noise comes from one
     generator seeded with ``seed``. Returns float32 tensors on the CPU.
     """
-    from ..chain import sampling_mode  # the chain imports the samplers' interface
-
     encoder = encoder_of(model)
     check_int("copies", copies, low=2)
     if isinstance(images, Tensor):
