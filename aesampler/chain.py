@@ -28,11 +28,22 @@ are read once at the end of each chunk.
 
 The modules' sampling state (:func:`sampling_mode`) is :mod:`aesampler.modes`'s, re-exported here.
 
+Precision (``Chain.run(precision=...)``): ``"auto"`` is ``"bf16"`` where the modules' device
+computes bfloat16 fast (a CPU with AVX512-BF16 or AMX, a CUDA device with tensor cores) and
+``"fp32"`` elsewhere (:func:`aesampler.precision.resolve_precision`). ``"fp32"`` runs the modules
+as they are (exact). ``"bf16"`` runs the transitions and decodes under autocast in bfloat16
+(float16 on a CUDA device without bfloat16), with the modules' 4-D weights in channels-last
+layout for the run (given back as they were after it); on a device without fast bfloat16 it warns
+once. The chain's state z_t and the recorded x_t are stored in the modules' dtype, but their
+values carry bfloat16 precision: each transition's output (and the corruption inside it) is
+computed in bfloat16.
+
 No file I/O and no logging here: callers do that, through the ``callback``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -311,6 +322,153 @@ def chunk_bounds(
     return [(g[0][1], g[-1][2]) for g in _plan(n, chunk_size, batchnorm, block_size)]
 
 
+@dataclass(frozen=True)
+class _Arguments:
+    """``Chain.run``'s arguments that do not depend on z0 or the modules, checked."""
+
+    steps: int
+    record: tuple[int, ...]
+    seed: int | None
+    chunk_size: int | None
+    block_size: int
+
+
+def _check_arguments(
+    z0: object,
+    start: object,
+    steps: object,
+    record: object,
+    chunk_size: object,
+    block_size: object,
+    batchnorm: object,
+    seed: object,
+    generator: object,
+    precision: object,
+) -> _Arguments:
+    """Every check of ``Chain.run``'s plain arguments, in one place and a fixed order."""
+    steps = _check_int("steps", steps, 0)
+    record_steps = _check_record(record, steps)
+    if batchnorm not in BATCHNORM_MODES:
+        raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+    if seed is not None and generator is not None:
+        raise ChainInputError("pass either seed or generator, not both")
+    if z0 is not None and start is not None:
+        raise ChainInputError(
+            "pass either z0 (the starting latents) or start (a sampler to draw them), not both"
+        )
+    if start is not None and not callable(getattr(start, "sample", None)):
+        raise ChainInputError(
+            "start must have a sample(n, generator) method, such as an "
+            f"aesampler.samplers.Sampler; got {type(start).__name__}"
+        )
+    if seed is not None:
+        seed = check_seed(seed)
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
+    chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+    block_size = _check_int("block_size", block_size, 1)
+    if precision not in PRECISIONS:
+        raise ChainInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return _Arguments(steps, record_steps, seed, chunk_size, block_size)
+
+
+def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> tuple[int, ...]:
+    if record is None:
+        return default_record(steps)
+    if isinstance(record, str):
+        if record != "all":
+            raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}")
+        return tuple(range(steps + 1))
+    try:
+        values = list(record)
+    except TypeError:
+        raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}") from None
+    bad = [
+        v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= steps
+    ]
+    if bad or not values:
+        raise ChainInputError(
+            f"record must hold integer steps in [0, {steps}] (steps={steps}); "
+            f"got {values!r}" + (f", invalid: {bad!r}" if bad else "")
+        )
+    return tuple(sorted(set(values)))
+
+
+class _Loop:
+    """The sampling loop of one ``Chain.run``: runs its chunks one by one, recording as it goes.
+
+    Holds what every chunk shares (the run's seed, device, dtype and precision, the callback)
+    and the recorded tensors, filled chunk by chunk in place (``z_out[t][start:stop]``).
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        arguments: _Arguments,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        precision: str,
+        callback: Callable[[ChainStep], None] | None,
+        n: int,
+        out_device: torch.device | None,
+    ):
+        self.transition, self.decoder = chain.transition, chain.decoder
+        self.steps, self.record = arguments.steps, set(arguments.record)
+        self.seed, self.device, self.dtype, self.precision = seed, device, dtype, precision
+        self.autocast = autocast_for(device, precision)
+        self.callback, self.n, self.out_device = callback, n, out_device
+        self.check_finite = device.type != "meta"  # meta tensors hold no values to check
+        self.z_out: dict[int, Tensor] = {}
+        self.x_out: dict[int, Tensor] = {}
+
+    def run_chunk(self, chunk: int, groups: list[_Group], z0: Tensor) -> _FirstNonFinite | None:
+        """Run one chunk's groups for every step; its non-finite record (None: not checked)."""
+        first, last = groups[0][1], groups[-1][2]
+        first_bad = _FirstNonFinite(last - first, self.device)
+        rows = [slice(a - first, b - first) for _, a, b in groups]
+        z_chunk = z0[first:last].to(self.device)
+        zs = [z_chunk[r] for r in rows] if len(groups) > 1 else [z_chunk]
+        generators = [_noise_generator(self.seed, i, self.device) for i, _, _ in groups]
+        for t in range(self.steps + 1):
+            outs = self._transition(zs, generators) if t < self.steps else None
+            xs = [out.x for out in outs] if outs is not None else [None] * len(zs)
+            if t in self.record:
+                self._record(t, groups, zs, xs)
+            if self.check_finite:
+                for r, z, x in zip(rows, zs, xs):
+                    first_bad.update(t, z, x, rows=r)
+            if self.callback is not None:
+                x_parts = None if any(x is None for x in xs) else xs
+                self.callback(ChainStep(chunk, first, t, zs, x_parts))
+            if outs is not None:
+                for out, z in zip(outs, zs):
+                    _check_next(out.z, z, t)
+                zs = [out.z for out in outs]
+        return first_bad if self.check_finite else None
+
+    def _transition(
+        self, zs: list[Tensor], generators: list[torch.Generator | None]
+    ) -> list[TransitionOutput]:
+        with self.autocast:
+            outs = [self.transition(z, generator=g) for z, g in zip(zs, generators)]
+        if self.precision != "fp32":  # the state stays in the modules' dtype
+            outs = [_in_dtype(out, self.dtype) for out in outs]
+        return outs
+
+    def _record(
+        self, t: int, groups: list[_Group], zs: list[Tensor], xs: list[Tensor | None]
+    ) -> None:
+        """Store step t of every group, decoding x_t where the transition did not (in place)."""
+        for i, (_, a, b) in enumerate(groups):
+            if xs[i] is None:
+                with self.autocast:
+                    xs[i] = self.decoder(zs[i])
+                xs[i] = xs[i].to(self.dtype) if self.dtype is not None else xs[i]
+            _store(self.z_out, t, zs[i], a, b, self.n, self.out_device)
+            _store(self.x_out, t, xs[i], a, b, self.n, self.out_device)
+
+
 class Chain:
     """Markov-chain sampling from a generative autoencoder (Creswell et al., §3).
 
@@ -393,11 +551,10 @@ class Chain:
                 dtype. If None, ``n`` chains start from draws of ``start``.
             n: the number of chains when z0 is None.
             start: where chains start when z0 is None: any object with ``sample(n, generator)``
-                returning (n, *latent_shape) on the CPU, such as an
-                :class:`aesampler.samplers.Sampler` (fitted). Default: the prior N(0, I), which
-                needs the decoder's ``latent_shape``. All n starting latents are drawn at once
-                from :func:`start_generator` (seed), then moved to the modules' device and dtype,
-                so z0 never depends on ``chunk_size``. Mutually exclusive with ``z0``.
+                returning (n, *latent_shape) on the CPU, such as a fitted
+                :class:`aesampler.samplers.Sampler`. Default: the prior N(0, I), which needs the
+                decoder's ``latent_shape``. Drawn at once from :func:`start_generator` (seed), so
+                z0 never depends on ``chunk_size``. Mutually exclusive with ``z0``.
             steps: the number of transitions to run.
             record: steps to record, each in [0, steps], or ``"all"``. Default: 0, 1, 5, 10 (those
                 not above ``steps``) and ``steps``.
@@ -407,30 +564,19 @@ class Chain:
                 ``batchnorm="running"`` a chunk is ``max(1, chunk_size // block_size)`` whole
                 noise blocks and results are bit-identical for every ``chunk_size``. Default:
                 all chains at once.
-            block_size: with ``batchnorm="running"``, the number of consecutive chains that
-                share a noise generator (:func:`block_generator`) and one call of the transition
-                per step. It changes the results (with the noise) and is the least number of
-                chains in flight. Unused with ``batchnorm="batch"``.
+            block_size: with ``batchnorm="running"``, how many consecutive chains share a noise
+                generator (:func:`block_generator`) and a call of the transition per step; it
+                changes the results and is the least number of chains in flight.
             batchnorm: ``"batch"`` (minibatch statistics, the paper's choice) or ``"running"``
                 (population statistics).
             seed: the run's base seed, an integer in [0, 2**64 - 1]: equal seeds give
                 bit-identical runs on the same device. Mutually exclusive with ``generator``.
-            generator: a generator (on any device) that the base seed is drawn from, once
-                (:func:`seed_from_generator`). With neither ``seed`` nor ``generator`` the base
-                seed is drawn from PyTorch's default CPU generator.
+            generator: a generator (any device) the base seed is drawn from, once
+                (:func:`seed_from_generator`); with neither, PyTorch's default CPU generator.
             out_device: where the recorded tensors go; default the modules' device.
             callback: called after every step of every chunk with a :class:`ChainStep`.
-            precision: ``"auto"`` (default) is ``"bf16"`` where the modules' device computes
-                bfloat16 fast (a CPU with AVX512-BF16 or AMX, a CUDA device with tensor cores)
-                and ``"fp32"`` elsewhere (:func:`aesampler.precision.resolve_precision`;
-                ``result.precision`` says which and why). ``"fp32"`` runs the modules as they
-                are (exact). ``"bf16"`` runs the transitions and decodes under autocast in
-                bfloat16 (float16 on a CUDA device without bfloat16), with the modules' 4-D
-                weights in channels-last layout for the run (given back as they were after
-                it); on a device without fast bfloat16 it warns once. The chain's state z_t and
-                the recorded x_t are stored in the modules' dtype, but their values carry
-                bfloat16 precision: each transition's output (and the corruption inside it) is
-                computed in bfloat16.
+            precision: ``"auto"`` (default), ``"fp32"`` (exact) or ``"bf16"``: see "Precision"
+                in the module's docstring; ``result.precision`` says what it resolved to and why.
 
         Returns:
             A :class:`ChainResult`; ``result.z[t]`` and ``result.x[t]`` hold step t.
@@ -441,36 +587,48 @@ class Chain:
                 (every step but the last unless it is recorded). Checked at the end of each
                 chunk; the message names the first bad step and its chains.
         """
-        steps = _check_int("steps", steps, 0)
-        record_steps = self._check_record(record, steps)
-        if batchnorm not in BATCHNORM_MODES:
-            raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
-        if seed is not None and generator is not None:
-            raise ChainInputError("pass either seed or generator, not both")
-        if z0 is not None and start is not None:
-            raise ChainInputError(
-                "pass either z0 (the starting latents) or start (a sampler to draw them), not both"
-            )
-        if start is not None and not callable(getattr(start, "sample", None)):
-            raise ChainInputError(
-                "start must have a sample(n, generator) method, such as an "
-                f"aesampler.samplers.Sampler; got {type(start).__name__}"
-            )
-        if seed is not None:
-            seed = check_seed(seed)
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
-        chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
-        block_size = _check_int("block_size", block_size, 1)
-        if precision not in PRECISIONS:
-            raise ChainInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        a = _check_arguments(
+            z0, start, steps, record, chunk_size, block_size, batchnorm, seed, generator, precision
+        )
+        z0, n, device, dtype = self._check_start(z0, n, start)
+        plan = _plan(n, a.chunk_size, batchnorm, a.block_size)
+        self._check_chunk_sizes(plan, n, a.chunk_size, batchnorm)
+        out_device = device if out_device is None else torch.device(out_device)
+        seed = seed_from_generator(generator) if a.seed is None else a.seed
+        if z0 is None:
+            z0, device, dtype = self._draw_start(start, n, seed, device, dtype)
+        device = device or torch.device("cpu")
+        choice = resolve_precision(device, precision)
+        loop = _Loop(self, a, seed, device, dtype, choice.precision, callback, n, out_device)
+        with self._sampling(batchnorm, choice.precision):
+            for chunk, groups in enumerate(plan):
+                first_bad = loop.run_chunk(chunk, groups, z0)
+                if first_bad is not None:
+                    self._raise_if_non_finite(first_bad, chunk, groups[0][1], batchnorm)
+        z, x = StepTensors("z", loop.z_out), StepTensors("x", loop.x_out)
+        return ChainResult(z=z, x=x, steps=a.record, precision=choice)
 
+    @contextlib.contextmanager
+    def _sampling(self, batchnorm: BatchNormMode, precision: str) -> Iterator[None]:
+        with (
+            sampling_mode(self._roots, batchnorm),
+            fast_layout(self._roots, precision),
+            torch.inference_mode(),
+        ):
+            yield
+
+    def _check_start(
+        self, z0: Tensor | None, n: int | None, start: StartSampler | None
+    ) -> tuple[Tensor | None, int, torch.device | None, torch.dtype | None]:
+        """z0 checked (or None), the number of chains, and the modules' device and dtype."""
         device, dtype = _module_device_dtype(self._roots)
         if z0 is not None:
-            z0, n, device, dtype = self._check_z0(z0, n, device, dtype)
-        else:
-            n = self._check_n(n, start)
-        plan = _plan(n, chunk_size, batchnorm, block_size)
+            return self._check_z0(z0, n, device, dtype)
+        return None, self._check_n(n, start), device, dtype
+
+    def _check_chunk_sizes(
+        self, plan: list[list[_Group]], n: int, chunk_size: int | None, batchnorm: BatchNormMode
+    ) -> None:
         smallest = min(group[0][2] - group[0][1] for group in plan)
         if batchnorm == "batch" and smallest < 2 and self._has_batchnorm():
             raise ChainInputError(
@@ -478,68 +636,6 @@ class Chain:
                 f"1 chain (n={n}, chunk_size={chunk_size}): run at least 2 chains per chunk, or "
                 "use batchnorm='running'"
             )
-        out_device = device if out_device is None else torch.device(out_device)
-
-        if seed is None:
-            seed = seed_from_generator(generator)
-        if z0 is None:
-            # Drawn once for all chains on the CPU; moved to the device chunk by chunk.
-            z0, device, dtype = self._draw_start(start, n, seed, device, dtype)
-        device = device or torch.device("cpu")
-
-        z_out: dict[int, Tensor] = {}
-        x_out: dict[int, Tensor] = {}
-        record_set = set(record_steps)
-        check_finite = device.type != "meta"  # meta tensors hold no values to check
-        choice = resolve_precision(device, precision)
-        precision = choice.precision
-        low = autocast_for(device, precision)
-        with (
-            sampling_mode(self._roots, batchnorm),
-            fast_layout(self._roots, precision),
-            torch.inference_mode(),
-        ):
-            for chunk, groups in enumerate(plan):
-                first, last = groups[0][1], groups[-1][2]
-                first_bad = _FirstNonFinite(last - first, device)
-                rows = [slice(a - first, b - first) for _, a, b in groups]
-                z_chunk = z0[first:last].to(device)
-                zs = [z_chunk[r] for r in rows] if len(groups) > 1 else [z_chunk]
-                generators = [_noise_generator(seed, index, device) for index, _, _ in groups]
-                for t in range(steps + 1):
-                    outs = None
-                    if t < steps:
-                        with low:
-                            outs = [self.transition(z, generator=g) for z, g in zip(zs, generators)]
-                        if precision != "fp32":  # the state stays in the modules' dtype
-                            outs = [_in_dtype(out, dtype) for out in outs]
-                    xs = [out.x for out in outs] if outs is not None else [None] * len(zs)
-                    if t in record_set:
-                        for i, (_, a, b) in enumerate(groups):
-                            if xs[i] is None:
-                                with low:
-                                    xs[i] = self.decoder(zs[i])
-                                xs[i] = xs[i].to(dtype) if dtype is not None else xs[i]
-                            _store(z_out, t, zs[i], a, b, n, out_device)
-                            _store(x_out, t, xs[i], a, b, n, out_device)
-                    if check_finite:
-                        for r, z, x in zip(rows, zs, xs):
-                            first_bad.update(t, z, x, rows=r)
-                    if callback is not None:
-                        x_parts = None if any(x is None for x in xs) else xs
-                        callback(ChainStep(chunk, first, t, zs, x_parts))
-                    if outs is not None:
-                        for out, z in zip(outs, zs):
-                            _check_next(out.z, z, t)
-                        zs = [out.z for out in outs]
-                if check_finite:
-                    self._raise_if_non_finite(first_bad, chunk, first, batchnorm)
-        return ChainResult(
-            z=StepTensors("z", z_out),
-            x=StepTensors("x", x_out),
-            steps=record_steps,
-            precision=choice,
-        )
 
     def _has_batchnorm(self) -> bool:
         return has_batchnorm(self._roots)
@@ -564,32 +660,6 @@ class Chain:
                 "through the batch statistics, and batchnorm='running' keeps chains apart"
             )
         raise NonFiniteChainError(message)
-
-    @staticmethod
-    def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> tuple[int, ...]:
-        if record is None:
-            return default_record(steps)
-        if isinstance(record, str):
-            if record != "all":
-                raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}")
-            return tuple(range(steps + 1))
-        try:
-            values = list(record)
-        except TypeError:
-            raise ChainInputError(
-                f"record must be 'all' or a list of steps, got {record!r}"
-            ) from None
-        bad = [
-            v
-            for v in values
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= steps
-        ]
-        if bad or not values:
-            raise ChainInputError(
-                f"record must hold integer steps in [0, {steps}] (steps={steps}); "
-                f"got {values!r}" + (f", invalid: {bad!r}" if bad else "")
-            )
-        return tuple(sorted(set(values)))
 
     def _check_n(self, n: int | None, start: object) -> int:
         if n is None:
