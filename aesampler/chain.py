@@ -52,6 +52,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from .checks import check_int, is_int
 from .errors import ChainInputError, NonFiniteChainError
 from .interfaces import (
     Corruption,
@@ -97,6 +98,7 @@ __all__ = [
     "shard_bounds",
     "shard_seed",
     "start_generator",
+    "step_key",
 ]
 
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
@@ -122,6 +124,12 @@ def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
     processes.
     """
     return _chunk_bounds(_check_int("n", n, 1), _check_int("shard_size", shard_size, 1))
+
+
+def step_key(name: str, t: int) -> str:
+    """The key of step t's tensor ``name`` among flat named tensors: ``step_key("z", 5)`` is
+    ``"z/step-005"``."""
+    return f"{name}/step-{t:03d}"
 
 
 def default_record(steps: int) -> tuple[int, ...]:
@@ -225,6 +233,16 @@ class ChainResult:
     def num_chains(self) -> int:
         return next(iter(self.z.values())).shape[0]
 
+    def step_tensors(self, steps: Iterable[int] | None = None) -> dict[str, Tensor]:
+        """z_t and x_t of every chain at ``steps`` (default: every recorded step), float32 and
+        contiguous, keyed :func:`step_key` (``z/step-005``): the layout of the run directory's
+        ``samples.safetensors``, which other tools read."""
+        tensors = {}
+        for t in self.steps if steps is None else steps:
+            tensors[step_key("z", t)] = self.z[t].float().contiguous()
+            tensors[step_key("x", t)] = self.x[t].float().contiguous()
+        return tensors
+
     @classmethod
     def concatenate(cls, results: Sequence[ChainResult]) -> ChainResult:
         """The chains of several runs (shards) recorded at the same steps, in order."""
@@ -261,9 +279,7 @@ def _module_device_dtype(
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ChainInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum, error=ChainInputError, bound=True)
 
 
 def _chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -383,9 +399,7 @@ def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> 
         values = list(record)
     except TypeError:
         raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}") from None
-    bad = [
-        v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= steps
-    ]
+    bad = [v for v in values if not is_int(v) or not 0 <= v <= steps]
     if bad or not values:
         raise ChainInputError(
             f"record must hold integer steps in [0, {steps}] (steps={steps}); "

@@ -38,8 +38,12 @@ def check_int(
     error: type[Exception] = ValueError,
     bound: bool = False,
     types: tuple[type, ...] = (int,),
-) -> int:
-    """``value`` if it is an integer >= ``low``, else ``error`` (words: :func:`int_words`)."""
+    allow_none: bool = False,
+) -> int | None:
+    """``value`` if it is an integer >= ``low`` (or None when allowed), else ``error`` (in the
+    words of :func:`int_words`)."""
+    if value is None and allow_none:
+        return None
     if not is_int(value, types) or value < low:
         raise error(f"{name} must be {int_words(low, bound=bound)}, got {value!r}")
     return value

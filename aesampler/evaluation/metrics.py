@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_int
 from ..errors import AesamplerError, named
 from .stats import (
     Estimate,
@@ -216,9 +217,7 @@ class PrecisionRecall(Metric):
     lower_is_better = False
 
     def __init__(self, k: int = 3):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        self.k = k
+        self.k = check_int("k", k)
         self.min_samples = k + 1  # a ball needs k neighbours besides its centre
 
     def compute(self, data, step):
