@@ -47,7 +47,11 @@ import torch
 from .chain import Chain
 from .corruptions import GaussianCorruption
 from .models import AAE
+from .plugins import get_registry
 from .precision import SlowPrecisionWarning, autocast_dtype, cpu_capability, resolve_precision
+from .recipe import build_corruption, build_dataset, build_model
+from .recipe.loader import validate
+from .training import train
 
 #: (name, image size, channels, width) of the networks benchmarked.
 NETWORKS = (("quickstart", 32, 1, 32), ("paper", 64, 3, 64))
@@ -339,7 +343,6 @@ class _BareTraining:
     """
 
     def __init__(self, recipe, registry, device, precision: str, channels_last: bool, data=None):
-        from .recipe import build_corruption, build_model
 
         cfg = recipe.train
         torch.manual_seed(cfg.seed)
@@ -407,11 +410,6 @@ def bench_training(
 def _bench_quickstart_training(folder, repeats, device, peaks, log) -> list[dict]:
     from torch.utils.data import DataLoader
 
-    from .plugins import get_registry
-    from .recipe import build_dataset
-    from .recipe.loader import validate
-    from .training import train
-
     registry = get_registry()
     base = {
         **TRAIN_RECIPE,
@@ -470,8 +468,6 @@ def _bench_quickstart_training(folder, repeats, device, peaks, log) -> list[dict
 
 
 def _bench_paper_training(folder, repeats, device, peaks, log) -> list[dict]:
-    from .plugins import get_registry
-    from .recipe.loader import validate
 
     registry = get_registry()
     _, size, channels, width = next(n for n in NETWORKS if n[0] == "paper")
