@@ -7,8 +7,6 @@ stationary distribution is the encoder's learned latent distribution rather than
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .chain import (
     BATCHNORM_MODES,
     Chain,
@@ -24,7 +22,6 @@ from .errors import (
     ChainInputError,
     ComponentError,
     NonFiniteChainError,
-    PluginError,
     PluginLoadWarning,
     PluginSettingWarning,
     UnknownComponentError,
@@ -47,6 +44,7 @@ from .plugins import get_registry, load_registry
 from .precision import PrecisionChoice, SlowPrecisionWarning, resolve_precision
 from .registry import Component, Registry
 from .transitions import DecodeCorruptEncode
+from .version import __version__
 
 
 def __getattr__(name: str):
@@ -57,11 +55,6 @@ def __getattr__(name: str):
         return evaluate_samples
     raise AttributeError(f"module 'aesampler' has no attribute {name!r}")
 
-
-try:
-    __version__ = version("aesampler")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "BATCHNORM_MODES",
@@ -82,7 +75,6 @@ __all__ = [
     "IdentityCorruption",
     "ModuleDecoder",
     "NonFiniteChainError",
-    "PluginError",
     "PluginLoadWarning",
     "PluginSettingWarning",
     "Posterior",

@@ -47,7 +47,11 @@ import torch
 from .chain import Chain
 from .corruptions import GaussianCorruption
 from .models import AAE
+from .plugins import get_registry
 from .precision import SlowPrecisionWarning, autocast_dtype, cpu_capability, resolve_precision
+from .recipe import build_corruption, build_dataset, build_model
+from .recipe.loader import validate
+from .training import train
 
 #: (name, image size, channels, width) of the networks benchmarked.
 NETWORKS = (("quickstart", 32, 1, 32), ("paper", 64, 3, 64))
@@ -149,6 +153,14 @@ def _variants(model: AAE, steps: int, sigma: float, timed: tuple[str, ...]) -> d
     return {name: every[name] for name in timed}
 
 
+def matmul_peaks(device: torch.device) -> dict[str, float]:
+    """:func:`matmul_peak` of each computed precision on ``device``."""
+    return {
+        "fp32": matmul_peak(device, torch.float32),
+        "bf16": matmul_peak(device, autocast_dtype(device)),
+    }
+
+
 def bench(
     *,
     training: bool = False,
@@ -173,17 +185,20 @@ def bench(
     capability = cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name(device)
     auto = resolve_precision(device, "auto")
     log(f"bench: {device}, CPU capability {cpu_capability()}; {auto.describe()}")
-    peaks = {
-        "fp32": matmul_peak(device, torch.float32),
-        "bf16": matmul_peak(device, autocast_dtype(device)),
-    }
+    peaks = matmul_peaks(device)
     skip_bf16 = not auto.fast_bf16 and not full
     timed = tuple(v for v in VARIANTS if not (v == "bf16" and skip_bf16))
-    computes = {"reference": "fp32", "exact": "fp32", "auto": auto.precision, "bf16": "bf16"}
     notes = dict.fromkeys(VARIANTS)
     if not auto.fast_bf16:
         slow = f"no fast bf16 here: {auto.reason}"
         notes["bf16"] = f"not timed ({slow}; --full times it)" if skip_bf16 else slow
+    table = _RowMaker(
+        steps=steps,
+        computes={"reference": "fp32", "exact": "fp32", "auto": auto.precision, "bf16": "bf16"},
+        peaks=peaks,
+        notes=notes,
+        capability=capability,
+    )
     rows: list[Row] = []
     for name, size, channels, width in NETWORKS:
         if name not in networks:
@@ -196,45 +211,8 @@ def bench(
             started_row = time.perf_counter()
             z0 = torch.randn(batch, 200, generator=torch.Generator().manual_seed(1)).to(device)
             flops = _flops(model, batch, steps, device)
-            for run in variants.values():  # warm up: first calls allocate and pick kernels
-                run(z0)
-            seconds: dict[str, list[float]] = {v: [] for v in variants}
-            memory: dict[str, int | None] = dict.fromkeys(variants)
-            for _ in range(repeats):
-                for variant, run in variants.items():
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    _sync(device)
-                    started = time.perf_counter()
-                    run(z0)
-                    _sync(device)
-                    seconds[variant].append(time.perf_counter() - started)
-                    if device.type == "cuda":
-                        memory[variant] = torch.cuda.max_memory_allocated(device)
-            found = []
-            for variant in VARIANTS:
-                common = dict(precision=computes[variant], cpu_capability=capability)
-                if variant not in variants:
-                    row = Row(variant, name, size, batch, None, None, None, None, **common)
-                    found.append(Row(**{**asdict(row), "note": notes[variant]}))
-                    continue
-                ratios = [r / s for r, s in zip(seconds["reference"], seconds[variant])]
-                median = statistics.median(seconds[variant])
-                peak = peaks[computes[variant]]
-                found.append(
-                    Row(
-                        variant,
-                        name,
-                        size,
-                        batch,
-                        batch * steps / median,
-                        statistics.median(ratios),
-                        memory[variant],
-                        flops / median / peak if peak else None,
-                        note=notes[variant],
-                        **common,
-                    )
-                )
+            seconds, memory = _time_variants(variants, z0, repeats, device)
+            found = table.rows(name, size, batch, flops, seconds, memory)
             rows += found
             said = ", ".join(
                 f"{r.name} {r.ratio_to_reference:.2f}x" for r in found if r.ratio_to_reference
@@ -259,6 +237,81 @@ def bench(
         "matmul_peak_flops": peaks,
         "rows": [asdict(row) for row in rows],
     }
+
+
+def _time_variants(
+    variants: dict[str, Callable[[torch.Tensor], object]],
+    z0: torch.Tensor,
+    repeats: int,
+    device: torch.device,
+) -> tuple[dict[str, list[float]], dict[str, int | None]]:
+    """Each variant's seconds per round, and its peak memory on CUDA (None elsewhere).
+
+    Variants are interleaved round by round, so a slow phase of the shared machine hits all of
+    them alike; a first call of each warms up.
+    """
+    for run in variants.values():  # warm up: first calls allocate and pick kernels
+        run(z0)
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    memory: dict[str, int | None] = dict.fromkeys(variants)
+    for _ in range(repeats):
+        for variant, run in variants.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            started = time.perf_counter()
+            run(z0)
+            _sync(device)
+            seconds[variant].append(time.perf_counter() - started)
+            if device.type == "cuda":
+                memory[variant] = torch.cuda.max_memory_allocated(device)
+    return seconds, memory
+
+
+@dataclass(frozen=True)
+class _RowMaker:
+    """The rows of one network and batch from the variants' times: what every row shares."""
+
+    steps: int
+    computes: dict[str, str]
+    peaks: dict[str, float]
+    notes: dict[str, str | None]
+    capability: str
+
+    def rows(
+        self,
+        name: str,
+        size: int,
+        batch: int,
+        flops: float,
+        seconds: dict[str, list[float]],
+        memory: dict[str, int | None],
+    ) -> list[Row]:
+        found = []
+        for variant in VARIANTS:
+            common = dict(precision=self.computes[variant], cpu_capability=self.capability)
+            if variant not in seconds:
+                row = Row(variant, name, size, batch, None, None, None, None, **common)
+                found.append(Row(**{**asdict(row), "note": self.notes[variant]}))
+                continue
+            ratios = [r / s for r, s in zip(seconds["reference"], seconds[variant])]
+            median = statistics.median(seconds[variant])
+            peak = self.peaks[self.computes[variant]]
+            found.append(
+                Row(
+                    variant,
+                    name,
+                    size,
+                    batch,
+                    batch * self.steps / median,
+                    statistics.median(ratios),
+                    memory[variant],
+                    flops / median / peak if peak else None,
+                    note=self.notes[variant],
+                    **common,
+                )
+            )
+        return found
 
 
 #: The training benchmark's recipe: the quickstart's model, data and optimiser (one epoch).
@@ -290,7 +343,6 @@ class _BareTraining:
     """
 
     def __init__(self, recipe, registry, device, precision: str, channels_last: bool, data=None):
-        from .recipe import build_corruption, build_model
 
         cfg = recipe.train
         torch.manual_seed(cfg.seed)
@@ -343,10 +395,7 @@ def bench_training(
     """
     device = torch.device(device)
     if peaks is None:
-        peaks = {
-            "fp32": matmul_peak(device, torch.float32),
-            "bf16": matmul_peak(device, autocast_dtype(device)),
-        }
+        peaks = matmul_peaks(device)
     import tempfile
 
     rows: list[dict] = []
@@ -360,11 +409,6 @@ def bench_training(
 
 def _bench_quickstart_training(folder, repeats, device, peaks, log) -> list[dict]:
     from torch.utils.data import DataLoader
-
-    from .plugins import get_registry
-    from .recipe import build_dataset
-    from .recipe.loader import validate
-    from .training import train
 
     registry = get_registry()
     base = {
@@ -424,8 +468,6 @@ def _bench_quickstart_training(folder, repeats, device, peaks, log) -> list[dict
 
 
 def _bench_paper_training(folder, repeats, device, peaks, log) -> list[dict]:
-    from .plugins import get_registry
-    from .recipe.loader import validate
 
     registry = get_registry()
     _, size, channels, width = next(n for n in NETWORKS if n[0] == "paper")

@@ -10,8 +10,9 @@ every BatchNorm layer normalises with the statistics of the current chunk of cha
 ``"running"`` it uses the population statistics learned in training. In both modes the modules'
 parameters, buffers and train/eval flags are exactly what they were before the run.
 
-Randomness (see :func:`start_generator` and :func:`block_generator`): a run has one integer base
-seed. The starting latents of all chains are drawn at once, before any chunking, from a CPU
+Randomness (:mod:`aesampler.seeding`, re-exported here: :func:`start_generator`,
+:func:`block_generator`, :func:`shard_seed`, :func:`seed_from_generator`): a run has one integer
+base seed. The starting latents of all chains are drawn at once, before any chunking, from a CPU
 generator derived from (seed, "start"). The noise of the transitions is drawn group by group,
 each group with its own generator on the modules' device derived from (seed, group index): with
 ``batchnorm="running"`` a group is a fixed block of ``block_size`` consecutive chains, so every
@@ -25,6 +26,18 @@ inf appearing in z_t or x_t raises :class:`NonFiniteChainError` naming the first
 check costs no host-device synchronisation per step: per-chain flags accumulate on the device and
 are read once at the end of each chunk.
 
+The modules' sampling state (:func:`sampling_mode`) is :mod:`aesampler.modes`'s, re-exported here.
+
+Precision (``Chain.run(precision=...)``): ``"auto"`` is ``"bf16"`` where the modules' device
+computes bfloat16 fast (a CPU with AVX512-BF16 or AMX, a CUDA device with tensor cores) and
+``"fp32"`` elsewhere (:func:`aesampler.precision.resolve_precision`). ``"fp32"`` runs the modules
+as they are (exact). ``"bf16"`` runs the transitions and decodes under autocast in bfloat16
+(float16 on a CUDA device without bfloat16), with the modules' 4-D weights in channels-last
+layout for the run (given back as they were after it); on a device without fast bfloat16 it warns
+once. The chain's state z_t and the recorded x_t are stored in the modules' dtype, but their
+values carry bfloat16 precision: each transition's output (and the corruption inside it) is
+computed in bfloat16.
+
 No file I/O and no logging here: callers do that, through the ``callback``.
 """
 
@@ -34,13 +47,12 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checks import check_int, is_int
 from .errors import ChainInputError, NonFiniteChainError
 from .interfaces import (
     Corruption,
@@ -50,6 +62,7 @@ from .interfaces import (
     Transition,
     TransitionOutput,
 )
+from .modes import BATCHNORM_MODES, BatchNormMode, has_batchnorm, sampling_mode
 from .precision import (
     PRECISIONS,
     Precision,
@@ -58,24 +71,40 @@ from .precision import (
     fast_layout,
     resolve_precision,
 )
+from .seeding import (
+    block_generator,
+    check_seed,
+    seed_from_generator,
+    shard_seed,
+    start_generator,
+)
 from .transitions import DecodeCorruptEncode
 
-BatchNormMode = Literal["batch", "running"]
-BATCHNORM_MODES: tuple[str, ...] = ("batch", "running")
+__all__ = [
+    "BATCHNORM_MODES",
+    "DEFAULT_BLOCK_SIZE",
+    "PAPER_STEPS",
+    "BatchNormMode",
+    "Chain",
+    "ChainResult",
+    "ChainStep",
+    "StartSampler",
+    "StepTensors",
+    "block_generator",
+    "chunk_bounds",
+    "default_record",
+    "sampling_mode",
+    "seed_from_generator",
+    "shard_bounds",
+    "shard_seed",
+    "start_generator",
+    "step_key",
+]
+
 PAPER_STEPS: tuple[int, ...] = (0, 1, 5, 10)
 #: Chains per noise block with ``batchnorm="running"`` (see :func:`block_generator`).
 DEFAULT_BLOCK_SIZE = 256
 _SHOWN_CHAINS = 5  # how many chain indices an error message lists
-_MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator accepts
-_SEED_DRAW_HIGH = 2**63 - 1  # a seed drawn from a generator is in [0, 2**63 - 1)
-# The spawn keys of numpy.random.SeedSequence(seed, spawn_key=...) that separate the streams.
-_START_KEY = (0,)
-_NOISE_KEY = 1
-_SHARD_KEY = 2
-
-
-if TYPE_CHECKING:
-    from .samplers import Sampler
 
 
 class StartSampler(Protocol):
@@ -84,61 +113,6 @@ class StartSampler(Protocol):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` latents (n, *latent_shape) on the CPU, all randomness from ``generator``."""
         ...
-
-
-def _derived_seed(seed: int, key: tuple[int, ...]) -> int:
-    """A 64-bit seed for the stream ``key`` of the run seeded with ``seed``.
-
-    ``numpy.random.SeedSequence`` keeps its algorithm stable across numpy versions, hashes the
-    seed (padded to 128 bits) and the spawn key separately, so distinct (seed, key) pairs give
-    unrelated seeds, and the result depends on nothing else.
-    """
-    state = np.random.SeedSequence(seed, spawn_key=key).generate_state(1, dtype=np.uint64)
-    return int(state[0])
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise ChainInputError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
-    return seed
-
-
-def start_generator(seed: int) -> torch.Generator:
-    """The CPU generator from which a run with ``seed`` draws the starting latents of all chains.
-
-    Seeded with ``SeedSequence(seed, spawn_key=(0,)).generate_state(1, uint64)[0]``. Without a
-    ``start`` sampler, z0 is ``torch.randn(n, *latent_shape, generator=start_generator(seed))``
-    (float32), then converted to the modules' dtype and moved to their device chunk by chunk.
-    """
-    return torch.Generator().manual_seed(_derived_seed(_check_seed(seed), _START_KEY))
-
-
-def block_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator on ``device`` of noise group ``index`` in a run with ``seed``.
-
-    Seeded with ``SeedSequence(seed, spawn_key=(1, index)).generate_state(1, uint64)[0]``: it
-    depends on (seed, index) alone. With ``batchnorm="running"`` group ``index`` is the block of
-    chains ``[index * block_size, (index + 1) * block_size)``; with ``batchnorm="batch"`` it is
-    chunk ``index``. The group's transition at every step draws all its noise from it.
-    """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
-    key = (_NOISE_KEY, index)
-    return torch.Generator(device=device).manual_seed(_derived_seed(_check_seed(seed), key))
-
-
-def shard_seed(seed: int, index: int) -> int:
-    """The base seed of shard ``index`` of a sampling run with ``seed`` (see :func:`shard_bounds`).
-
-    Shard 0 runs with ``seed`` itself, so a run of one shard is the run ``Chain.run(seed=seed)``
-    would make; shard i > 0 with ``SeedSequence(seed, spawn_key=(2, i)).generate_state(1,
-    uint64)[0]``. A shard's chains depend on (seed, index, its size) alone: not on which process
-    runs it, nor on which shards ran before.
-    """
-    seed = _check_seed(seed)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ChainInputError(f"index must be an integer >= 0, got {index!r}")
-    return seed if index == 0 else _derived_seed(seed, (_SHARD_KEY, index))
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -152,14 +126,10 @@ def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
     return _chunk_bounds(_check_int("n", n, 1), _check_int("shard_size", shard_size, 1))
 
 
-def seed_from_generator(generator: torch.Generator | None = None) -> int:
-    """The base seed of a run given ``generator=``: one draw from it, which advances it.
-
-    ``torch.randint(2**63 - 1, (), generator=generator, device=generator.device)``; with None,
-    from PyTorch's default CPU generator (so ``torch.manual_seed`` makes unseeded runs repeat).
-    """
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(_SEED_DRAW_HIGH, (), generator=generator, device=device))
+def step_key(name: str, t: int) -> str:
+    """The key of step t's tensor ``name`` among flat named tensors: ``step_key("z", 5)`` is
+    ``"z/step-005"``."""
+    return f"{name}/step-{t:03d}"
 
 
 def default_record(steps: int) -> tuple[int, ...]:
@@ -263,6 +233,16 @@ class ChainResult:
     def num_chains(self) -> int:
         return next(iter(self.z.values())).shape[0]
 
+    def step_tensors(self, steps: Iterable[int] | None = None) -> dict[str, Tensor]:
+        """z_t and x_t of every chain at ``steps`` (default: every recorded step), float32 and
+        contiguous, keyed :func:`step_key` (``z/step-005``): the layout of the run directory's
+        ``samples.safetensors``, which other tools read."""
+        tensors = {}
+        for t in self.steps if steps is None else steps:
+            tensors[step_key("z", t)] = self.z[t].float().contiguous()
+            tensors[step_key("x", t)] = self.x[t].float().contiguous()
+        return tensors
+
     @classmethod
     def concatenate(cls, results: Sequence[ChainResult]) -> ChainResult:
         """The chains of several runs (shards) recorded at the same steps, in order."""
@@ -283,49 +263,6 @@ class ChainResult:
         )
 
 
-def _unique_modules(roots: Iterable[nn.Module]) -> list[nn.Module]:
-    seen: dict[int, nn.Module] = {}
-    for root in roots:
-        for module in root.modules():
-            seen.setdefault(id(module), module)
-    return list(seen.values())
-
-
-@contextlib.contextmanager
-def sampling_mode(roots: Iterable[nn.Module], batchnorm: BatchNormMode) -> Iterator[None]:
-    """Put modules in sampling mode and leave them exactly as they were afterwards.
-
-    Every module is put in eval mode (dropout off). With ``batchnorm="batch"`` each BatchNorm
-    layer is switched to training mode with ``track_running_stats`` off, so it normalises with
-    minibatch statistics without touching its running buffers. On exit the train/eval flags and
-    ``track_running_stats`` are restored, and every buffer is restored from a snapshot as a last
-    guard, so even a custom layer that updates a buffer while sampling leaves no trace.
-    """
-    modules = _unique_modules(roots)
-    flags = [(m, m.training) for m in modules]
-    norms = [m for m in modules if isinstance(m, _BatchNorm)]
-    tracking = [(m, m.track_running_stats) for m in norms]
-    with torch.no_grad():
-        snapshot = [(b, b.detach().clone()) for m in modules for b in m.buffers(recurse=False)]
-    try:
-        for m in modules:
-            m.training = False
-        if batchnorm == "batch":
-            for m in norms:
-                m.training = True
-                m.track_running_stats = False
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-        for m, track in tracking:
-            m.track_running_stats = track
-        with torch.no_grad():
-            for buffer, saved in snapshot:
-                if not torch.equal(buffer, saved):
-                    buffer.copy_(saved)
-
-
 def _module_device_dtype(
     roots: Iterable[nn.Module],
 ) -> tuple[torch.device | None, torch.dtype | None]:
@@ -342,9 +279,7 @@ def _module_device_dtype(
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ChainInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum, error=ChainInputError, bound=True)
 
 
 def _chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -401,6 +336,151 @@ def chunk_bounds(
     if batchnorm not in BATCHNORM_MODES:
         raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
     return [(g[0][1], g[-1][2]) for g in _plan(n, chunk_size, batchnorm, block_size)]
+
+
+@dataclass(frozen=True)
+class _Arguments:
+    """``Chain.run``'s arguments that do not depend on z0 or the modules, checked."""
+
+    steps: int
+    record: tuple[int, ...]
+    seed: int | None
+    chunk_size: int | None
+    block_size: int
+
+
+def _check_arguments(
+    z0: object,
+    start: object,
+    steps: object,
+    record: object,
+    chunk_size: object,
+    block_size: object,
+    batchnorm: object,
+    seed: object,
+    generator: object,
+    precision: object,
+) -> _Arguments:
+    """Every check of ``Chain.run``'s plain arguments, in one place and a fixed order."""
+    steps = _check_int("steps", steps, 0)
+    record_steps = _check_record(record, steps)
+    if batchnorm not in BATCHNORM_MODES:
+        raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+    if seed is not None and generator is not None:
+        raise ChainInputError("pass either seed or generator, not both")
+    if z0 is not None and start is not None:
+        raise ChainInputError(
+            "pass either z0 (the starting latents) or start (a sampler to draw them), not both"
+        )
+    if start is not None and not callable(getattr(start, "sample", None)):
+        raise ChainInputError(
+            "start must have a sample(n, generator) method, such as an "
+            f"aesampler.samplers.Sampler; got {type(start).__name__}"
+        )
+    if seed is not None:
+        seed = check_seed(seed)
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
+    chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+    block_size = _check_int("block_size", block_size, 1)
+    if precision not in PRECISIONS:
+        raise ChainInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return _Arguments(steps, record_steps, seed, chunk_size, block_size)
+
+
+def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> tuple[int, ...]:
+    if record is None:
+        return default_record(steps)
+    if isinstance(record, str):
+        if record != "all":
+            raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}")
+        return tuple(range(steps + 1))
+    try:
+        values = list(record)
+    except TypeError:
+        raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}") from None
+    bad = [v for v in values if not is_int(v) or not 0 <= v <= steps]
+    if bad or not values:
+        raise ChainInputError(
+            f"record must hold integer steps in [0, {steps}] (steps={steps}); "
+            f"got {values!r}" + (f", invalid: {bad!r}" if bad else "")
+        )
+    return tuple(sorted(set(values)))
+
+
+class _Loop:
+    """The sampling loop of one ``Chain.run``: runs its chunks one by one, recording as it goes.
+
+    Holds what every chunk shares (the run's seed, device, dtype and precision, the callback)
+    and the recorded tensors, filled chunk by chunk in place (``z_out[t][start:stop]``).
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        arguments: _Arguments,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        precision: str,
+        callback: Callable[[ChainStep], None] | None,
+        n: int,
+        out_device: torch.device | None,
+    ):
+        self.transition, self.decoder = chain.transition, chain.decoder
+        self.steps, self.record = arguments.steps, set(arguments.record)
+        self.seed, self.device, self.dtype, self.precision = seed, device, dtype, precision
+        self.autocast = autocast_for(device, precision)
+        self.callback, self.n, self.out_device = callback, n, out_device
+        self.check_finite = device.type != "meta"  # meta tensors hold no values to check
+        self.z_out: dict[int, Tensor] = {}
+        self.x_out: dict[int, Tensor] = {}
+
+    def run_chunk(self, chunk: int, groups: list[_Group], z0: Tensor) -> _FirstNonFinite | None:
+        """Run one chunk's groups for every step; its non-finite record (None: not checked)."""
+        first, last = groups[0][1], groups[-1][2]
+        first_bad = _FirstNonFinite(last - first, self.device)
+        rows = [slice(a - first, b - first) for _, a, b in groups]
+        z_chunk = z0[first:last].to(self.device)
+        zs = [z_chunk[r] for r in rows] if len(groups) > 1 else [z_chunk]
+        generators = [_noise_generator(self.seed, i, self.device) for i, _, _ in groups]
+        for t in range(self.steps + 1):
+            outs = self._transition(zs, generators) if t < self.steps else None
+            xs = [out.x for out in outs] if outs is not None else [None] * len(zs)
+            if t in self.record:
+                self._record(t, groups, zs, xs)
+            if self.check_finite:
+                for r, z, x in zip(rows, zs, xs):
+                    first_bad.update(t, z, x, rows=r)
+            if self.callback is not None:
+                x_parts = None if any(x is None for x in xs) else xs
+                self.callback(ChainStep(chunk, first, t, zs, x_parts))
+            if outs is not None:
+                for out, z in zip(outs, zs):
+                    _check_next(out.z, z, t)
+                zs = [out.z for out in outs]
+        return first_bad if self.check_finite else None
+
+    def _transition(
+        self, zs: list[Tensor], generators: list[torch.Generator | None]
+    ) -> list[TransitionOutput]:
+        with self.autocast:
+            outs = [self.transition(z, generator=g) for z, g in zip(zs, generators)]
+        if self.precision != "fp32":  # the state stays in the modules' dtype
+            outs = [_in_dtype(out, self.dtype) for out in outs]
+        return outs
+
+    def _record(
+        self, t: int, groups: list[_Group], zs: list[Tensor], xs: list[Tensor | None]
+    ) -> None:
+        """Store step t of every group, decoding x_t where the transition did not (in place)."""
+        for i, (_, a, b) in enumerate(groups):
+            if xs[i] is None:
+                with self.autocast:
+                    xs[i] = self.decoder(zs[i])
+                xs[i] = xs[i].to(self.dtype) if self.dtype is not None else xs[i]
+            _store(self.z_out, t, zs[i], a, b, self.n, self.out_device)
+            _store(self.x_out, t, xs[i], a, b, self.n, self.out_device)
 
 
 class Chain:
@@ -466,7 +546,7 @@ class Chain:
         z0: Tensor | None = None,
         *,
         n: int | None = None,
-        start: Sampler | StartSampler | None = None,
+        start: StartSampler | None = None,
         steps: int = 10,
         record: Iterable[int] | Literal["all"] | None = None,
         chunk_size: int | None = None,
@@ -485,11 +565,10 @@ class Chain:
                 dtype. If None, ``n`` chains start from draws of ``start``.
             n: the number of chains when z0 is None.
             start: where chains start when z0 is None: any object with ``sample(n, generator)``
-                returning (n, *latent_shape) on the CPU, such as an
-                :class:`aesampler.samplers.Sampler` (fitted). Default: the prior N(0, I), which
-                needs the decoder's ``latent_shape``. All n starting latents are drawn at once
-                from :func:`start_generator` (seed), then moved to the modules' device and dtype,
-                so z0 never depends on ``chunk_size``. Mutually exclusive with ``z0``.
+                returning (n, *latent_shape) on the CPU, such as a fitted
+                :class:`aesampler.samplers.Sampler`. Default: the prior N(0, I), which needs the
+                decoder's ``latent_shape``. Drawn at once from :func:`start_generator` (seed), so
+                z0 never depends on ``chunk_size``. Mutually exclusive with ``z0``.
             steps: the number of transitions to run.
             record: steps to record, each in [0, steps], or ``"all"``. Default: 0, 1, 5, 10 (those
                 not above ``steps``) and ``steps``.
@@ -499,30 +578,19 @@ class Chain:
                 ``batchnorm="running"`` a chunk is ``max(1, chunk_size // block_size)`` whole
                 noise blocks and results are bit-identical for every ``chunk_size``. Default:
                 all chains at once.
-            block_size: with ``batchnorm="running"``, the number of consecutive chains that
-                share a noise generator (:func:`block_generator`) and one call of the transition
-                per step. It changes the results (with the noise) and is the least number of
-                chains in flight. Unused with ``batchnorm="batch"``.
+            block_size: with ``batchnorm="running"``, how many consecutive chains share a noise
+                generator (:func:`block_generator`) and a call of the transition per step; it
+                changes the results and is the least number of chains in flight.
             batchnorm: ``"batch"`` (minibatch statistics, the paper's choice) or ``"running"``
                 (population statistics).
             seed: the run's base seed, an integer in [0, 2**64 - 1]: equal seeds give
                 bit-identical runs on the same device. Mutually exclusive with ``generator``.
-            generator: a generator (on any device) that the base seed is drawn from, once
-                (:func:`seed_from_generator`). With neither ``seed`` nor ``generator`` the base
-                seed is drawn from PyTorch's default CPU generator.
+            generator: a generator (any device) the base seed is drawn from, once
+                (:func:`seed_from_generator`); with neither, PyTorch's default CPU generator.
             out_device: where the recorded tensors go; default the modules' device.
             callback: called after every step of every chunk with a :class:`ChainStep`.
-            precision: ``"auto"`` (default) is ``"bf16"`` where the modules' device computes
-                bfloat16 fast (a CPU with AVX512-BF16 or AMX, a CUDA device with tensor cores)
-                and ``"fp32"`` elsewhere (:func:`aesampler.precision.resolve_precision`;
-                ``result.precision`` says which and why). ``"fp32"`` runs the modules as they
-                are (exact). ``"bf16"`` runs the transitions and decodes under autocast in
-                bfloat16 (float16 on a CUDA device without bfloat16), with the modules' 4-D
-                weights in channels-last layout for the run (given back as they were after
-                it); on a device without fast bfloat16 it warns once. The chain's state z_t and
-                the recorded x_t are stored in the modules' dtype, but their values carry
-                bfloat16 precision: each transition's output (and the corruption inside it) is
-                computed in bfloat16.
+            precision: ``"auto"`` (default), ``"fp32"`` (exact) or ``"bf16"``: see "Precision"
+                in the module's docstring; ``result.precision`` says what it resolved to and why.
 
         Returns:
             A :class:`ChainResult`; ``result.z[t]`` and ``result.x[t]`` hold step t.
@@ -533,36 +601,48 @@ class Chain:
                 (every step but the last unless it is recorded). Checked at the end of each
                 chunk; the message names the first bad step and its chains.
         """
-        steps = _check_int("steps", steps, 0)
-        record_steps = self._check_record(record, steps)
-        if batchnorm not in BATCHNORM_MODES:
-            raise ChainInputError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
-        if seed is not None and generator is not None:
-            raise ChainInputError("pass either seed or generator, not both")
-        if z0 is not None and start is not None:
-            raise ChainInputError(
-                "pass either z0 (the starting latents) or start (a sampler to draw them), not both"
-            )
-        if start is not None and not callable(getattr(start, "sample", None)):
-            raise ChainInputError(
-                "start must have a sample(n, generator) method, such as an "
-                f"aesampler.samplers.Sampler; got {type(start).__name__}"
-            )
-        if seed is not None:
-            seed = _check_seed(seed)
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ChainInputError(f"generator must be a torch.Generator, got {generator!r}")
-        chunk_size = None if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
-        block_size = _check_int("block_size", block_size, 1)
-        if precision not in PRECISIONS:
-            raise ChainInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        a = _check_arguments(
+            z0, start, steps, record, chunk_size, block_size, batchnorm, seed, generator, precision
+        )
+        z0, n, device, dtype = self._check_start(z0, n, start)
+        plan = _plan(n, a.chunk_size, batchnorm, a.block_size)
+        self._check_chunk_sizes(plan, n, a.chunk_size, batchnorm)
+        out_device = device if out_device is None else torch.device(out_device)
+        seed = seed_from_generator(generator) if a.seed is None else a.seed
+        if z0 is None:
+            z0, device, dtype = self._draw_start(start, n, seed, device, dtype)
+        device = device or torch.device("cpu")
+        choice = resolve_precision(device, precision)
+        loop = _Loop(self, a, seed, device, dtype, choice.precision, callback, n, out_device)
+        with self._sampling(batchnorm, choice.precision):
+            for chunk, groups in enumerate(plan):
+                first_bad = loop.run_chunk(chunk, groups, z0)
+                if first_bad is not None:
+                    self._raise_if_non_finite(first_bad, chunk, groups[0][1], batchnorm)
+        z, x = StepTensors("z", loop.z_out), StepTensors("x", loop.x_out)
+        return ChainResult(z=z, x=x, steps=a.record, precision=choice)
 
+    @contextlib.contextmanager
+    def _sampling(self, batchnorm: BatchNormMode, precision: str) -> Iterator[None]:
+        with (
+            sampling_mode(self._roots, batchnorm),
+            fast_layout(self._roots, precision),
+            torch.inference_mode(),
+        ):
+            yield
+
+    def _check_start(
+        self, z0: Tensor | None, n: int | None, start: StartSampler | None
+    ) -> tuple[Tensor | None, int, torch.device | None, torch.dtype | None]:
+        """z0 checked (or None), the number of chains, and the modules' device and dtype."""
         device, dtype = _module_device_dtype(self._roots)
         if z0 is not None:
-            z0, n, device, dtype = self._check_z0(z0, n, device, dtype)
-        else:
-            n = self._check_n(n, start)
-        plan = _plan(n, chunk_size, batchnorm, block_size)
+            return self._check_z0(z0, n, device, dtype)
+        return None, self._check_n(n, start), device, dtype
+
+    def _check_chunk_sizes(
+        self, plan: list[list[_Group]], n: int, chunk_size: int | None, batchnorm: BatchNormMode
+    ) -> None:
         smallest = min(group[0][2] - group[0][1] for group in plan)
         if batchnorm == "batch" and smallest < 2 and self._has_batchnorm():
             raise ChainInputError(
@@ -570,71 +650,9 @@ class Chain:
                 f"1 chain (n={n}, chunk_size={chunk_size}): run at least 2 chains per chunk, or "
                 "use batchnorm='running'"
             )
-        out_device = device if out_device is None else torch.device(out_device)
-
-        if seed is None:
-            seed = seed_from_generator(generator)
-        if z0 is None:
-            # Drawn once for all chains on the CPU; moved to the device chunk by chunk.
-            z0, device, dtype = self._draw_start(start, n, seed, device, dtype)
-        device = device or torch.device("cpu")
-
-        z_out: dict[int, Tensor] = {}
-        x_out: dict[int, Tensor] = {}
-        record_set = set(record_steps)
-        check_finite = device.type != "meta"  # meta tensors hold no values to check
-        choice = resolve_precision(device, precision)
-        precision = choice.precision
-        low = autocast_for(device, precision)
-        with (
-            sampling_mode(self._roots, batchnorm),
-            fast_layout(self._roots, precision),
-            torch.inference_mode(),
-        ):
-            for chunk, groups in enumerate(plan):
-                first, last = groups[0][1], groups[-1][2]
-                first_bad = _FirstNonFinite(last - first, device)
-                rows = [slice(a - first, b - first) for _, a, b in groups]
-                z_chunk = z0[first:last].to(device)
-                zs = [z_chunk[r] for r in rows] if len(groups) > 1 else [z_chunk]
-                generators = [_noise_generator(seed, index, device) for index, _, _ in groups]
-                for t in range(steps + 1):
-                    outs = None
-                    if t < steps:
-                        with low:
-                            outs = [self.transition(z, generator=g) for z, g in zip(zs, generators)]
-                        if precision != "fp32":  # the state stays in the modules' dtype
-                            outs = [_in_dtype(out, dtype) for out in outs]
-                    xs = [out.x for out in outs] if outs is not None else [None] * len(zs)
-                    if t in record_set:
-                        for i, (_, a, b) in enumerate(groups):
-                            if xs[i] is None:
-                                with low:
-                                    xs[i] = self.decoder(zs[i])
-                                xs[i] = xs[i].to(dtype) if dtype is not None else xs[i]
-                            _store(z_out, t, zs[i], a, b, n, out_device)
-                            _store(x_out, t, xs[i], a, b, n, out_device)
-                    if check_finite:
-                        for r, z, x in zip(rows, zs, xs):
-                            first_bad.update(t, z, x, rows=r)
-                    if callback is not None:
-                        x_parts = None if any(x is None for x in xs) else xs
-                        callback(ChainStep(chunk, first, t, zs, x_parts))
-                    if outs is not None:
-                        for out, z in zip(outs, zs):
-                            _check_next(out.z, z, t)
-                        zs = [out.z for out in outs]
-                if check_finite:
-                    self._raise_if_non_finite(first_bad, chunk, first, batchnorm)
-        return ChainResult(
-            z=StepTensors("z", z_out),
-            x=StepTensors("x", x_out),
-            steps=record_steps,
-            precision=choice,
-        )
 
     def _has_batchnorm(self) -> bool:
-        return any(isinstance(m, _BatchNorm) for m in _unique_modules(self._roots))
+        return has_batchnorm(self._roots)
 
     def _raise_if_non_finite(
         self, first_bad: _FirstNonFinite, chunk: int, start: int, batchnorm: BatchNormMode
@@ -656,32 +674,6 @@ class Chain:
                 "through the batch statistics, and batchnorm='running' keeps chains apart"
             )
         raise NonFiniteChainError(message)
-
-    @staticmethod
-    def _check_record(record: Iterable[int] | Literal["all"] | None, steps: int) -> tuple[int, ...]:
-        if record is None:
-            return default_record(steps)
-        if isinstance(record, str):
-            if record != "all":
-                raise ChainInputError(f"record must be 'all' or a list of steps, got {record!r}")
-            return tuple(range(steps + 1))
-        try:
-            values = list(record)
-        except TypeError:
-            raise ChainInputError(
-                f"record must be 'all' or a list of steps, got {record!r}"
-            ) from None
-        bad = [
-            v
-            for v in values
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= steps
-        ]
-        if bad or not values:
-            raise ChainInputError(
-                f"record must hold integer steps in [0, {steps}] (steps={steps}); "
-                f"got {values!r}" + (f", invalid: {bad!r}" if bad else "")
-            )
-        return tuple(sorted(set(values)))
 
     def _check_n(self, n: int | None, start: object) -> int:
         if n is None:

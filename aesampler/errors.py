@@ -46,10 +46,6 @@ class UnknownComponentError(ComponentError, LookupError):
     """No component of that kind is registered under that name."""
 
 
-class PluginError(AesamplerError):
-    """A plugin could not be loaded or registered something invalid."""
-
-
 class PluginLoadWarning(UserWarning):
     """Emitted once per plugin that failed to load; the other plugins still load."""
 

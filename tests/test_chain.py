@@ -716,3 +716,14 @@ def test_bf16_precision_keeps_the_dtype_and_lands_within_bf16_rounding(batchnorm
     assert torch.equal(again.z[1], fast.z[1])  # deterministic
     with pytest.raises(ChainInputError, match="precision must be one of"):
         chain.run(n=4, steps=1, seed=0, precision="fp16")
+
+
+def test_step_tensors_are_the_samples_files_layout():
+    from aesampler.chain import step_key
+
+    encoder, decoder = tiny_chain_parts()
+    result = Chain(encoder, decoder).run(n=6, steps=2, record="all", seed=3)
+    tensors = result.step_tensors()
+    assert list(tensors) == [f"{v}/step-{t:03d}" for t in range(3) for v in "zx"]
+    assert torch.equal(tensors[step_key("x", 1)], result.x[1].float())
+    assert list(result.step_tensors([2])) == ["z/step-002", "x/step-002"]

@@ -198,9 +198,9 @@ def test_it_is_registered_and_its_settings_are_checked(fitted):
     bad = {
         "power": (1.5, r"power must be a number in \[0, 1\]"),
         "proposals": (0, "proposals must be a positive integer"),
-        "mala_steps": (-1, "mala_steps must be a >= 0 integer"),
+        "mala_steps": (-1, "mala_steps must be a non-negative integer"),
         "iterations": (0, "iterations must be a positive integer"),
-        "burn_in": (2.5, "burn_in must be a >= 0 integer"),
+        "burn_in": (2.5, "burn_in must be a non-negative integer"),
         "step_size": (0.0, "step_size must be a positive number"),
         "target_acceptance": (1.0, r"target_acceptance must be a number in \(0, 1\)"),
         "components": (0, "components must be a positive integer"),

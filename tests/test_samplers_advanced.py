@@ -403,3 +403,30 @@ def test_rejection_never_draws_more_than_max_proposals():
         sampler.sample(10_000, gen(0))
     sampler.sample(20, gen(0))
     assert sampler.stats["proposals"] <= 300
+
+
+def test_ratio_corrected_builds_its_proposal_with_the_contexts_registry():
+    from aesampler import get_registry
+
+    asked = []
+
+    class Spy:
+        def create(self, kind, name, **params):
+            asked.append((kind, name))
+            return get_registry().create(kind, name, **params)
+
+    sampler = RatioCorrected(
+        proposal={"name": "ex_post_gmm", "components": 2}, pca_dims=1, hidden=8, epochs=1
+    )
+    context = target_context(n_train=200, n_valid=50)
+    context.registry = Spy()
+    sampler.fit(context)
+    assert asked == [("sampler", "ex_post_gmm")]
+    assert type(sampler.proposal).__name__ == "ExPostGMM"
+
+
+def test_every_sampler_has_stats():
+    prior = PriorSampler()
+    assert prior.stats == {}
+    prior.stats["x"] = 1.0
+    assert prior.stats == {"x": 1.0} and PriorSampler().stats == {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_int
 from ..errors import AesamplerError, named
 from .stats import (
     Estimate,
@@ -37,6 +38,17 @@ from .stats import (
     mmd2_resampled,
     rbf_kernel_blocks,
     within_radii,
+)
+
+#: The metrics an evaluation computes when none are named (``evaluate.metrics``'s default):
+#: those above but ``data_copying``, whose statistic has no interval.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "mmd_learned",
+    "mmd_prior",
+    "step_size",
+    "frechet",
+    "precision_recall",
+    "novelty",
 )
 
 
@@ -205,9 +217,7 @@ class PrecisionRecall(Metric):
     lower_is_better = False
 
     def __init__(self, k: int = 3):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        self.k = k
+        self.k = check_int("k", k)
         self.min_samples = k + 1  # a ball needs k neighbours besides its centre
 
     def compute(self, data, step):

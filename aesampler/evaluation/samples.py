@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import check_int
 from ..data import ImageDataset
 from ..errors import AesamplerError, Voice, speaking
+from ..plugins import get_registry
 from ..registry import Registry
 from .evaluate import (
     UNUSED_EXTRACTOR,
@@ -31,7 +34,7 @@ from .evaluate import (
     uses_features,
 )
 from .features import FeatureExtractor
-from .metrics import Metric
+from .metrics import DEFAULT_METRICS, Metric
 
 #: The argument of ``evaluate_samples`` that provides each optional input of EvaluationData.
 _ARGUMENT = {
@@ -164,12 +167,8 @@ def _check_labels(value: Any, count: int) -> Tensor:
 
 
 def _check_settings(bootstrap: Any, confidence: Any, seed: Any) -> None:
-    def whole(value: Any) -> bool:
-        return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
-
     for argument, value in (("bootstrap", bootstrap), ("seed", seed)):
-        if not whole(value):
-            raise AesamplerError(f"{argument} must be an integer >= 0, got {value!r}")
+        check_int(argument, value, 0, error=AesamplerError, bound=True, types=(int, np.integer))
     number = isinstance(confidence, int | float | np.number) and not isinstance(confidence, bool)
     if not (number and 0 < confidence < 1):
         raise AesamplerError(f"confidence must be a number between 0 and 1, got {confidence!r}")
@@ -254,82 +253,135 @@ def evaluate_samples(
             classifier; without ``cache_dir`` it is trained afresh and not kept).
     """
     _check_settings(bootstrap, confidence, seed)
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise AesamplerError(f"device {device!r} is not a torch device: {error}") from None
-    registry = registry or _default_registry()
-    several = isinstance(samples, Mapping)
-    images, reference, train_images, train_labels = _checked_images(samples, reference, train)
-    z = None if latents is None else _checked_latents(latents, images, several)
-    reference_latents = _checked_extra_latents(reference_latents, "reference_latents", z)
-    prior_latents = _checked_extra_latents(prior_latents, "prior_latents", z)
-
-    given = {"z", "prior_z"} if z is not None else set()
-    given |= {"reference_z"} if reference_latents is not None else set()
-    given |= {"train_images"} if train_images is not None else set()
-    runnable, skipped = _choose_metrics(metrics, given, registry)
+    device = _checked_device(device)
+    registry = registry or get_registry()
+    given = _checked_inputs(samples, reference, train, latents, reference_latents, prior_latents)
+    runnable, skipped = _choose_metrics(metrics, given.names(), registry)
     for name, reason in skipped.items():
         log(f"evaluate_samples: skipped metric {name} ({reason})")
-    labels = {
-        "samples": "samples[{step}]" if several else "samples",
-        "latents": "latents[{step}]" if isinstance(latents, Mapping) else "latents",
-        "reference": "reference",
-        "reference_z": "reference_latents",
-        "train_images": "train",
-    }
-    check_sample_sizes(  # before a feature extractor trains
-        runnable,
-        {t: len(x) for t, x in images.items()},
-        {
-            "reference": len(reference),
-            "reference_z": None if reference_latents is None else len(reference_latents),
-            "train_images": None if train_images is None else len(train_images),
-        },
-        labels,
-    )
-
+    labels = _labels(given.several, isinstance(latents, Mapping))
+    given.check_sizes(runnable, labels)  # before a feature extractor trains
     extractor = _feature_extractor(features, registry)
-    train_set = None if train_images is None else _TensorImages(train_images, train_labels)
     with contextlib.ExitStack() as stack:
-        folder = (
-            Path(cache_dir)
-            if cache_dir is not None
-            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aesampler-")))
-        )
-        if uses_features(runnable):
-            info = dict(extractor.prepare(train_set, folder, device, log))
-        else:
-            info = {"name": getattr(extractor, "name", type(extractor).__name__)}
-            info["note"] = UNUSED_EXTRACTOR
         if cache_dir is None:
-            info.pop("cache", None)  # it was a temporary directory
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aesampler-")))
+        else:
+            folder = Path(cache_dir)
+        info = _prepared(extractor, given, runnable, folder, device, log, cache_dir is None)
         measured = measure(
-            images,
-            reference,
+            given.images,
+            given.reference,
             runnable,
             extractor,
-            train=train_images,
-            latents=z,
-            reference_latents=reference_latents,
-            prior_latents=prior_latents,
+            train=given.train_images,
+            latents=given.z,
+            reference_latents=given.reference_latents,
+            prior_latents=given.prior_latents,
             bootstrap=int(bootstrap),
             confidence=float(confidence),
             seed=int(seed),
             labels=labels,
             progress=progress,
         )
+    settings = {"metrics": [name for name, _ in runnable], "bootstrap": int(bootstrap)}
+    settings |= {"confidence": float(confidence), "seed": int(seed)}
+    return {**measured, "skipped": skipped, "feature_extractor": info, "settings": settings}
+
+
+def _labels(several_samples: bool, several_latents: bool) -> dict[str, str]:
+    """What messages call each input: the argument's name (and ``[step]`` for a dict)."""
     return {
-        **measured,
-        "skipped": skipped,
-        "feature_extractor": info,
-        "settings": {
-            "metrics": [name for name, _ in runnable],
-            "bootstrap": int(bootstrap),
-            "confidence": float(confidence),
-            "seed": int(seed),
-        },
+        "samples": "samples[{step}]" if several_samples else "samples",
+        "latents": "latents[{step}]" if several_latents else "latents",
+        "reference": "reference",
+        "reference_z": "reference_latents",
+        "train_images": "train",
     }
+
+
+def _checked_device(device: Any) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise AesamplerError(f"device {device!r} is not a torch device: {error}") from None
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """``evaluate_samples``'s tensors, checked: images by step, latents by step (or None)."""
+
+    several: bool
+    images: dict[int, Tensor]
+    reference: Tensor
+    train_images: Tensor | None
+    train_labels: Tensor | None
+    z: dict[int, Tensor] | None
+    reference_latents: Tensor | None
+    prior_latents: Tensor | None
+
+    def names(self) -> set[str]:
+        """The inputs of :class:`EvaluationData` that were given (metrics need some)."""
+        given = {"z", "prior_z"} if self.z is not None else set()
+        given |= {"reference_z"} if self.reference_latents is not None else set()
+        given |= {"train_images"} if self.train_images is not None else set()
+        return given
+
+    def check_sizes(self, runnable: list[tuple[str, Metric]], labels: dict[str, str]) -> None:
+        check_sample_sizes(
+            runnable,
+            {t: len(x) for t, x in self.images.items()},
+            {
+                "reference": len(self.reference),
+                "reference_z": _length(self.reference_latents),
+                "train_images": _length(self.train_images),
+            },
+            labels,
+        )
+
+
+def _length(value: Tensor | None) -> int | None:
+    return None if value is None else len(value)
+
+
+def _checked_inputs(
+    samples: Any,
+    reference: Any,
+    train: Any,
+    latents: Any,
+    reference_latents: Any,
+    prior_latents: Any,
+) -> _Inputs:
+    several = isinstance(samples, Mapping)
+    images, reference, train_images, train_labels = _checked_images(samples, reference, train)
+    z = None if latents is None else _checked_latents(latents, images, several)
+    reference_latents = _checked_extra_latents(reference_latents, "reference_latents", z)
+    prior_latents = _checked_extra_latents(prior_latents, "prior_latents", z)
+    return _Inputs(
+        several, images, reference, train_images, train_labels, z, reference_latents, prior_latents
+    )
+
+
+def _prepared(
+    extractor: FeatureExtractor,
+    given: _Inputs,
+    runnable: list[tuple[str, Metric]],
+    folder: Path,
+    device: torch.device,
+    log: Callable[[str], None],
+    temporary: bool,
+) -> dict:
+    """The feature extractor prepared (trained on the train images if it needs them) if any
+    metric uses features; what the report says of it."""
+    if uses_features(runnable):
+        train = given.train_images
+        train_set = None if train is None else _TensorImages(train, given.train_labels)
+        info = dict(extractor.prepare(train_set, folder, device, log))
+    else:
+        info = {"name": getattr(extractor, "name", type(extractor).__name__)}
+        info["note"] = UNUSED_EXTRACTOR
+    if temporary:
+        info.pop("cache", None)  # it was a temporary directory
+    return info
 
 
 def _checked_images(
@@ -390,8 +442,6 @@ def _choose_metrics(
     """
     explicit = metrics is not None
     if metrics is None:
-        from ..recipe.schema import DEFAULT_METRICS
-
         metrics = DEFAULT_METRICS
     runnable: list[tuple[str, Metric]] = []
     skipped: dict[str, str] = {}
@@ -418,12 +468,6 @@ def _choose_metrics(
 def _argument_order(argument: str) -> int:
     order = ["latents", "reference_latents", "train"]
     return order.index(argument) if argument in order else len(order)
-
-
-def _default_registry() -> Registry:
-    from ..plugins import get_registry
-
-    return get_registry()
 
 
 def _checked_latents(

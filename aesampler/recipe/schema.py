@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..evaluation.metrics import DEFAULT_METRICS
+
 # Numbers are strict: true is not 1 and "3" is not 3. An int passes where a float is expected.
 # Integers stop below 2**63, the largest that torch's int64 holds.
 INT_LIMIT = 2**63
@@ -312,16 +314,6 @@ class InpaintSection(Section):
             if late:
                 raise ValueError(f"record holds steps {late} beyond steps={self.steps}")
         return self
-
-
-DEFAULT_METRICS = (
-    "mmd_learned",
-    "mmd_prior",
-    "step_size",
-    "frechet",
-    "precision_recall",
-    "novelty",
-)
 
 
 class EvaluateSection(Section):

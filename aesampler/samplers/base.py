@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,51 +23,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int
 from ..errors import AesamplerError
 from ..interfaces import Encoder
+from ..modes import sampling_mode
+from ..registry import Registry
 
 
 class SamplerError(AesamplerError):
     """A sampler cannot be fitted or used (no data to fit on, a state that does not fit)."""
-
-
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-
-
-def check_int(name: str, value: Any, *, low: int = 1, allow_none: bool = False) -> int | None:
-    """``value`` if it is an integer >= ``low`` (or None when allowed), else ValueError."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        kind = "positive" if low == 1 else f">= {low}"
-        raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
-    return value
-
-
-def check_number(
-    name: str,
-    value: Any,
-    low: float = 0.0,
-    high: float = math.inf,
-    *,
-    open_low: bool = False,
-) -> float:
-    """``value`` as a float if it is finite and in [low, high] ((low, high] with ``open_low``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high or (open_low and value == low):
-        if high == math.inf and low == 0:
-            wanted = "a positive number" if open_low else "a non-negative number"
-        else:
-            wanted = f"a number in {'(' if open_low else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
-    return float(value)
-
-
-def check_split(name: str, value: Any) -> str:
-    """``value`` if it names a data split, else ValueError."""
-    if value not in SPLITS:
-        raise ValueError(f"{name} must be 'train', 'valid' or 'test', got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,8 +117,6 @@ def encode_images(
     they were. All draws come from one generator seeded with ``seed``. Returns float32 latents on
     the CPU.
     """
-    from ..chain import sampling_mode  # the chain imports the samplers' interface
-
     encoder = encoder_of(model)
     if isinstance(images, Tensor):
         images = [images[i : i + batch] for i in range(0, len(images), batch)]
@@ -203,8 +164,6 @@ def encode_posteriors(
     batch statistics come from batches like the clean ones. The corruption's noise comes from one
     generator seeded with ``seed``. Returns float32 tensors on the CPU.
     """
-    from ..chain import sampling_mode  # the chain imports the samplers' interface
-
     encoder = encoder_of(model)
     check_int("copies", copies, low=2)
     if isinstance(images, Tensor):
@@ -385,6 +344,8 @@ class SamplerContext:
             Q(z|x) for the images of a split, each (N, *latent_shape) in the order of
             ``encode(split)``; stds may be None when the encoder gives no spread (a deterministic
             encoder without a corruption, see :func:`encode_posteriors`). Computed once per split.
+        registry: where a sampler that builds other components by name (a proposal) looks
+            them up: the run's registry; None: every installed plugin.
     """
 
     def __init__(
@@ -397,6 +358,7 @@ class SamplerContext:
         model: Any = None,
         log: Callable[[str], None] = print,
         posterior: Callable[[str], tuple[Tensor, Tensor | None]] | None = None,
+        registry: Registry | None = None,
     ):
         self.latent_shape = tuple(latent_shape)
         self._encode = encode
@@ -407,6 +369,7 @@ class SamplerContext:
         self.device = torch.device(device)
         self.model = model
         self.log = log
+        self.registry = registry
 
     @classmethod
     def from_encodings(
@@ -493,6 +456,19 @@ class Sampler(abc.ABC):
     #: stopping, a scale) when it validates at all. Samplers with a ``split`` parameter set them.
     split: str = "train"
     valid_split: str = "valid"
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Numbers about the last fit or draws (explained variance, an acceptance rate) that a
+        run records beside the sampler's settings: {} when there are none. Subclasses assign or
+        update it."""
+        if "_stats" not in self.__dict__:
+            self._stats: dict[str, Any] = {}
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: dict[str, Any]) -> None:
+        self._stats = value
 
     def fit_latents(
         self,
@@ -584,6 +560,4 @@ class Sampler(abc.ABC):
         return self.latent_shape
 
     def _check_n(self, n: int) -> int:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise SamplerError(f"n must be a non-negative integer, got {n!r}")
-        return n
+        return check_int("n", n, 0, error=SamplerError)

@@ -26,12 +26,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int, check_number, check_split
 from .base import (
     Sampler,
     SamplerError,
-    check_int,
-    check_number,
-    check_split,
     orthonormal_problems,
     positive_problems,
     principal_axes,

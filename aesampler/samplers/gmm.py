@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .base import Sampler, SamplerError, check_int, check_number, check_split
+from ..checks import check_int, check_number, check_split
+from .base import Sampler, SamplerError
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 _WEIGHTS_TOLERANCE = 1e-6  # |Σ weights − 1| allowed: EM's weights sum to 1 in float64

@@ -31,15 +31,10 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (
-    SamplerError,
-    check_int,
-    check_number,
-    orthonormal_problems,
-    positive_problems,
-)
+from ..checks import check_int, check_number
+from .base import SamplerError, orthonormal_problems, positive_problems
 from .gmm import check_covariance, mixture_log_prob, sample_mixture
-from .ratio import _EVAL_BATCH, RatioCorrected
+from .ratio import EVAL_BATCH, RatioCorrected
 
 #: The statistics of the last ``sample`` call (the others are the fit's).
 _SAMPLE_STATS = (
@@ -194,7 +189,7 @@ class LocalGlobal(RatioCorrected):
         weights, means, tril = self.proposal.weights, self.proposal.means, self.proposal.scale_tril
         log_pi, log_w, grads = [], [], []
         with torch.inference_mode(False), torch.enable_grad():
-            for chunk in z.split(_EVAL_BATCH):
+            for chunk in z.split(EVAL_BATCH):
                 x = chunk.detach().clone().requires_grad_(True)
                 log_q = mixture_log_prob(weights, means, tril, x)
                 if self.power > 0:

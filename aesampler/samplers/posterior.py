@@ -27,16 +27,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (
-    Sampler,
-    SamplerError,
-    check_int,
-    check_number,
-    check_split,
-    finite_problems,
-    hold_out,
-    positive_problems,
-)
+from ..checks import check_int, check_number, check_split
+from .base import Sampler, SamplerError, finite_problems, hold_out, positive_problems
 
 NAME = "posterior_mixture"
 POSTERIOR = "posterior"  # the form: each component its own std

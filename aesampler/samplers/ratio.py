@@ -36,21 +36,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..checks import check_int, check_number, check_split
 from ..errors import AesamplerError
+from ..nn import Adversary
+from ..plugins import get_registry
+from ..registry import Registry
 from .base import (
     Sampler,
     SamplerContext,
     SamplerError,
-    check_int,
-    check_number,
-    check_split,
     principal_axes,
     train_early_stopped,
     training_and_validation,
 )
+from .simple import PriorSampler
 
 METHODS = ("sir", "imh", "rejection")
-_EVAL_BATCH = 4096
+EVAL_BATCH = 4096
 #: The statistics of the last ``sample`` call (the others are the fit's).
 _SAMPLE_STATS = ("ess", "ess_fraction", "acceptance_rate", "proposals", "distinct_fraction")
 
@@ -143,10 +145,9 @@ class DensityRatioSampler(Sampler):
         #: Diagnostics: the ratio's fit (at fit) and the cost of the last draws (at sample).
         self.stats: dict[str, float] = {}
 
-    def _new_proposal(self) -> Sampler:
-        """A new, unfitted proposal (here the prior N(0, I); ``ratio_corrected`` builds its own)."""
-        from .simple import PriorSampler
-
+    def _new_proposal(self, registry: Registry | None = None) -> Sampler:
+        """A new, unfitted proposal (here the prior N(0, I); ``ratio_corrected`` builds its own
+        with ``registry``)."""
         return PriorSampler()
 
     # -- to implement ---------------------------------------------------------------------
@@ -163,9 +164,7 @@ class DensityRatioSampler(Sampler):
             raise SamplerError(f"{type(self).__name__} is not fitted: call fit(context) first")
         z = z.flatten(1).float()
         with torch.no_grad():
-            out = [
-                self.raw_log_ratio(z[i : i + _EVAL_BATCH]) for i in range(0, len(z), _EVAL_BATCH)
-            ]
+            out = [self.raw_log_ratio(z[i : i + EVAL_BATCH]) for i in range(0, len(z), EVAL_BATCH)]
         return self.scale * torch.cat(out).double() if out else torch.zeros(0, dtype=torch.float64)
 
     def _log_weight(self, z: Tensor) -> Tensor:
@@ -397,17 +396,20 @@ class RatioCorrected(DensityRatioSampler):
         self.mean: Tensor | None = None  # (D,)
         self.projection: Tensor | None = None  # (D, k): whitening onto the leading axes
 
-    def _new_proposal(self) -> Sampler:
-        """A new, unfitted proposal built from the spec (a Sampler object is used as it is)."""
+    def _new_proposal(self, registry: Registry | None = None) -> Sampler:
+        """A new, unfitted proposal built from the spec (a Sampler object is used as it is).
+
+        Built by ``registry``: the fitting context's, so that the run's own registry (a recipe's
+        plugins, the built-ins only) decides; where there is none (a recipe being checked, a
+        state being loaded), every installed plugin.
+        """
         if isinstance(self.proposal_spec, Sampler):
             return self.proposal_spec
-        from ..plugins import get_registry
-
         name, params = self.proposal_spec
         if name in ("ratio_corrected", "aae_discriminator"):
             raise ValueError(f"proposal: ratio_corrected cannot use {name!r} as its proposal")
         try:
-            proposal = get_registry().create("sampler", name, **params)
+            proposal = (registry or get_registry()).create("sampler", name, **params)
         except AesamplerError as error:
             raise ValueError(f"proposal: {error}") from None
         if not isinstance(proposal, Sampler):
@@ -437,7 +439,7 @@ class RatioCorrected(DensityRatioSampler):
     def fit(self, context):
         super().fit(context)
         self.stats = {}
-        proposal = self._new_proposal()
+        proposal = self._new_proposal(context.registry)
         proposal.fit(context)
         train, valid = training_and_validation(context, self.split, self.valid_split)
         d = train.shape[1]
@@ -582,8 +584,6 @@ class AAEDiscriminator(DensityRatioSampler):
         adversary = context.model.adversary
         super().fit(context)
         self.stats = {}
-        from .simple import PriorSampler
-
         self.adversary = copy.deepcopy(adversary).float().cpu().eval().requires_grad_(False)
         proposal = PriorSampler()
         proposal.fit(context)
@@ -605,9 +605,6 @@ class AAEDiscriminator(DensityRatioSampler):
         return state
 
     def load_state_dict(self, state):
-        from ..nn import Adversary
-        from .simple import PriorSampler
-
         weights = {k[10:]: v for k, v in state.items() if k.startswith("adversary.")}
         linear = sorted(k for k in weights if k.endswith(".weight"))
         if not linear:
