@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from . import __version__, distributed
+from . import distributed
 from .chain import Chain
 from .checkpoint import (
     MODEL_WEIGHTS,
@@ -73,6 +73,7 @@ from .rundir import (
     naming,
     save_png,
 )
+from .version import __version__
 
 
 class TrainingError(AesamplerError):
