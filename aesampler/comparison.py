@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .components import fit_sampler, sample_bytes
 from .evaluation.copying import COPYING_THRESHOLD
 from .evaluation.evaluate import Evaluator
 from .evaluation.stopping import first_minimum, mmd_curve
@@ -42,7 +43,10 @@ from .rundir import (
     SETTINGS,
     STEPS_FIGURE,
     RunDir,
+    save_tensors,
+    with_recipe,
     write_json,
+    write_recipe,
 )
 
 FORMAT = "aesampler-sampler-comparison"
@@ -70,8 +74,6 @@ def labels(names: list[str]) -> list[str]:
 
 def check_size(parts) -> None:
     """Refuse a comparison whose saved chains cannot fit in memory, before any work."""
-    from .workflow import sample_bytes
-
     recipe = parts.recipe
     chains, last = recipe.evaluate.num_chains, max(recipe.samplers.steps)
     # One sampler at a time: z and x recorded at every step (for the auto step), and the
@@ -94,7 +96,6 @@ def compare_samplers(
     Returns what ``samplers/comparison.json`` holds.
     """
     from .report import comparison_figure, steps_figure  # matplotlib only when drawing
-    from .workflow import fit_sampler, save_tensors, with_recipe, write_recipe
 
     recipe = parts.recipe
     cfg, ev = recipe.samplers, recipe.evaluate
@@ -210,7 +211,7 @@ def compare_samplers(
         }
         write_json(folder / COMPARISON, comparison)
         comparison_figure(comparison, folder / COMPARISON_FIGURE)
-        write_recipe(parts, txn)
+        write_recipe(parts.recipe, txn)
     run.record_components(comparison["components"])
     return comparison
 
