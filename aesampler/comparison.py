@@ -95,7 +95,7 @@ def compare_samplers(
 
     Returns what ``samplers/comparison.json`` holds.
     """
-    from .report import comparison_figure, steps_figure  # matplotlib only when drawing
+    from .figures import comparison_figure, steps_figure  # matplotlib only when drawing
 
     recipe = parts.recipe
     cfg, ev = recipe.samplers, recipe.evaluate

@@ -7,26 +7,28 @@ archived and the report still shows everything. Plots are drawn with matplotlib'
 
 from __future__ import annotations
 
-import contextlib
 import html
-import io
 import json
-import math
 import re
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-import torch
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
 from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError, quoted
 from .evaluation.best import DIAGNOSTICS_MEANING, describe_best_steps
+from .figures import (
+    INTERVAL,
+    MAX_PANELS,
+    is_finite,
+    is_int,
+    is_number,
+    loss_figure,
+    metrics_figure,
+    metrics_png,
+)
 from .rundir import (
     CHECKPOINTS,
     CHOSEN_FIGURE,
@@ -62,47 +64,24 @@ class ReportError(AesamplerError):
     """A file the report or a comparison reads is missing or damaged."""
 
 
-MAX_PANELS = 30
-"""At most this many plots in one figure (the tables still show every metric)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Checking what the report reads: each document is checked against the keys it must hold.
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """An int or float that can be formatted and plotted as a float (NaN and inf included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        float(value)
-    except OverflowError:  # an integer beyond the range of a float
-        return False
-    return True
-
-
-def _is_finite(value) -> bool:
-    return _is_number(value) and math.isfinite(value)
 
 
 def _or_null(kind: tuple[str, Callable]) -> tuple[str, Callable]:
     return f"{kind[0]} or null", lambda v: v is None or kind[1](v)
 
 
-INT = ("a whole number", _is_int)
-COUNT = ("a whole number from 0", lambda v: _is_int(v) and v >= 0)
-NUMBER = ("a number", _is_number)
+INT = ("a whole number", is_int)
+COUNT = ("a whole number from 0", lambda v: is_int(v) and v >= 0)
+NUMBER = ("a number", is_number)
 TEXT = ("text", lambda v: isinstance(v, str))
 OBJECT = ("an object", lambda v: isinstance(v, dict))
-FRACTION = ("a number between 0 and 1", lambda v: _is_finite(v) and 0 < v < 1)
+FRACTION = ("a number between 0 and 1", lambda v: is_finite(v) and 0 < v < 1)
 STEPS = ("a list of step numbers", lambda v: isinstance(v, list) and all(COUNT[1](s) for s in v))
 WINDOW = (
     "a list of two step numbers",
-    lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(s) for s in v),
+    lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(s) for s in v),
 )
 
 
@@ -147,99 +126,7 @@ def _read_json(path: Path, what: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures
-
-
-@contextlib.contextmanager
-def _drawing(source: str) -> Iterator[None]:
-    """Numbers matplotlib cannot draw become one error naming ``source`` (and no warnings)."""
-    try:
-        with warnings.catch_warnings():  # overflow warnings would repeat the error below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            yield
-    except (ValueError, OverflowError) as error:
-        raise ReportError(f"cannot plot the numbers in {source}: {error}") from None
-
-
-def _png(figure: Figure, source: str, tight_layout: bool = False) -> bytes:
-    """The figure as PNG bytes."""
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    with _drawing(source):
-        if tight_layout:
-            figure.tight_layout()
-        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _save_figure(figure: Figure, path: Path, source: str = "the run directory") -> None:
-    data = _png(figure, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-
-
-def _panels(count: int, columns: int) -> tuple[int, int]:
-    """Rows and columns of a grid of ``count`` plots, at most ``columns`` wide."""
-    columns = max(1, min(columns, count))
-    return max(1, -(-count // columns)), columns
-
-
-def steps_figure(samples: dict[int, torch.Tensor], path: Path, start: str = "prior") -> None:
-    """The same chains at each recorded step, side by side, one panel per step.
-
-    ``start`` names the sampler that drew step 0 (its recipe name).
-    """
-    steps = sorted(samples)
-    figure = Figure(figsize=(2.6 * len(steps), 2.9))
-    for i, t in enumerate(steps):
-        x = samples[t]
-        grid = make_grid(x.float().clamp(0, 1), nrow=max(1, round(len(x) ** 0.5)), padding=1)
-        axis = figure.add_subplot(1, len(steps), i + 1)
-        axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        axis.set_title(f"step 0 ({start})" if t == 0 else f"step {t}")
-        axis.axis("off")
-    _save_figure(figure, path)
-
-
-def tuning_figure(document: dict, path: Path) -> None:
-    """The search's last round: the validation score of each configuration against the chain
-    step, the paper's configuration dashed, the choice marked, steps flagged as copying hollow."""
-    score = document["settings"]["score"]
-    rounds = len(document["rounds"])
-    figure = Figure(figsize=(7.5, 4.2))
-    axis = figure.add_subplot(1, 1, 1)
-    choice = document["choice"]
-    for c in document["candidates"]:
-        if len(c["rounds"]) != rounds:
-            continue
-        last = c["rounds"][-1]
-        steps = sorted(int(t) for t in last[score])
-        values = [last[score][str(t)] for t in steps]
-        (line,) = axis.plot(
-            steps, values, "--" if c["paper"] else "-", label=c["label"] + (" (paper)" * c["paper"])
-        )
-        flagged = [t for t in steps if last["copying_flag"].get(str(t))]
-        if flagged:
-            axis.plot(
-                flagged,
-                [last[score][str(t)] for t in flagged],
-                "o",
-                mfc="none",
-                color=line.get_color(),
-            )
-        if c["label"] == choice["label"]:
-            axis.plot(
-                [choice["steps"]],
-                [last[score][str(choice["steps"])]],
-                "*",
-                ms=14,
-                color=line.get_color(),
-            )
-    axis.set_xlabel("chain step")
-    axis.set_ylabel(f"{score} to validation images")
-    axis.set_title(f"last round ({document['rounds'][-1]['chains']} chains each); *: chosen")
-    axis.legend(fontsize=7)
-    _save_figure(figure, path)
+# What the report reads and draws (the figures themselves: aesampler.figures)
 
 
 def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -259,51 +146,12 @@ def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
             record = json.loads(line)
         except (ValueError, RecursionError):
             continue  # a line cut short by a crash, or one that is not a record
-        if not isinstance(record, dict) or not _is_finite(record.get("step")):
+        if not isinstance(record, dict) or not is_finite(record.get("step")):
             continue
-        if not _is_int(record["step"]):
+        if not is_int(record["step"]):
             continue
         (steps if record.get("event") == "step" else epochs).append(record)
     return steps, epochs
-
-
-def loss_figure(
-    steps: list[dict], epochs: list[dict], path: Path, source: str = "the training log"
-) -> bool:
-    """Each loss against the optimiser step; False (and no file) when no loss has a number.
-
-    A key is drawn from the step records that hold a finite number for it (records may differ
-    in their keys); any other value is skipped.
-    """
-    keys = dict.fromkeys(k for r in steps for k in r if k not in ("event", "step", "epoch"))
-    series: dict[str, tuple[list, list]] = {}
-    for key in keys:
-        train = [(r["step"], r[key]) for r in steps if _is_finite(r.get(key))]
-        if train:
-            name = f"valid/{key}"
-            valid = [(r["step"], r[name]) for r in epochs if _is_finite(r.get(name))]
-            series[key] = (train, valid)
-    if not series:
-        return False
-    shown = list(series)[:MAX_PANELS]
-    rows, columns = _panels(len(shown), 4)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows))
-    with _drawing(source):
-        for i, key in enumerate(shown):
-            train, valid = series[key]
-            axis = figure.add_subplot(rows, columns, i + 1)
-            axis.plot(*zip(*train), lw=0.8, label="train (step)")
-            if valid:
-                axis.plot(*zip(*valid), "o-", ms=3, label="valid (epoch)")
-                axis.legend(fontsize=8)
-            axis.set_title(key)
-            axis.set_xlabel("optimiser step")
-            if key == "reconstruction":
-                axis.set_ylabel("nats per image")
-                if any(v > 0 for _, v in train + valid):  # a log axis needs a positive value
-                    axis.set_yscale("log")
-    _save_figure(figure, path, source)
-    return True
 
 
 def _auto_note(auto) -> str:
@@ -311,9 +159,7 @@ def _auto_note(auto) -> str:
     if not isinstance(auto, dict):
         return ""
     cap = auto.get("max_steps")
-    return (
-        f" (chosen by steps: auto, at most {cap})" if _is_int(cap) else " (chosen by steps: auto)"
-    )
+    return f" (chosen by steps: auto, at most {cap})" if is_int(cap) else " (chosen by steps: auto)"
 
 
 def _figure(src: str, caption: str) -> str:
@@ -353,7 +199,7 @@ INPAINTING_FIELDS = [
         "masked_mse",
         (
             "an object of numbers",
-            lambda v: isinstance(v, dict) and all(map(_is_number, v.values())),
+            lambda v: isinstance(v, dict) and all(map(is_number, v.values())),
         ),
         True,
     ),
@@ -401,52 +247,6 @@ th { background: #f6f6f6; font-weight: 600; }
 .grids figure { flex: 0 1 240px; }
 pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
 """
-
-
-def _metrics_png(runs: dict[str, dict], source: str) -> bytes:
-    """Each metric against the chain step, one line (with its interval band) per run.
-
-    Reports as :func:`read_quality` returns them. At most ``MAX_PANELS`` metrics are drawn;
-    steps whose value or interval is not a finite number are left out.
-    """
-    keys = list(dict.fromkeys(k for report in runs.values() for k in report["metrics"]))
-    keys = keys[:MAX_PANELS]
-    rows, columns = _panels(len(keys), 3)
-    figure = Figure(figsize=(4.2 * columns, 3.1 * rows))
-    if not keys:
-        figure.text(0.5, 0.5, "no metrics", ha="center", va="center")
-    with _drawing(source):
-        for i, key in enumerate(keys):
-            axis = figure.add_subplot(rows, columns, i + 1)
-            for label, report in runs.items():
-                cells = report["metrics"].get(key, {})
-                points = [
-                    (s, c["value"], c["low"], c["high"])
-                    for s in report["steps"]
-                    if (c := cells.get(str(s))) and all(_is_finite(c[f]) for f in INTERVAL)
-                ]
-                if not points:
-                    continue
-                steps, value, low, high = zip(*points)
-                (line,) = axis.plot(steps, value, "o-", ms=3, label=label)
-                axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-            better = next(
-                (r["lower_is_better"].get(key) for r in runs.values() if key in r["metrics"]), None
-            )
-            axis.set_title(
-                key + {True: " (lower is better)", False: " (higher is better)"}.get(better, "")
-            )
-            axis.set_xlabel("chain step")
-            if len(runs) > 1 and i == 0 and axis.lines:
-                axis.legend(fontsize=8)
-    return _png(figure, source, tight_layout=True)
-
-
-def metrics_figure(runs: dict[str, dict], path: Path, source: str = "metrics.json") -> None:
-    """Draw :func:`_metrics_png` into ``path``."""
-    data = _metrics_png(runs, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
 
 
 def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
@@ -517,8 +317,6 @@ def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
     return "".join(parts)
 
 
-INTERVAL = ("value", "low", "high")
-
 QUALITY_FIELDS = [
     ("steps", STEPS, True),
     ("metrics", OBJECT, True),
@@ -560,7 +358,7 @@ def _quality_problem(report) -> str | None:
         return problem
     for key, cells in report["metrics"].items():
         ok = isinstance(cells, dict) and all(
-            isinstance(c, dict) and all(_is_number(c.get(f)) for f in INTERVAL)
+            isinstance(c, dict) and all(is_number(c.get(f)) for f in INTERVAL)
             for c in cells.values()
         )
         if not ok:
@@ -641,11 +439,6 @@ def read_comparison(path: Path) -> dict:
     return document
 
 
-def comparison_figure(comparison: dict, path: Path, source: str = "comparison.json") -> None:
-    """Each metric against the chain step, one line (with its interval band) per sampler."""
-    metrics_figure({row["label"]: row for row in comparison["samplers"]}, path, source)
-
-
 def _comparison_section(run_dir: Path) -> str:
     path = run_dir / SAMPLERS / COMPARISON
     comparison = read_comparison(path)
@@ -665,7 +458,7 @@ def _comparison_section(run_dir: Path) -> str:
             f"with the evaluate section's metrics ({level}% bootstrap intervals). 'auto' is the "
             "step sampling.steps: auto would stop at for that sampler; 'best' the step with the "
             f"best {primary}."
-            + (f" Novelty of held-out images: {novelty:.4g}." if _is_finite(novelty) else "")
+            + (f" Novelty of held-out images: {novelty:.4g}." if is_finite(novelty) else "")
         )
         + "</p>"
     )
@@ -902,7 +695,7 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, overwrite: bool 
         parts.append("\n".join(lines))
     text = "\n\n".join(parts) + "\n"
     if out is not None:
-        picture = _metrics_png(runs, ", ".join(repr(str(f)) for f in files))
+        picture = metrics_png(runs, ", ".join(repr(str(f)) for f in files))
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -259,7 +259,7 @@ def tune(
     split, and write ``tuning/``. Returns what ``tuning/tuning.json`` holds; sets
     ``parts.tuned``."""
     from .evaluation.evaluate import Evaluator
-    from .report import steps_figure, tuning_figure
+    from .figures import steps_figure, tuning_figure
 
     recipe = parts.recipe
     cfg, ev = recipe.tune, recipe.evaluate

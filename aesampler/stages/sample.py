@@ -259,7 +259,7 @@ def _write_samples(
 ) -> tuple[int, ...]:
     """``samples/`` in one transaction: the shards (linked from ``partial``, or the one in
     memory), the grids, ``settings.json`` and ``steps.png``. Gives the recorded steps."""
-    from ..report import steps_figure  # matplotlib is imported only when pictures are made
+    from ..figures import steps_figure  # matplotlib is imported only when pictures are made
 
     # The chains took long: checked again, so that whatever appeared at samples/ meanwhile (a
     # folder that is not aesampler's, or a sample without --overwrite) is not replaced.
