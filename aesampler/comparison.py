@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .components import fit_sampler, sample_bytes
+from .documents import Comparison
 from .evaluation.copying import COPYING_THRESHOLD
 from .evaluation.evaluate import Evaluator
 from .evaluation.stopping import first_minimum, mmd_curve
@@ -209,7 +210,7 @@ def compare_samplers(
                 + [("feature_extractor", ev.feature_extractor.name)]
             ),
         }
-        write_json(folder / COMPARISON, comparison)
+        write_json(folder / COMPARISON, Comparison.build(comparison))
         comparison_figure(comparison, folder / COMPARISON_FIGURE)
         write_recipe(parts.recipe, txn)
     run.record_components(comparison["components"])

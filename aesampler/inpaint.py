@@ -418,6 +418,7 @@ def inpaint_test_images(
     from tqdm import tqdm
 
     from .components import WorkflowError, settings_document
+    from .documents import InpaintingSettings
     from .rundir import (
         INPAINTING,
         INPAINTING_GRID,
@@ -505,7 +506,7 @@ def inpaint_test_images(
             fill_mse=float(result.fill_error.mean()),
         )
         kinds = ["transition", "corruption", "dataset"]
-        save_settings(folder, settings_document(parts, settings, kinds))
+        save_settings(folder, InpaintingSettings.build(settings_document(parts, settings, kinds)))
         write_recipe(parts.recipe, txn)
     log(
         "inpainting: mean squared error of the missing pixels by step: "

@@ -10,21 +10,19 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import yaml
 
+from . import documents
 from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError, quoted
 from .evaluation.best import DIAGNOSTICS_MEANING, describe_best_steps
 from .figures import (
-    INTERVAL,
     MAX_PANELS,
     is_finite,
     is_int,
-    is_number,
     loss_figure,
     metrics_figure,
     metrics_png,
@@ -65,54 +63,7 @@ class ReportError(AesamplerError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checking what the report reads: each document is checked against the keys it must hold.
-
-
-def _or_null(kind: tuple[str, Callable]) -> tuple[str, Callable]:
-    return f"{kind[0]} or null", lambda v: v is None or kind[1](v)
-
-
-INT = ("a whole number", is_int)
-COUNT = ("a whole number from 0", lambda v: is_int(v) and v >= 0)
-NUMBER = ("a number", is_number)
-TEXT = ("text", lambda v: isinstance(v, str))
-OBJECT = ("an object", lambda v: isinstance(v, dict))
-FRACTION = ("a number between 0 and 1", lambda v: is_finite(v) and 0 < v < 1)
-STEPS = ("a list of step numbers", lambda v: isinstance(v, list) and all(COUNT[1](s) for s in v))
-WINDOW = (
-    "a list of two step numbers",
-    lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(s) for s in v),
-)
-
-
-def _shown(value) -> str:
-    try:
-        text = repr(value) if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _problem(document: dict, fields: list[tuple[str, tuple[str, Callable], bool]]) -> str | None:
-    """What is wrong with ``document`` (a JSON object), or None.
-
-    ``fields`` are (dotted key, (description, test), required). A key inside an object that is
-    absent is checked only if the object is there (its own entry says whether it must be).
-    """
-    for key, (description, test), required in fields:
-        *parents, name = key.split(".")
-        holder = document
-        for parent in parents:
-            holder = holder.get(parent) if isinstance(holder, dict) else None
-        if not isinstance(holder, dict):
-            continue
-        if name not in holder:
-            if required:
-                return f"{key!r} is missing"
-            continue
-        if not test(holder[name]):
-            return f"{key!r} is not {description} (it holds {_shown(holder[name])})"
-    return None
+# Reading the run directory: each JSON document is checked by its model (aesampler.documents).
 
 
 def _read_json(path: Path, what: str):
@@ -172,52 +123,13 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-SAMPLING_FIELDS = [
-    ("num_chains", COUNT, True),
-    ("steps", COUNT, True),
-    ("checkpoint", TEXT, True),
-    ("batchnorm", TEXT, True),
-    ("seed", INT, True),
-    ("chain_corruption", _or_null(OBJECT), False),
-    ("start", _or_null(OBJECT), False),
-    ("start_describes", TEXT, False),
-    ("steps_auto", _or_null(OBJECT), False),
-]
-"""What the report reads from ``samples/settings.json`` (written by ``aesampler sample``)."""
-
-INTERPOLATION_FIELDS = [("method", TEXT, True), ("steps", COUNT, True)]
-"""What the report reads from ``interpolation/settings.json``."""
-
-INPAINTING_FIELDS = [
-    ("mask", OBJECT, True),
-    ("mask.missing", TEXT, True),
-    ("mask.fraction", NUMBER, True),
-    ("fill", NUMBER, True),
-    ("corrupt_observed", ("true or false", lambda v: isinstance(v, bool)), True),
-    ("steps_recorded", STEPS, True),
-    (
-        "masked_mse",
-        (
-            "an object of numbers",
-            lambda v: isinstance(v, dict) and all(map(is_number, v.values())),
-        ),
-        True,
-    ),
-    ("fill_mse", NUMBER, True),
-]
-"""What the report reads from ``inpainting/settings.json``."""
-
-
-def _settings(folder: Path, fields: list, command: str) -> dict:
-    """``folder/settings.json`` checked for ``fields``, or {} when there is none."""
+def _settings(folder: Path, model: type[documents.Document], command: str) -> dict:
+    """``folder/settings.json`` checked as a ``model``, or {} when there is none."""
     file = folder / SETTINGS
     if not file.is_file():
         return {}
     settings = _read_json(file, "settings of the outputs in that folder")
-    if isinstance(settings, dict):
-        problem = _problem(settings, fields)
-    else:
-        problem = "it does not hold a JSON object"
+    problem = documents.problem(model, settings)
     if problem:
         raise ReportError(
             f"{quoted(file)} does not hold the settings aesampler writes: {problem}; re-create it "
@@ -317,62 +229,10 @@ def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
     return "".join(parts)
 
 
-QUALITY_FIELDS = [
-    ("steps", STEPS, True),
-    ("metrics", OBJECT, True),
-    ("lower_is_better", OBJECT, False),
-    ("settings", OBJECT, True),
-    ("settings.confidence", FRACTION, True),
-    ("settings.num_chains", COUNT, True),
-    ("settings.bootstrap", COUNT, True),
-    ("reference", OBJECT, True),
-    ("reference.images", COUNT, True),
-    ("reference.split", TEXT, True),
-    ("reference.novelty_of_held_out_images", _or_null(NUMBER), True),
-    ("diagnostics", OBJECT, False),
-    ("feature_extractor", OBJECT, False),
-    ("chain", OBJECT, False),
-    ("chain.start", _or_null(OBJECT), False),
-]
-"""Every key of ``metrics.json`` that the report and ``compare`` read, with its type."""
-
-
-def _quality_problem(report) -> str | None:
-    if not isinstance(report, dict):
-        return "it does not hold a JSON object"
-    fields = list(QUALITY_FIELDS)
-    diag = report.get("diagnostics")
-    if isinstance(diag, dict) and "rhat_median" in diag:  # the report shows these together
-        fields += [
-            ("diagnostics.rhat_median", NUMBER, True),
-            ("diagnostics.rhat_max", NUMBER, True),
-            ("diagnostics.window", WINDOW, True),
-            ("diagnostics.chains", COUNT, True),
-            ("diagnostics.ess_median", NUMBER, False),
-            ("diagnostics.ess_note", TEXT, False),
-        ]
-        if "ess_median" in diag:
-            fields.append(("diagnostics.ess_min", NUMBER, True))
-    problem = _problem(report, fields)
-    if problem:
-        return problem
-    for key, cells in report["metrics"].items():
-        ok = isinstance(cells, dict) and all(
-            isinstance(c, dict) and all(is_number(c.get(f)) for f in INTERVAL)
-            for c in cells.values()
-        )
-        if not ok:
-            return f"metric {key!r} does not hold value/low/high numbers by step"
-    for key, better in report.get("lower_is_better", {}).items():
-        if better is not None and not isinstance(better, bool):
-            return f"'lower_is_better.{key}' is not true, false or null (it holds {_shown(better)})"
-    return None
-
-
 def read_quality(path: Path) -> dict:
     """A ``metrics.json`` written by ``aesampler evaluate``, checked for what reports read."""
     report = _read_json(path, "sample-quality metrics")
-    problem = _quality_problem(report)
+    problem = documents.problem(documents.Metrics, report)
     if problem:
         raise ReportError(
             f"{quoted(path)} is not aesampler sample-quality metrics: {problem}; re-create it "
@@ -382,55 +242,10 @@ def read_quality(path: Path) -> dict:
     return report
 
 
-COMPARISON_FIELDS = [
-    ("format", TEXT, True),
-    ("settings", OBJECT, True),
-    ("settings.steps", STEPS, True),
-    ("settings.num_chains", COUNT, True),
-    ("settings.confidence", FRACTION, True),
-    ("reference", OBJECT, True),
-    ("samplers", ("a list of objects", lambda v: isinstance(v, list) and v), True),
-]
-"""What the report reads from ``samplers/comparison.json`` (``aesampler compare-samplers``)."""
-
-COMPARED_FIELDS = [
-    ("label", ("a folder name", lambda v: isinstance(v, str) and _LABEL.fullmatch(v)), True),
-    ("sampler", OBJECT, True),
-    ("describes", TEXT, True),
-    ("steps", STEPS, True),
-    ("metrics", OBJECT, True),
-    ("lower_is_better", OBJECT, True),
-    ("fit_seconds", NUMBER, True),
-    ("auto", OBJECT, True),
-    ("auto.chosen", COUNT, True),
-    ("best_step", OBJECT, True),
-]
-"""What the report reads from each entry of the comparison's ``samplers`` list."""
-
-_LABEL = re.compile(r"[a-z][a-z0-9_]*(?:-(?:batch|running))?(?:-(?:training|none))?(?:-\d+)?")
-
-
 def read_comparison(path: Path) -> dict:
     """A ``samplers/comparison.json`` written by aesampler, checked for what reports read."""
     document = _read_json(path, "the sampler comparison")
-    problem = _problem(document, COMPARISON_FIELDS) if isinstance(document, dict) else None
-    if not isinstance(document, dict):
-        problem = "it does not hold a JSON object"
-    if problem is None:
-        for i, row in enumerate(document["samplers"]):
-            if not isinstance(row, dict):
-                problem = f"'samplers[{i}]' is not an object"
-                break
-            found = _problem(row, COMPARED_FIELDS) or _quality_problem(
-                {
-                    **row,
-                    "settings": {"confidence": 0.5, "num_chains": 0, "bootstrap": 0},
-                    "reference": {"images": 0, "split": "", "novelty_of_held_out_images": None},
-                }
-            )
-            if found:
-                problem = f"in 'samplers[{i}]': {found}"
-                break
+    problem = documents.problem(documents.Comparison, document)
     if problem:
         raise ReportError(
             f"{quoted(path)} is not an aesampler sampler comparison: {problem}; re-create it "
@@ -732,8 +547,8 @@ def _read_recipe(run_dir: Path) -> tuple[str, dict]:
         if section is not None and not isinstance(section, dict):
             raise ReportError(
                 f"{quoted(file)} is not a recipe aesampler wrote: its section {key!r} is not a "
-                f"mapping of keys to values (it holds {_shown(section)}); it was edited or "
-                "damaged"
+                f"mapping of keys to values (it holds {documents.shown(section)}); it was edited "
+                "or damaged"
             )
     return text, recipe
 
@@ -770,7 +585,7 @@ def _checkpoint_row(run_dir: Path) -> tuple[str, str] | None:
 
 
 def _inpainting_section(run_dir: Path) -> str:
-    cfg = _settings(run_dir / INPAINTING, INPAINTING_FIELDS, "inpaint")
+    cfg = _settings(run_dir / INPAINTING, documents.InpaintingSettings, "inpaint")
     mask, steps = cfg["mask"], cfg["steps_recorded"]
     caption = (
         f"A row per test image: the image, the masked image the chain starts from (hidden "
@@ -808,7 +623,7 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
     checkpoint = _checkpoint_row(run_dir)
     if checkpoint:
         summary.append(checkpoint)
-    sampling = _settings(run_dir / SAMPLES, SAMPLING_FIELDS, "sample")
+    sampling = _settings(run_dir / SAMPLES, documents.SampleSettings, "sample")
     if sampling:
         corruption = sampling.get("chain_corruption")
         summary.append(
@@ -856,7 +671,7 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
         )
     interpolation = run_dir / INTERPOLATION / INTERPOLATION_GRID
     if interpolation.is_file():
-        cfg = _settings(run_dir / INTERPOLATION, INTERPOLATION_FIELDS, "interpolate")
+        cfg = _settings(run_dir / INTERPOLATION, documents.InterpolationSettings, "interpolate")
         caption = (
             f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
             f"first row decodes the interpolated latents, the second row the same latents after "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ..components import Components, check_sizes
+from ..documents import Metrics
 from ..evaluation.evaluate import evaluate, uses_features
 from ..recipe import Recipe, build_dataset
 from ..registry import Registry
@@ -40,7 +41,7 @@ def _run(ctx: StageContext) -> dict | None:
     with run_dir.transaction("evaluate", with_recipe(run_dir, METRICS)) as txn:
         metrics = evaluate(parts, ctx.path, registry=registry, progress=ctx.progress, log=ctx.log)
         metrics["components"] = registry.provenance(used)
-        write_json(txn.path(METRICS), metrics)
+        write_json(txn.path(METRICS), Metrics.build(metrics))
         write_recipe(parts.recipe, txn)
     run_dir.record_components(metrics["components"])
     return metrics

@@ -13,6 +13,7 @@ import torch
 
 from ..chain import sampling_mode
 from ..components import Components, WorkflowError, run_chain, settings_document
+from ..documents import InterpolationSettings
 from ..interpolate import lerp, slerp
 from ..rundir import (
     INTERPOLATION,
@@ -77,7 +78,9 @@ def interpolate(
         save_tensors(tensors, folder / INTERPOLATION_TENSORS)
         settings = dict(cfg.model_dump(mode="json"), batchnorm=sampling.batchnorm)
         kinds = ["transition", "corruption", "dataset"]
-        save_settings(folder, settings_document(parts, settings, kinds))
+        save_settings(
+            folder, InterpolationSettings.build(settings_document(parts, settings, kinds))
+        )
         write_recipe(parts.recipe, txn)
     return tensors
 

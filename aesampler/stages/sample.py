@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .. import __version__, distributed
 from ..chain import ChainResult, chunk_bounds, default_record, shard_bounds, shard_seed
 from ..components import Components, check_sizes, settings_document, state_digest
+from ..documents import SampleSettings
 from ..rundir import (
     PARTIAL,
     SAMPLES,
@@ -281,7 +282,8 @@ def _write_samples(
             save_png(first[t], folder / f"step-{t:03d}.png", nrow=_grid_nrow(plan.shown))
         settings = _settings(parts, plan, recorded, files)
         kinds = ["transition", "corruption", "sampler"]
-        save_settings(folder, settings_document(parts, settings, kinds, plan.corruption))
+        document = settings_document(parts, settings, kinds, plan.corruption)
+        save_settings(folder, SampleSettings.build(document))
         steps_figure(first, folder / STEPS_FIGURE, parts.start_spec.name)
         write_recipe(parts.recipe, txn)
     return tuple(recorded)
