@@ -609,9 +609,37 @@ def _inpainting_section(run_dir: Path) -> str:
 
 
 def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
+    """The page: one section per output the run directory holds, in a fixed order."""
     recipe_text, recipe = _read_recipe(run_dir)
-    sections: list[str] = []
+    summary, sampling = _run_section(run_dir, recipe)
+    sections = [summary, _samples_section(run_dir, sampling), _interpolation_section(run_dir)]
+    if (run_dir / INPAINTING / INPAINTING_GRID).is_file():
+        sections.append(_inpainting_section(run_dir))
+    quality = run_dir / METRICS
+    if quality.is_file():
+        report = read_quality(quality)
+        sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
+    if (run_dir / SAMPLERS / COMPARISON).is_file():
+        sections.append(_comparison_section(run_dir))
+    if (run_dir / TUNING / TUNING_FILE).is_file():
+        sections.append(_tuning_section(run_dir))
+    sections.append(_training_section(run_dir, assets))
+    if recipe_text:
+        sections.append(f"<h2>Recipe</h2><pre>{html.escape(recipe_text)}</pre>")
+    title = f"aesampler report: {run_dir.name}"
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    atomic_write_bytes(page_path, page.encode())
+    return run_dir / REPORT
 
+
+def _run_section(run_dir: Path, recipe: dict) -> tuple[str, dict]:
+    """The run's table (model, data, corruption, checkpoint, sampling), and the samples'
+    settings (empty when there are none)."""
     summary: list[tuple[str, str]] = []
     model = recipe.get("model") or {}
     if model:
@@ -636,94 +664,80 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
                 f"seed {sampling['seed']}, start: {_spec(sampling.get('start'))}",
             )
         )
-    sections.append("<h2>Run</h2>" + _table(summary))
+    return "<h2>Run</h2>" + _table(summary), sampling
 
+
+def _samples_section(run_dir: Path, sampling: dict) -> str:
     samples = sorted(
         (int(match.group(1)), file.name)
         for file in (run_dir / SAMPLES).glob("step-*.png")
         if (match := _SAMPLE_GRID.fullmatch(file.name)) and file.is_file()
     )
-    if samples:
-        figures = []
-        start = sampling.get("start_describes", "decoded prior draws")
-        origin = (
-            "draws from the prior N(0, I)"
-            if start == "decoded prior draws"
-            else f"{start} (sampler {_spec(sampling.get('start'))})"
-        )
-        for t, name in samples:
-            after = f"after {t} transition{'s' * (t != 1)}"
-            caption = f"step 0: {start}" if t == 0 else f"step {t}: {after}"
-            figures.append(_figure(f"{SAMPLES}/{name}", caption))
-        tensors = sorted(p.name for p in (run_dir / SAMPLES).glob("samples*.safetensors"))
-        if len(tensors) > 1:
-            raw = (
-                f"<code>samples/{html.escape(tensors[0])}</code> to "
-                f"<code>samples/{html.escape(tensors[-1])}</code> ({len(tensors)} shards)"
-            )
-        else:
-            raw = f"<code>samples/{html.escape(tensors[0] if tensors else SAMPLES_TENSORS)}</code>"
-        sections.append(
-            "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
-            f"places: step 0 decodes {html.escape(origin)}; step t decodes the latents "
-            f"after t decode–corrupt–encode transitions. Raw tensors: {raw}.</p>"
-            f'<div class="grids">{"".join(figures)}</div>'
-        )
-    interpolation = run_dir / INTERPOLATION / INTERPOLATION_GRID
-    if interpolation.is_file():
-        cfg = _settings(run_dir / INTERPOLATION, documents.InterpolationSettings, "interpolate")
-        caption = (
-            f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
-            f"first row decodes the interpolated latents, the second row the same latents after "
-            f"{cfg.get('steps', '?')} chain steps."
-        )
-        sections.append(
-            "<h2>Interpolation</h2>" + _figure(f"{INTERPOLATION}/{INTERPOLATION_GRID}", caption)
-        )
-    inpainting = run_dir / INPAINTING / INPAINTING_GRID
-    if inpainting.is_file():
-        sections.append(_inpainting_section(run_dir))
-    quality = run_dir / METRICS
-    if quality.is_file():
-        report = read_quality(quality)
-        sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
-    if (run_dir / SAMPLERS / COMPARISON).is_file():
-        sections.append(_comparison_section(run_dir))
-    if (run_dir / TUNING / TUNING_FILE).is_file():
-        sections.append(_tuning_section(run_dir))
-    steps, epochs = _read_metrics(run_dir)
-    if steps:
-        plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))
-        last = epochs[-1] if epochs else {}
-        rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
-        figure = _figure(
-            f"{REPORT_ASSETS}/losses.png",
-            "Losses per optimiser step (nats per image for the reconstruction) and on the "
-            "validation split after each epoch.",
-        )
-        sections.append(
-            "<h2>Training</h2>"
-            + (figure if plotted else "<p>The training log holds no loss values.</p>")
-            + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
-        )
-        grids = sorted((run_dir / IMAGES).glob("epoch-*-samples.png"))
-        if grids:
-            tag = grids[-1].name.replace("-samples.png", "")
-            sections.append(
-                _figure(
-                    f"{IMAGES}/{tag}-reconstructions.png",
-                    f"{tag}: validation images (top row), their corrupted inputs (if the model "
-                    "was trained with a corruption) and their reconstructions (bottom row)",
-                )
-            )
-    if recipe_text:
-        sections.append(f"<h2>Recipe</h2><pre>{html.escape(recipe_text)}</pre>")
-    title = f"aesampler report: {run_dir.name}"
-    page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        + "".join(sections)
-        + "</body></html>\n"
+    if not samples:
+        return ""
+    figures = []
+    start = sampling.get("start_describes", "decoded prior draws")
+    origin = (
+        "draws from the prior N(0, I)"
+        if start == "decoded prior draws"
+        else f"{start} (sampler {_spec(sampling.get('start'))})"
     )
-    atomic_write_bytes(page_path, page.encode())
-    return run_dir / REPORT
+    for t, name in samples:
+        after = f"after {t} transition{'s' * (t != 1)}"
+        caption = f"step 0: {start}" if t == 0 else f"step {t}: {after}"
+        figures.append(_figure(f"{SAMPLES}/{name}", caption))
+    tensors = sorted(p.name for p in (run_dir / SAMPLES).glob("samples*.safetensors"))
+    if len(tensors) > 1:
+        raw = (
+            f"<code>samples/{html.escape(tensors[0])}</code> to "
+            f"<code>samples/{html.escape(tensors[-1])}</code> ({len(tensors)} shards)"
+        )
+    else:
+        raw = f"<code>samples/{html.escape(tensors[0] if tensors else SAMPLES_TENSORS)}</code>"
+    return (
+        "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
+        f"places: step 0 decodes {html.escape(origin)}; step t decodes the latents "
+        f"after t decode–corrupt–encode transitions. Raw tensors: {raw}.</p>"
+        f'<div class="grids">{"".join(figures)}</div>'
+    )
+
+
+def _interpolation_section(run_dir: Path) -> str:
+    if not (run_dir / INTERPOLATION / INTERPOLATION_GRID).is_file():
+        return ""
+    cfg = _settings(run_dir / INTERPOLATION, documents.InterpolationSettings, "interpolate")
+    caption = (
+        f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
+        f"first row decodes the interpolated latents, the second row the same latents after "
+        f"{cfg.get('steps', '?')} chain steps."
+    )
+    return "<h2>Interpolation</h2>" + _figure(f"{INTERPOLATION}/{INTERPOLATION_GRID}", caption)
+
+
+def _training_section(run_dir: Path, assets: Path) -> str:
+    """The losses (drawn into ``assets``), the last epoch's numbers and its reconstructions."""
+    steps, epochs = _read_metrics(run_dir)
+    if not steps:
+        return ""
+    plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))
+    last = epochs[-1] if epochs else {}
+    rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
+    figure = _figure(
+        f"{REPORT_ASSETS}/losses.png",
+        "Losses per optimiser step (nats per image for the reconstruction) and on the "
+        "validation split after each epoch.",
+    )
+    section = (
+        "<h2>Training</h2>"
+        + (figure if plotted else "<p>The training log holds no loss values.</p>")
+        + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
+    )
+    grids = sorted((run_dir / IMAGES).glob("epoch-*-samples.png"))
+    if grids:
+        tag = grids[-1].name.replace("-samples.png", "")
+        section += _figure(
+            f"{IMAGES}/{tag}-reconstructions.png",
+            f"{tag}: validation images (top row), their corrupted inputs (if the model "
+            "was trained with a corruption) and their reconstructions (bottom row)",
+        )
+    return section

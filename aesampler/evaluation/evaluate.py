@@ -279,10 +279,12 @@ class Evaluator:
     """The recipe's ``evaluate`` setup, prepared once, measuring chains from any start sampler.
 
     Preparing builds the metrics and the feature extractor (training or loading its cached
-    classifier), picks the reference and training images and encodes the reference; each
-    :meth:`measure_chains` then runs ``evaluate.num_chains`` fresh chains and measures them.
-    ``aesampler evaluate`` measures the recipe's own start sampler; the sampler comparison
-    measures each of its samplers with the same setup, so their numbers compare.
+    classifier), picks the reference and training images and encodes the reference; then
+    :meth:`run_chains` runs ``evaluate.num_chains`` fresh chains from a start sampler and
+    :meth:`measure` measures them. The evaluate stage measures the recipe's own start sampler
+    (:func:`evaluate`); the sampler comparison and the tuning search measure each of their
+    samplers with the same setup, so their numbers compare. ``parts`` is the
+    :class:`aesampler.components.Components` those callers share (model, chain, data).
     """
 
     def __init__(
