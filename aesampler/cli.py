@@ -114,14 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resume=getattr(args, "resume", False),
         overwrite=args.overwrite,
         progress=not args.quiet,
-        do_sample=kind in ("run", "sample"),
-        do_interpolate=kind in ("run", "interpolate"),
-        do_evaluate=kind in ("run", "evaluate"),
-        # run: as inpaint.enabled and samplers.enabled say; the inpaint and compare-samplers
-        # commands do their work whatever those say.
-        do_inpaint=None if kind == "run" else kind == "inpaint",
-        do_compare=None if kind == "run" else kind == "compare-samplers",
-        do_tune=kind == "tune",
+        command=kind,  # its stages: aesampler.stages.stages_for
         checkpoint=checkpoint,
     )
     if not distributed.world().is_main:

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .components import fit_sampler, sample_bytes
+from .documents import Comparison
 from .evaluation.copying import COPYING_THRESHOLD
 from .evaluation.evaluate import Evaluator
 from .evaluation.stopping import first_minimum, mmd_curve
@@ -42,7 +44,10 @@ from .rundir import (
     SETTINGS,
     STEPS_FIGURE,
     RunDir,
+    save_tensors,
+    with_recipe,
     write_json,
+    write_recipe,
 )
 
 FORMAT = "aesampler-sampler-comparison"
@@ -70,8 +75,6 @@ def labels(names: list[str]) -> list[str]:
 
 def check_size(parts) -> None:
     """Refuse a comparison whose saved chains cannot fit in memory, before any work."""
-    from .workflow import sample_bytes
-
     recipe = parts.recipe
     chains, last = recipe.evaluate.num_chains, max(recipe.samplers.steps)
     # One sampler at a time: z and x recorded at every step (for the auto step), and the
@@ -93,8 +96,7 @@ def compare_samplers(
 
     Returns what ``samplers/comparison.json`` holds.
     """
-    from .report import comparison_figure, steps_figure  # matplotlib only when drawing
-    from .workflow import fit_sampler, save_tensors, with_recipe, write_recipe
+    from .figures import comparison_figure, steps_figure  # matplotlib only when drawing
 
     recipe = parts.recipe
     cfg, ev = recipe.samplers, recipe.evaluate
@@ -208,9 +210,9 @@ def compare_samplers(
                 + [("feature_extractor", ev.feature_extractor.name)]
             ),
         }
-        write_json(folder / COMPARISON, comparison)
+        write_json(folder / COMPARISON, Comparison.build(comparison))
         comparison_figure(comparison, folder / COMPARISON_FIGURE)
-        write_recipe(parts, txn)
+        write_recipe(parts.recipe, txn)
     run.record_components(comparison["components"])
     return comparison
 

@@ -44,8 +44,8 @@ from .interfaces import Corruption, Decoder, Encoder, Transition
 from .transitions import DecodeCorruptEncode
 
 if TYPE_CHECKING:
+    from .components import Components
     from .recipe import Recipe
-    from .workflow import Components
 
 #: The parts of an image a mask can hide: one side (a share of the columns or rows), a centred
 #: box, or pixels drawn at random.
@@ -417,14 +417,19 @@ def inpaint_test_images(
     """
     from tqdm import tqdm
 
+    from .components import WorkflowError, settings_document
+    from .documents import InpaintingSettings
     from .rundir import (
         INPAINTING,
         INPAINTING_GRID,
         INPAINTING_TENSORS,
         RunDir,
         save_png,
+        save_settings,
+        save_tensors,
+        with_recipe,
+        write_recipe,
     )
-    from .workflow import WorkflowError, save_settings, save_tensors, with_recipe, write_recipe
 
     recipe = parts.recipe
     cfg, sampling = recipe.inpaint, recipe.sampling
@@ -500,8 +505,9 @@ def inpaint_test_images(
             masked_mse={str(t): v for t, v in result.mean_error.items()},
             fill_mse=float(result.fill_error.mean()),
         )
-        save_settings(parts, folder, settings, ["transition", "corruption", "dataset"])
-        write_recipe(parts, txn)
+        kinds = ["transition", "corruption", "dataset"]
+        save_settings(folder, InpaintingSettings.build(settings_document(parts, settings, kinds)))
+        write_recipe(parts.recipe, txn)
     log(
         "inpainting: mean squared error of the missing pixels by step: "
         + ", ".join(f"{t}: {v:.4f}" for t, v in result.mean_error.items())

@@ -7,26 +7,26 @@ archived and the report still shows everything. Plots are drawn with matplotlib'
 
 from __future__ import annotations
 
-import contextlib
 import html
-import io
 import json
-import math
 import re
-import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import torch
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
+from . import documents
 from .checkpoint import CheckpointError, find_checkpoint, read_info
 from .errors import AesamplerError, quoted
 from .evaluation.best import DIAGNOSTICS_MEANING, describe_best_steps
+from .figures import (
+    MAX_PANELS,
+    is_finite,
+    is_int,
+    loss_figure,
+    metrics_figure,
+    metrics_png,
+)
 from .rundir import (
     CHECKPOINTS,
     CHOSEN_FIGURE,
@@ -62,78 +62,8 @@ class ReportError(AesamplerError):
     """A file the report or a comparison reads is missing or damaged."""
 
 
-MAX_PANELS = 30
-"""At most this many plots in one figure (the tables still show every metric)."""
-
-
 # ----------------------------------------------------------------------------------------------
-# Checking what the report reads: each document is checked against the keys it must hold.
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """An int or float that can be formatted and plotted as a float (NaN and inf included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        float(value)
-    except OverflowError:  # an integer beyond the range of a float
-        return False
-    return True
-
-
-def _is_finite(value) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-def _or_null(kind: tuple[str, Callable]) -> tuple[str, Callable]:
-    return f"{kind[0]} or null", lambda v: v is None or kind[1](v)
-
-
-INT = ("a whole number", _is_int)
-COUNT = ("a whole number from 0", lambda v: _is_int(v) and v >= 0)
-NUMBER = ("a number", _is_number)
-TEXT = ("text", lambda v: isinstance(v, str))
-OBJECT = ("an object", lambda v: isinstance(v, dict))
-FRACTION = ("a number between 0 and 1", lambda v: _is_finite(v) and 0 < v < 1)
-STEPS = ("a list of step numbers", lambda v: isinstance(v, list) and all(COUNT[1](s) for s in v))
-WINDOW = (
-    "a list of two step numbers",
-    lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(s) for s in v),
-)
-
-
-def _shown(value) -> str:
-    try:
-        text = repr(value) if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _problem(document: dict, fields: list[tuple[str, tuple[str, Callable], bool]]) -> str | None:
-    """What is wrong with ``document`` (a JSON object), or None.
-
-    ``fields`` are (dotted key, (description, test), required). A key inside an object that is
-    absent is checked only if the object is there (its own entry says whether it must be).
-    """
-    for key, (description, test), required in fields:
-        *parents, name = key.split(".")
-        holder = document
-        for parent in parents:
-            holder = holder.get(parent) if isinstance(holder, dict) else None
-        if not isinstance(holder, dict):
-            continue
-        if name not in holder:
-            if required:
-                return f"{key!r} is missing"
-            continue
-        if not test(holder[name]):
-            return f"{key!r} is not {description} (it holds {_shown(holder[name])})"
-    return None
+# Reading the run directory: each JSON document is checked by its model (aesampler.documents).
 
 
 def _read_json(path: Path, what: str):
@@ -147,99 +77,7 @@ def _read_json(path: Path, what: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures
-
-
-@contextlib.contextmanager
-def _drawing(source: str) -> Iterator[None]:
-    """Numbers matplotlib cannot draw become one error naming ``source`` (and no warnings)."""
-    try:
-        with warnings.catch_warnings():  # overflow warnings would repeat the error below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            yield
-    except (ValueError, OverflowError) as error:
-        raise ReportError(f"cannot plot the numbers in {source}: {error}") from None
-
-
-def _png(figure: Figure, source: str, tight_layout: bool = False) -> bytes:
-    """The figure as PNG bytes."""
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    with _drawing(source):
-        if tight_layout:
-            figure.tight_layout()
-        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _save_figure(figure: Figure, path: Path, source: str = "the run directory") -> None:
-    data = _png(figure, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-
-
-def _panels(count: int, columns: int) -> tuple[int, int]:
-    """Rows and columns of a grid of ``count`` plots, at most ``columns`` wide."""
-    columns = max(1, min(columns, count))
-    return max(1, -(-count // columns)), columns
-
-
-def steps_figure(samples: dict[int, torch.Tensor], path: Path, start: str = "prior") -> None:
-    """The same chains at each recorded step, side by side, one panel per step.
-
-    ``start`` names the sampler that drew step 0 (its recipe name).
-    """
-    steps = sorted(samples)
-    figure = Figure(figsize=(2.6 * len(steps), 2.9))
-    for i, t in enumerate(steps):
-        x = samples[t]
-        grid = make_grid(x.float().clamp(0, 1), nrow=max(1, round(len(x) ** 0.5)), padding=1)
-        axis = figure.add_subplot(1, len(steps), i + 1)
-        axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        axis.set_title(f"step 0 ({start})" if t == 0 else f"step {t}")
-        axis.axis("off")
-    _save_figure(figure, path)
-
-
-def tuning_figure(document: dict, path: Path) -> None:
-    """The search's last round: the validation score of each configuration against the chain
-    step, the paper's configuration dashed, the choice marked, steps flagged as copying hollow."""
-    score = document["settings"]["score"]
-    rounds = len(document["rounds"])
-    figure = Figure(figsize=(7.5, 4.2))
-    axis = figure.add_subplot(1, 1, 1)
-    choice = document["choice"]
-    for c in document["candidates"]:
-        if len(c["rounds"]) != rounds:
-            continue
-        last = c["rounds"][-1]
-        steps = sorted(int(t) for t in last[score])
-        values = [last[score][str(t)] for t in steps]
-        (line,) = axis.plot(
-            steps, values, "--" if c["paper"] else "-", label=c["label"] + (" (paper)" * c["paper"])
-        )
-        flagged = [t for t in steps if last["copying_flag"].get(str(t))]
-        if flagged:
-            axis.plot(
-                flagged,
-                [last[score][str(t)] for t in flagged],
-                "o",
-                mfc="none",
-                color=line.get_color(),
-            )
-        if c["label"] == choice["label"]:
-            axis.plot(
-                [choice["steps"]],
-                [last[score][str(choice["steps"])]],
-                "*",
-                ms=14,
-                color=line.get_color(),
-            )
-    axis.set_xlabel("chain step")
-    axis.set_ylabel(f"{score} to validation images")
-    axis.set_title(f"last round ({document['rounds'][-1]['chains']} chains each); *: chosen")
-    axis.legend(fontsize=7)
-    _save_figure(figure, path)
+# What the report reads and draws (the figures themselves: aesampler.figures)
 
 
 def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -259,51 +97,12 @@ def _read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
             record = json.loads(line)
         except (ValueError, RecursionError):
             continue  # a line cut short by a crash, or one that is not a record
-        if not isinstance(record, dict) or not _is_finite(record.get("step")):
+        if not isinstance(record, dict) or not is_finite(record.get("step")):
             continue
-        if not _is_int(record["step"]):
+        if not is_int(record["step"]):
             continue
         (steps if record.get("event") == "step" else epochs).append(record)
     return steps, epochs
-
-
-def loss_figure(
-    steps: list[dict], epochs: list[dict], path: Path, source: str = "the training log"
-) -> bool:
-    """Each loss against the optimiser step; False (and no file) when no loss has a number.
-
-    A key is drawn from the step records that hold a finite number for it (records may differ
-    in their keys); any other value is skipped.
-    """
-    keys = dict.fromkeys(k for r in steps for k in r if k not in ("event", "step", "epoch"))
-    series: dict[str, tuple[list, list]] = {}
-    for key in keys:
-        train = [(r["step"], r[key]) for r in steps if _is_finite(r.get(key))]
-        if train:
-            name = f"valid/{key}"
-            valid = [(r["step"], r[name]) for r in epochs if _is_finite(r.get(name))]
-            series[key] = (train, valid)
-    if not series:
-        return False
-    shown = list(series)[:MAX_PANELS]
-    rows, columns = _panels(len(shown), 4)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows))
-    with _drawing(source):
-        for i, key in enumerate(shown):
-            train, valid = series[key]
-            axis = figure.add_subplot(rows, columns, i + 1)
-            axis.plot(*zip(*train), lw=0.8, label="train (step)")
-            if valid:
-                axis.plot(*zip(*valid), "o-", ms=3, label="valid (epoch)")
-                axis.legend(fontsize=8)
-            axis.set_title(key)
-            axis.set_xlabel("optimiser step")
-            if key == "reconstruction":
-                axis.set_ylabel("nats per image")
-                if any(v > 0 for _, v in train + valid):  # a log axis needs a positive value
-                    axis.set_yscale("log")
-    _save_figure(figure, path, source)
-    return True
 
 
 def _auto_note(auto) -> str:
@@ -311,9 +110,7 @@ def _auto_note(auto) -> str:
     if not isinstance(auto, dict):
         return ""
     cap = auto.get("max_steps")
-    return (
-        f" (chosen by steps: auto, at most {cap})" if _is_int(cap) else " (chosen by steps: auto)"
-    )
+    return f" (chosen by steps: auto, at most {cap})" if is_int(cap) else " (chosen by steps: auto)"
 
 
 def _figure(src: str, caption: str) -> str:
@@ -326,52 +123,13 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-SAMPLING_FIELDS = [
-    ("num_chains", COUNT, True),
-    ("steps", COUNT, True),
-    ("checkpoint", TEXT, True),
-    ("batchnorm", TEXT, True),
-    ("seed", INT, True),
-    ("chain_corruption", _or_null(OBJECT), False),
-    ("start", _or_null(OBJECT), False),
-    ("start_describes", TEXT, False),
-    ("steps_auto", _or_null(OBJECT), False),
-]
-"""What the report reads from ``samples/settings.json`` (written by ``aesampler sample``)."""
-
-INTERPOLATION_FIELDS = [("method", TEXT, True), ("steps", COUNT, True)]
-"""What the report reads from ``interpolation/settings.json``."""
-
-INPAINTING_FIELDS = [
-    ("mask", OBJECT, True),
-    ("mask.missing", TEXT, True),
-    ("mask.fraction", NUMBER, True),
-    ("fill", NUMBER, True),
-    ("corrupt_observed", ("true or false", lambda v: isinstance(v, bool)), True),
-    ("steps_recorded", STEPS, True),
-    (
-        "masked_mse",
-        (
-            "an object of numbers",
-            lambda v: isinstance(v, dict) and all(map(_is_number, v.values())),
-        ),
-        True,
-    ),
-    ("fill_mse", NUMBER, True),
-]
-"""What the report reads from ``inpainting/settings.json``."""
-
-
-def _settings(folder: Path, fields: list, command: str) -> dict:
-    """``folder/settings.json`` checked for ``fields``, or {} when there is none."""
+def _settings(folder: Path, model: type[documents.Document], command: str) -> dict:
+    """``folder/settings.json`` checked as a ``model``, or {} when there is none."""
     file = folder / SETTINGS
     if not file.is_file():
         return {}
     settings = _read_json(file, "settings of the outputs in that folder")
-    if isinstance(settings, dict):
-        problem = _problem(settings, fields)
-    else:
-        problem = "it does not hold a JSON object"
+    problem = documents.problem(model, settings)
     if problem:
         raise ReportError(
             f"{quoted(file)} does not hold the settings aesampler writes: {problem}; re-create it "
@@ -401,52 +159,6 @@ th { background: #f6f6f6; font-weight: 600; }
 .grids figure { flex: 0 1 240px; }
 pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
 """
-
-
-def _metrics_png(runs: dict[str, dict], source: str) -> bytes:
-    """Each metric against the chain step, one line (with its interval band) per run.
-
-    Reports as :func:`read_quality` returns them. At most ``MAX_PANELS`` metrics are drawn;
-    steps whose value or interval is not a finite number are left out.
-    """
-    keys = list(dict.fromkeys(k for report in runs.values() for k in report["metrics"]))
-    keys = keys[:MAX_PANELS]
-    rows, columns = _panels(len(keys), 3)
-    figure = Figure(figsize=(4.2 * columns, 3.1 * rows))
-    if not keys:
-        figure.text(0.5, 0.5, "no metrics", ha="center", va="center")
-    with _drawing(source):
-        for i, key in enumerate(keys):
-            axis = figure.add_subplot(rows, columns, i + 1)
-            for label, report in runs.items():
-                cells = report["metrics"].get(key, {})
-                points = [
-                    (s, c["value"], c["low"], c["high"])
-                    for s in report["steps"]
-                    if (c := cells.get(str(s))) and all(_is_finite(c[f]) for f in INTERVAL)
-                ]
-                if not points:
-                    continue
-                steps, value, low, high = zip(*points)
-                (line,) = axis.plot(steps, value, "o-", ms=3, label=label)
-                axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-            better = next(
-                (r["lower_is_better"].get(key) for r in runs.values() if key in r["metrics"]), None
-            )
-            axis.set_title(
-                key + {True: " (lower is better)", False: " (higher is better)"}.get(better, "")
-            )
-            axis.set_xlabel("chain step")
-            if len(runs) > 1 and i == 0 and axis.lines:
-                axis.legend(fontsize=8)
-    return _png(figure, source, tight_layout=True)
-
-
-def metrics_figure(runs: dict[str, dict], path: Path, source: str = "metrics.json") -> None:
-    """Draw :func:`_metrics_png` into ``path``."""
-    data = _metrics_png(runs, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
 
 
 def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
@@ -517,64 +229,10 @@ def _quality_section(report: dict, name: str, assets: Path, source: str) -> str:
     return "".join(parts)
 
 
-INTERVAL = ("value", "low", "high")
-
-QUALITY_FIELDS = [
-    ("steps", STEPS, True),
-    ("metrics", OBJECT, True),
-    ("lower_is_better", OBJECT, False),
-    ("settings", OBJECT, True),
-    ("settings.confidence", FRACTION, True),
-    ("settings.num_chains", COUNT, True),
-    ("settings.bootstrap", COUNT, True),
-    ("reference", OBJECT, True),
-    ("reference.images", COUNT, True),
-    ("reference.split", TEXT, True),
-    ("reference.novelty_of_held_out_images", _or_null(NUMBER), True),
-    ("diagnostics", OBJECT, False),
-    ("feature_extractor", OBJECT, False),
-    ("chain", OBJECT, False),
-    ("chain.start", _or_null(OBJECT), False),
-]
-"""Every key of ``metrics.json`` that the report and ``compare`` read, with its type."""
-
-
-def _quality_problem(report) -> str | None:
-    if not isinstance(report, dict):
-        return "it does not hold a JSON object"
-    fields = list(QUALITY_FIELDS)
-    diag = report.get("diagnostics")
-    if isinstance(diag, dict) and "rhat_median" in diag:  # the report shows these together
-        fields += [
-            ("diagnostics.rhat_median", NUMBER, True),
-            ("diagnostics.rhat_max", NUMBER, True),
-            ("diagnostics.window", WINDOW, True),
-            ("diagnostics.chains", COUNT, True),
-            ("diagnostics.ess_median", NUMBER, False),
-            ("diagnostics.ess_note", TEXT, False),
-        ]
-        if "ess_median" in diag:
-            fields.append(("diagnostics.ess_min", NUMBER, True))
-    problem = _problem(report, fields)
-    if problem:
-        return problem
-    for key, cells in report["metrics"].items():
-        ok = isinstance(cells, dict) and all(
-            isinstance(c, dict) and all(_is_number(c.get(f)) for f in INTERVAL)
-            for c in cells.values()
-        )
-        if not ok:
-            return f"metric {key!r} does not hold value/low/high numbers by step"
-    for key, better in report.get("lower_is_better", {}).items():
-        if better is not None and not isinstance(better, bool):
-            return f"'lower_is_better.{key}' is not true, false or null (it holds {_shown(better)})"
-    return None
-
-
 def read_quality(path: Path) -> dict:
     """A ``metrics.json`` written by ``aesampler evaluate``, checked for what reports read."""
     report = _read_json(path, "sample-quality metrics")
-    problem = _quality_problem(report)
+    problem = documents.problem(documents.Metrics, report)
     if problem:
         raise ReportError(
             f"{quoted(path)} is not aesampler sample-quality metrics: {problem}; re-create it "
@@ -584,66 +242,16 @@ def read_quality(path: Path) -> dict:
     return report
 
 
-COMPARISON_FIELDS = [
-    ("format", TEXT, True),
-    ("settings", OBJECT, True),
-    ("settings.steps", STEPS, True),
-    ("settings.num_chains", COUNT, True),
-    ("settings.confidence", FRACTION, True),
-    ("reference", OBJECT, True),
-    ("samplers", ("a list of objects", lambda v: isinstance(v, list) and v), True),
-]
-"""What the report reads from ``samplers/comparison.json`` (``aesampler compare-samplers``)."""
-
-COMPARED_FIELDS = [
-    ("label", ("a folder name", lambda v: isinstance(v, str) and _LABEL.fullmatch(v)), True),
-    ("sampler", OBJECT, True),
-    ("describes", TEXT, True),
-    ("steps", STEPS, True),
-    ("metrics", OBJECT, True),
-    ("lower_is_better", OBJECT, True),
-    ("fit_seconds", NUMBER, True),
-    ("auto", OBJECT, True),
-    ("auto.chosen", COUNT, True),
-    ("best_step", OBJECT, True),
-]
-"""What the report reads from each entry of the comparison's ``samplers`` list."""
-
-_LABEL = re.compile(r"[a-z][a-z0-9_]*(?:-(?:batch|running))?(?:-(?:training|none))?(?:-\d+)?")
-
-
 def read_comparison(path: Path) -> dict:
     """A ``samplers/comparison.json`` written by aesampler, checked for what reports read."""
     document = _read_json(path, "the sampler comparison")
-    problem = _problem(document, COMPARISON_FIELDS) if isinstance(document, dict) else None
-    if not isinstance(document, dict):
-        problem = "it does not hold a JSON object"
-    if problem is None:
-        for i, row in enumerate(document["samplers"]):
-            if not isinstance(row, dict):
-                problem = f"'samplers[{i}]' is not an object"
-                break
-            found = _problem(row, COMPARED_FIELDS) or _quality_problem(
-                {
-                    **row,
-                    "settings": {"confidence": 0.5, "num_chains": 0, "bootstrap": 0},
-                    "reference": {"images": 0, "split": "", "novelty_of_held_out_images": None},
-                }
-            )
-            if found:
-                problem = f"in 'samplers[{i}]': {found}"
-                break
+    problem = documents.problem(documents.Comparison, document)
     if problem:
         raise ReportError(
             f"{quoted(path)} is not an aesampler sampler comparison: {problem}; re-create it "
             "with aesampler compare-samplers --overwrite"
         )
     return document
-
-
-def comparison_figure(comparison: dict, path: Path, source: str = "comparison.json") -> None:
-    """Each metric against the chain step, one line (with its interval band) per sampler."""
-    metrics_figure({row["label"]: row for row in comparison["samplers"]}, path, source)
 
 
 def _comparison_section(run_dir: Path) -> str:
@@ -665,7 +273,7 @@ def _comparison_section(run_dir: Path) -> str:
             f"with the evaluate section's metrics ({level}% bootstrap intervals). 'auto' is the "
             "step sampling.steps: auto would stop at for that sampler; 'best' the step with the "
             f"best {primary}."
-            + (f" Novelty of held-out images: {novelty:.4g}." if _is_finite(novelty) else "")
+            + (f" Novelty of held-out images: {novelty:.4g}." if is_finite(novelty) else "")
         )
         + "</p>"
     )
@@ -902,7 +510,7 @@ def compare_runs(run_dirs: list[Path], out: Path | None = None, overwrite: bool 
         parts.append("\n".join(lines))
     text = "\n\n".join(parts) + "\n"
     if out is not None:
-        picture = _metrics_png(runs, ", ".join(repr(str(f)) for f in files))
+        picture = metrics_png(runs, ", ".join(repr(str(f)) for f in files))
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -939,8 +547,8 @@ def _read_recipe(run_dir: Path) -> tuple[str, dict]:
         if section is not None and not isinstance(section, dict):
             raise ReportError(
                 f"{quoted(file)} is not a recipe aesampler wrote: its section {key!r} is not a "
-                f"mapping of keys to values (it holds {_shown(section)}); it was edited or "
-                "damaged"
+                f"mapping of keys to values (it holds {documents.shown(section)}); it was edited "
+                "or damaged"
             )
     return text, recipe
 
@@ -977,7 +585,7 @@ def _checkpoint_row(run_dir: Path) -> tuple[str, str] | None:
 
 
 def _inpainting_section(run_dir: Path) -> str:
-    cfg = _settings(run_dir / INPAINTING, INPAINTING_FIELDS, "inpaint")
+    cfg = _settings(run_dir / INPAINTING, documents.InpaintingSettings, "inpaint")
     mask, steps = cfg["mask"], cfg["steps_recorded"]
     caption = (
         f"A row per test image: the image, the masked image the chain starts from (hidden "
@@ -1001,9 +609,37 @@ def _inpainting_section(run_dir: Path) -> str:
 
 
 def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
+    """The page: one section per output the run directory holds, in a fixed order."""
     recipe_text, recipe = _read_recipe(run_dir)
-    sections: list[str] = []
+    summary, sampling = _run_section(run_dir, recipe)
+    sections = [summary, _samples_section(run_dir, sampling), _interpolation_section(run_dir)]
+    if (run_dir / INPAINTING / INPAINTING_GRID).is_file():
+        sections.append(_inpainting_section(run_dir))
+    quality = run_dir / METRICS
+    if quality.is_file():
+        report = read_quality(quality)
+        sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
+    if (run_dir / SAMPLERS / COMPARISON).is_file():
+        sections.append(_comparison_section(run_dir))
+    if (run_dir / TUNING / TUNING_FILE).is_file():
+        sections.append(_tuning_section(run_dir))
+    sections.append(_training_section(run_dir, assets))
+    if recipe_text:
+        sections.append(f"<h2>Recipe</h2><pre>{html.escape(recipe_text)}</pre>")
+    title = f"aesampler report: {run_dir.name}"
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    atomic_write_bytes(page_path, page.encode())
+    return run_dir / REPORT
 
+
+def _run_section(run_dir: Path, recipe: dict) -> tuple[str, dict]:
+    """The run's table (model, data, corruption, checkpoint, sampling), and the samples'
+    settings (empty when there are none)."""
     summary: list[tuple[str, str]] = []
     model = recipe.get("model") or {}
     if model:
@@ -1015,7 +651,7 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
     checkpoint = _checkpoint_row(run_dir)
     if checkpoint:
         summary.append(checkpoint)
-    sampling = _settings(run_dir / SAMPLES, SAMPLING_FIELDS, "sample")
+    sampling = _settings(run_dir / SAMPLES, documents.SampleSettings, "sample")
     if sampling:
         corruption = sampling.get("chain_corruption")
         summary.append(
@@ -1028,94 +664,80 @@ def _write_report(run_dir: Path, page_path: Path, assets: Path) -> Path:
                 f"seed {sampling['seed']}, start: {_spec(sampling.get('start'))}",
             )
         )
-    sections.append("<h2>Run</h2>" + _table(summary))
+    return "<h2>Run</h2>" + _table(summary), sampling
 
+
+def _samples_section(run_dir: Path, sampling: dict) -> str:
     samples = sorted(
         (int(match.group(1)), file.name)
         for file in (run_dir / SAMPLES).glob("step-*.png")
         if (match := _SAMPLE_GRID.fullmatch(file.name)) and file.is_file()
     )
-    if samples:
-        figures = []
-        start = sampling.get("start_describes", "decoded prior draws")
-        origin = (
-            "draws from the prior N(0, I)"
-            if start == "decoded prior draws"
-            else f"{start} (sampler {_spec(sampling.get('start'))})"
-        )
-        for t, name in samples:
-            after = f"after {t} transition{'s' * (t != 1)}"
-            caption = f"step 0: {start}" if t == 0 else f"step {t}: {after}"
-            figures.append(_figure(f"{SAMPLES}/{name}", caption))
-        tensors = sorted(p.name for p in (run_dir / SAMPLES).glob("samples*.safetensors"))
-        if len(tensors) > 1:
-            raw = (
-                f"<code>samples/{html.escape(tensors[0])}</code> to "
-                f"<code>samples/{html.escape(tensors[-1])}</code> ({len(tensors)} shards)"
-            )
-        else:
-            raw = f"<code>samples/{html.escape(tensors[0] if tensors else SAMPLES_TENSORS)}</code>"
-        sections.append(
-            "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
-            f"places: step 0 decodes {html.escape(origin)}; step t decodes the latents "
-            f"after t decode–corrupt–encode transitions. Raw tensors: {raw}.</p>"
-            f'<div class="grids">{"".join(figures)}</div>'
-        )
-    interpolation = run_dir / INTERPOLATION / INTERPOLATION_GRID
-    if interpolation.is_file():
-        cfg = _settings(run_dir / INTERPOLATION, INTERPOLATION_FIELDS, "interpolate")
-        caption = (
-            f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
-            f"first row decodes the interpolated latents, the second row the same latents after "
-            f"{cfg.get('steps', '?')} chain steps."
-        )
-        sections.append(
-            "<h2>Interpolation</h2>" + _figure(f"{INTERPOLATION}/{INTERPOLATION_GRID}", caption)
-        )
-    inpainting = run_dir / INPAINTING / INPAINTING_GRID
-    if inpainting.is_file():
-        sections.append(_inpainting_section(run_dir))
-    quality = run_dir / METRICS
-    if quality.is_file():
-        report = read_quality(quality)
-        sections.append(_quality_section(report, run_dir.name, assets, repr(str(quality))))
-    if (run_dir / SAMPLERS / COMPARISON).is_file():
-        sections.append(_comparison_section(run_dir))
-    if (run_dir / TUNING / TUNING_FILE).is_file():
-        sections.append(_tuning_section(run_dir))
-    steps, epochs = _read_metrics(run_dir)
-    if steps:
-        plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))
-        last = epochs[-1] if epochs else {}
-        rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
-        figure = _figure(
-            f"{REPORT_ASSETS}/losses.png",
-            "Losses per optimiser step (nats per image for the reconstruction) and on the "
-            "validation split after each epoch.",
-        )
-        sections.append(
-            "<h2>Training</h2>"
-            + (figure if plotted else "<p>The training log holds no loss values.</p>")
-            + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
-        )
-        grids = sorted((run_dir / IMAGES).glob("epoch-*-samples.png"))
-        if grids:
-            tag = grids[-1].name.replace("-samples.png", "")
-            sections.append(
-                _figure(
-                    f"{IMAGES}/{tag}-reconstructions.png",
-                    f"{tag}: validation images (top row), their corrupted inputs (if the model "
-                    "was trained with a corruption) and their reconstructions (bottom row)",
-                )
-            )
-    if recipe_text:
-        sections.append(f"<h2>Recipe</h2><pre>{html.escape(recipe_text)}</pre>")
-    title = f"aesampler report: {run_dir.name}"
-    page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        + "".join(sections)
-        + "</body></html>\n"
+    if not samples:
+        return ""
+    figures = []
+    start = sampling.get("start_describes", "decoded prior draws")
+    origin = (
+        "draws from the prior N(0, I)"
+        if start == "decoded prior draws"
+        else f"{start} (sampler {_spec(sampling.get('start'))})"
     )
-    atomic_write_bytes(page_path, page.encode())
-    return run_dir / REPORT
+    for t, name in samples:
+        after = f"after {t} transition{'s' * (t != 1)}"
+        caption = f"step 0: {start}" if t == 0 else f"step {t}: {after}"
+        figures.append(_figure(f"{SAMPLES}/{name}", caption))
+    tensors = sorted(p.name for p in (run_dir / SAMPLES).glob("samples*.safetensors"))
+    if len(tensors) > 1:
+        raw = (
+            f"<code>samples/{html.escape(tensors[0])}</code> to "
+            f"<code>samples/{html.escape(tensors[-1])}</code> ({len(tensors)} shards)"
+        )
+    else:
+        raw = f"<code>samples/{html.escape(tensors[0] if tensors else SAMPLES_TENSORS)}</code>"
+    return (
+        "<h2>Samples along the chain</h2><p>Each grid shows the same chains in the same "
+        f"places: step 0 decodes {html.escape(origin)}; step t decodes the latents "
+        f"after t decode–corrupt–encode transitions. Raw tensors: {raw}.</p>"
+        f'<div class="grids">{"".join(figures)}</div>'
+    )
+
+
+def _interpolation_section(run_dir: Path) -> str:
+    if not (run_dir / INTERPOLATION / INTERPOLATION_GRID).is_file():
+        return ""
+    cfg = _settings(run_dir / INTERPOLATION, documents.InterpolationSettings, "interpolate")
+    caption = (
+        f"{cfg.get('method', '?')} between encodings of test images: for each pair, the "
+        f"first row decodes the interpolated latents, the second row the same latents after "
+        f"{cfg.get('steps', '?')} chain steps."
+    )
+    return "<h2>Interpolation</h2>" + _figure(f"{INTERPOLATION}/{INTERPOLATION_GRID}", caption)
+
+
+def _training_section(run_dir: Path, assets: Path) -> str:
+    """The losses (drawn into ``assets``), the last epoch's numbers and its reconstructions."""
+    steps, epochs = _read_metrics(run_dir)
+    if not steps:
+        return ""
+    plotted = loss_figure(steps, epochs, assets / "losses.png", repr(str(run_dir / TRAIN_LOG)))
+    last = epochs[-1] if epochs else {}
+    rows = [(k, _fmt(v)) for k, v in last.items() if k not in ("event",)]
+    figure = _figure(
+        f"{REPORT_ASSETS}/losses.png",
+        "Losses per optimiser step (nats per image for the reconstruction) and on the "
+        "validation split after each epoch.",
+    )
+    section = (
+        "<h2>Training</h2>"
+        + (figure if plotted else "<p>The training log holds no loss values.</p>")
+        + ("<h3>Last epoch</h3>" + _table(rows) if rows else "")
+    )
+    grids = sorted((run_dir / IMAGES).glob("epoch-*-samples.png"))
+    if grids:
+        tag = grids[-1].name.replace("-samples.png", "")
+        section += _figure(
+            f"{IMAGES}/{tag}-reconstructions.png",
+            f"{tag}: validation images (top row), their corrupted inputs (if the model "
+            "was trained with a corruption) and their reconstructions (bottom row)",
+        )
+    return section

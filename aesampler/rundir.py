@@ -55,6 +55,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import __version__
 from .errors import AesamplerError, quoted
 
@@ -197,6 +199,34 @@ def save_png(images, path: Path, nrow: int) -> None:
     buffer = io.BytesIO()
     save_image(images.float().clamp(0, 1), buffer, format="png", nrow=nrow, padding=2)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_tensors(tensors, path: Path) -> None:
+    """Tensors (a dict of names to tensors) as one safetensors file, written atomically."""
+    from safetensors.torch import save  # torch is imported only when tensors are saved
+
+    atomic_write_bytes(path, save(tensors))
+
+
+def save_settings(folder: Path, document: dict[str, Any]) -> None:
+    """An output folder's ``settings.json`` (what produced its pictures, see
+    :func:`aesampler.components.settings_document`), and the components it names in the
+    manifest of the run directory that holds the folder."""
+    write_json(folder / SETTINGS, document)
+    RunDir(folder.parent).record_components(document["components"])
+
+
+def with_recipe(run: RunDir, entry: str) -> list[str]:
+    """The entries a command writes: its own, and the recipe when the directory has none yet."""
+    return [entry] if (run / RECIPE).exists() else [entry, RECIPE]
+
+
+def write_recipe(recipe, txn: Transaction) -> None:
+    """The resolved recipe (a :class:`aesampler.recipe.Recipe`) into ``txn`` when the
+    transaction writes it (see :func:`with_recipe`)."""
+    if RECIPE in txn.entries:
+        recipe_text = yaml.safe_dump(recipe.resolved(), sort_keys=False)
+        atomic_write_bytes(txn.path(RECIPE), recipe_text.encode())
 
 
 @contextlib.contextmanager

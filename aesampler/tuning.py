@@ -53,6 +53,7 @@ from typing import Any
 
 from . import __version__, distributed
 from .comparison import COPYING, entry_name, labels
+from .components import fit_sampler
 from .errors import AesamplerError, quoted
 from .evaluation.copying import COPYING_THRESHOLD
 from .recipe.schema import ComponentSpec, SamplerSpec
@@ -64,7 +65,9 @@ from .rundir import (
     TUNING_FILE,
     RunDir,
     read_json,
+    with_recipe,
     write_json,
+    write_recipe,
 )
 from .samplers import Sampler, encode_images
 
@@ -256,8 +259,7 @@ def tune(
     split, and write ``tuning/``. Returns what ``tuning/tuning.json`` holds; sets
     ``parts.tuned``."""
     from .evaluation.evaluate import Evaluator
-    from .report import steps_figure, tuning_figure
-    from .workflow import fit_sampler, with_recipe, write_recipe
+    from .figures import steps_figure, tuning_figure
 
     recipe = parts.recipe
     cfg, ev = recipe.tune, recipe.evaluate
@@ -430,7 +432,7 @@ def tune(
         tuning_figure(document, folder / TUNING_FIGURE)
         steps_figure(pictures["chosen"], folder / CHOSEN_FIGURE, choice.label)
         steps_figure(pictures["paper"], folder / PAPER_FIGURE, paper.label)
-        write_recipe(parts, txn)
+        write_recipe(parts.recipe, txn)
     run.record_components(
         parts.registry.provenance(
             [("sampler", c.spec.name) for c in candidates]

@@ -510,7 +510,7 @@ def test_a_plugin_samplers_state_gets_the_checksum_and_the_finite_check(
 
 
 def test_a_check_that_raises_is_a_problem_not_a_crash():
-    from aesampler.workflow import _state_problems
+    from aesampler.components import _state_problems
 
     class Fragile(PlainGaussian):
         def check_state(self, state):

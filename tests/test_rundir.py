@@ -171,7 +171,6 @@ def test_a_failed_sample_keeps_the_old_samples(tiny_run, tmp_path, monkeypatch):
         real(path, data)
 
     monkeypatch.setattr(rundir, "atomic_write_bytes", full_disk)
-    monkeypatch.setattr("aesampler.workflow.atomic_write_bytes", full_disk)
     done = cli("sample", str(copy), "--overwrite", "--quiet", "sampling.seed=9")
     assert done.returncode == 2
     assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
@@ -621,9 +620,9 @@ def test_a_file_that_appears_while_sampling_is_not_replaced(tiny_run, tmp_path, 
 
     # And what appears while the outputs are written is caught by the transaction.
     shutil.rmtree(copy / "samples")
-    import aesampler.workflow as workflow
+    import aesampler.stages.sample as sample_stage
 
-    real_figure = workflow.save_settings
+    real_figure = sample_stage.save_settings
 
     def late(*args, **kwargs):
         real_figure(*args, **kwargs)
@@ -631,7 +630,7 @@ def test_a_file_that_appears_while_sampling_is_not_replaced(tiny_run, tmp_path, 
         (copy / "samples" / "analysis.txt").write_text("mine")
 
     monkeypatch.setattr(Chain, "run", real)
-    monkeypatch.setattr(workflow, "save_settings", late)
+    monkeypatch.setattr(sample_stage, "save_settings", late)
     done = cli("sample", str(copy), "--quiet")
     assert done.returncode == 2 and "appeared while aesampler was writing" in done.stderr
     assert (copy / "samples" / "analysis.txt").read_text() == "mine"

@@ -279,10 +279,12 @@ class Evaluator:
     """The recipe's ``evaluate`` setup, prepared once, measuring chains from any start sampler.
 
     Preparing builds the metrics and the feature extractor (training or loading its cached
-    classifier), picks the reference and training images and encodes the reference; each
-    :meth:`measure_chains` then runs ``evaluate.num_chains`` fresh chains and measures them.
-    ``aesampler evaluate`` measures the recipe's own start sampler; the sampler comparison
-    measures each of its samplers with the same setup, so their numbers compare.
+    classifier), picks the reference and training images and encodes the reference; then
+    :meth:`run_chains` runs ``evaluate.num_chains`` fresh chains from a start sampler and
+    :meth:`measure` measures them. The evaluate stage measures the recipe's own start sampler
+    (:func:`evaluate`); the sampler comparison and the tuning search measure each of their
+    samplers with the same setup, so their numbers compare. ``parts`` is the
+    :class:`aesampler.components.Components` those callers share (model, chain, data).
     """
 
     def __init__(
@@ -513,7 +515,10 @@ def evaluate(
     """Compute the recipe's ``evaluate`` metrics for the trained model in ``parts``.
 
     Returns the report that ``aesampler evaluate`` writes to ``metrics.json`` (the caller writes
-    it: :func:`aesampler.workflow.run` does so in a run-directory transaction). Under torchrun
+    it: the evaluate stage, :mod:`aesampler.stages`, does so in a run-directory transaction).
+    With ``sampling.start: auto`` the caller chooses the start first
+    (:func:`aesampler.tuning.resolve_start`): evaluation sits below the tuning search, which
+    measures with it, so it never runs the search itself. Under torchrun
     every rank calls it and runs its share of the chains; rank 0 measures them and gets the
     report, the other ranks None. ``run_dir`` places the default feature-classifier cache beside
     the run.
@@ -524,10 +529,6 @@ def evaluate(
     progress, log = distributed.voice(progress, log)
     # Under torchrun: rank 0 prepares the measurements; every rank runs its shards of chains.
     evaluator = Evaluator(parts, run_dir, registry=registry, log=log) if main else None
-    if sampling.tuned:  # the configuration that sampling.start: auto chose
-        from ..tuning import resolve_start
-
-        resolve_start(parts, progress=progress, log=log)
     start = parts.shared_start_sampler(log)
     batchnorm, corruption = parts.setting(parts.start_spec)
     chains = evaluation_chains(parts, start, cfg.steps, progress=progress, log=log)
