@@ -18,10 +18,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, distributed
+from . import distributed
 from .errors import AesamplerError, printable, quoted
 from .plugins import get_registry
 from .rundir import RECIPE, RunDir, recording_commits
+from .version import __version__
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

@@ -115,18 +115,14 @@ def compare_samplers(
             fitting: dict = {}
             sampler = fit_sampler(parts, spec, log, fitting)
             fit_seconds = fitting["fit_seconds"]
-            fit_stats = dict(getattr(sampler, "stats", None) or {})
+            fit_stats = dict(sampler.stats)
             started = time.perf_counter()
             last = max(cfg.steps)
             batchnorm, corruption = setting = parts.setting(spec)
             result, latents = evaluator.run_chains(
                 sampler, range(last + 1), progress=progress, setting=setting
             )
-            sample_stats = {
-                k: v
-                for k, v in (getattr(sampler, "stats", None) or {}).items()
-                if k not in fit_stats
-            }
+            sample_stats = {k: v for k, v in sampler.stats.items() if k not in fit_stats}
             valid = parts.sampler_context(log, batchnorm).encodings("valid")
             curve = mmd_curve(latents, valid)
             auto = first_minimum(curve)
@@ -162,11 +158,7 @@ def compare_samplers(
             rows.append(row)
             out = folder / label
             out.mkdir()
-            tensors = {}
-            for t in measured_steps:
-                tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
-                tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
-            save_tensors(tensors, out / SAMPLES_TENSORS)
+            save_tensors(result.step_tensors(measured_steps), out / SAMPLES_TENSORS)
             shown = min(cfg.grid_size, ev.num_chains)
             steps_figure(
                 {t: result.x[t][:shown] for t in measured_steps}, out / STEPS_FIGURE, label

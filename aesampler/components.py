@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import __version__, distributed
+from . import distributed
 from .chain import Chain, ChainResult, default_record, shard_seed
 from .checkpoint import (
     Checkpoint,
@@ -58,13 +58,48 @@ from .rundir import (
 )
 from .samplers import Sampler, SamplerContext, SamplerError, encode_images, encode_posteriors
 from .training import resolve_device
-
-if TYPE_CHECKING:
-    from .tuning import TunedStart
+from .version import __version__
 
 
 class WorkflowError(AesamplerError):
     """A run cannot go on: no trained model, outputs in the way, a mismatched checkpoint."""
+
+
+class TuningError(AesamplerError):
+    """The search cannot run or its record cannot be used."""
+
+
+@dataclass(frozen=True)
+class TunedStart:
+    """What the search chose: the start entry (its batch-norm mode and corruption set) and the
+    chain steps."""
+
+    spec: SamplerSpec
+    steps: int
+    label: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "start": self.spec.model_dump(mode="json"),
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TunedStart:
+        try:
+            spec = SamplerSpec.model_validate(data["start"])
+            steps = data["steps"]
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+            if spec.batchnorm is None or spec.corruption is None:
+                raise ValueError("the chosen start names no batch-norm mode or corruption")
+            return cls(spec, steps, str(data.get("label", spec.name)))
+        except (KeyError, TypeError, ValueError) as error:
+            raise TuningError(
+                f"{where} does not hold a choice aesampler wrote ({error}); run aesampler tune "
+                "--overwrite"
+            ) from None
 
 
 @dataclass
@@ -214,6 +249,7 @@ class Components:
                 device=self.device,
                 model=self.model,
                 log=log,
+                registry=self.registry,
             )
         context = self._contexts[mode]
         context.log = log
@@ -358,7 +394,7 @@ def _fit_and_save(
     with run.new_folder(FITTED, folder.name, "fit") as staged:
         save_tensors(state, staged / SAMPLER_STATE)
         components = parts.registry.provenance([("sampler", spec.name)])
-        stats = dict(getattr(sampler, "stats", None) or {})
+        stats = dict(sampler.stats)
         write_json(
             staged / SETTINGS,
             {

@@ -37,10 +37,11 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .chain import BatchNormMode, Chain, ChainResult, ChainStep, sampling_mode
+from .chain import BatchNormMode, Chain, ChainResult, ChainStep, step_key
 from .corruptions import IdentityCorruption
 from .errors import ChainInputError
 from .interfaces import Corruption, Decoder, Encoder, Transition
+from .modes import sampling_mode
 from .transitions import DecodeCorruptEncode
 
 if TYPE_CHECKING:
@@ -491,9 +492,9 @@ def inpaint_test_images(
             "fill_error": result.fill_error.contiguous(),
         }
         for t in result.chains.steps:
-            tensors[f"x/step-{t:03d}"] = result.chains.x[t].float().contiguous()
-            tensors[f"z/step-{t:03d}"] = result.chains.z[t].float().contiguous()
-            tensors[f"error/step-{t:03d}"] = result.error[t].contiguous()
+            tensors[step_key("x", t)] = result.chains.x[t].float().contiguous()
+            tensors[step_key("z", t)] = result.chains.z[t].float().contiguous()
+            tensors[step_key("error", t)] = result.error[t].contiguous()
         save_tensors(tensors, folder / INPAINTING_TENSORS)
         missing = (~result.observed).expand_as(result.images)
         settings = dict(

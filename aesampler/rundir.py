@@ -57,8 +57,8 @@ from typing import Any
 
 import yaml
 
-from . import __version__
 from .errors import AesamplerError, quoted
+from .version import __version__
 
 MANIFEST = "aesampler-run.json"
 LOCK = ".aesampler-lock"

@@ -49,12 +49,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from . import __version__, distributed
+from . import distributed
 from .comparison import COPYING, entry_name, labels
-from .components import fit_sampler
-from .errors import AesamplerError, quoted
+from .components import TunedStart, TuningError, fit_sampler
+from .errors import quoted
 from .evaluation.copying import COPYING_THRESHOLD
 from .recipe.schema import ComponentSpec, SamplerSpec
 from .rundir import (
@@ -70,49 +69,13 @@ from .rundir import (
     write_recipe,
 )
 from .samplers import Sampler, encode_images
+from .version import __version__
 
 FORMAT = "aesampler-tuning"
 #: The score: a metric every configuration is measured with (lower is better).
 SCORE = "frechet"
 #: The configuration the paper samples with.
 PAPER = SamplerSpec(name="prior", batchnorm="batch", corruption="training")
-
-
-class TuningError(AesamplerError):
-    """The search cannot run or its record cannot be used."""
-
-
-@dataclass(frozen=True)
-class TunedStart:
-    """What the search chose: the start entry (its batch-norm mode and corruption set) and the
-    chain steps."""
-
-    spec: SamplerSpec
-    steps: int
-    label: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "start": self.spec.model_dump(mode="json"),
-            "steps": self.steps,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> TunedStart:
-        try:
-            spec = SamplerSpec.model_validate(data["start"])
-            steps = data["steps"]
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-                raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-            if spec.batchnorm is None or spec.corruption is None:
-                raise ValueError("the chosen start names no batch-norm mode or corruption")
-            return cls(spec, steps, str(data.get("label", spec.name)))
-        except (KeyError, TypeError, ValueError) as error:
-            raise TuningError(
-                f"{where} does not hold a choice aesampler wrote ({error}); run aesampler tune "
-                "--overwrite"
-            ) from None
 
 
 @dataclass

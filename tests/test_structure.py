@@ -6,8 +6,8 @@ follow. ``from .x import y`` runs ``x``'s package ``__init__`` first, so it also
 package on the way (but its own).
 
 Each check is one test per module, so a failure names the module and what it imports. Modules
-whose offence lies in work still under way elsewhere are marked ``xfail`` by name in
-``PENDING_*`` below (``strict=False``: the mark is removed when that work lands, not by XPASS).
+whose offence is known and left for later are marked ``xfail`` by name in ``PENDING_*`` below,
+each with why (``strict=False``: the mark is removed when the work lands, not by XPASS).
 """
 
 from __future__ import annotations
@@ -133,25 +133,8 @@ def _short(name: str) -> str:
     return name.removeprefix(PACKAGE + ".") if name != PACKAGE else PACKAGE
 
 
-# Marks for offences in modules another branch is rewriting (issue 20, items 1-3): each names the
-# modules whose own imports close the cycle or cross a layer, so the lead can drop them at merge.
-_VERSION = (
-    "imports __version__ from the package (`from . import __version__`): import it from "
-    "aesampler.version"
-)
-_WORKFLOW = "workflow <-> comparison/inpaint/tuning, evaluation.evaluate -> tuning (split pending)"
-PENDING_CYCLES: dict[str, str] = {
-    PACKAGE: f"cli, training, workflow, rundir, tuning: {_VERSION}",
-    "rundir": _VERSION,
-    "evaluation.features": f"via rundir: {_VERSION}",
-    # Also through recipe.schema -> evaluation -> evaluation.evaluate -> tuning -> workflow.
-    **dict.fromkeys(["training", "checkpoint", "report"], f"{_VERSION}; {_WORKFLOW}"),
-    **dict.fromkeys(["workflow", "tuning", "comparison", "inpaint"], _WORKFLOW),
-    **dict.fromkeys(["evaluation", "evaluation.evaluate", "evaluation.samples"], _WORKFLOW),
-    # recipe.schema takes the default metrics from evaluation.metrics: a cycle only through
-    # evaluation.evaluate -> tuning.
-    **dict.fromkeys(["recipe", "recipe.build", "recipe.loader", "recipe.schema"], _WORKFLOW),
-}
+# Modules whose offence is known and left for later, each with why (none for cycles and layers).
+PENDING_CYCLES: dict[str, str] = {}  # none: every cycle is gone
 
 
 def _marked(names: list[str], pending: dict[str, str]) -> list:
@@ -221,6 +204,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "plugins",
             "distributed",
             "rundir",
+            "documents",
+            "figures",
             "interpolate",
             "corruptions",
             "data",
@@ -254,10 +239,7 @@ def layer_of(module: str) -> int:
     raise LookupError(f"{module} is in no layer: add it to LAYERS in tests/test_structure.py")
 
 
-PENDING_LAYERS: dict[str, str] = {
-    "rundir": _VERSION,
-    "evaluation.evaluate": "imports tuning (resolve_start) from the stages' layer",
-}
+PENDING_LAYERS: dict[str, str] = {}  # none: every import goes down
 
 
 @pytest.mark.parametrize("module", _marked(sorted(MODULES), PENDING_LAYERS))
@@ -286,10 +268,15 @@ LONG_ALLOWED: dict[str, str] = {
     "cli.build_parser": "declarative: the argparse table of every subcommand and its options",
 }
 
-PENDING_LENGTHS: dict[str, str] = dict.fromkeys(
-    ["workflow", "training", "comparison", "tuning", "inpaint", "report", "evaluation.evaluate"],
-    "long functions in a module being split (issue 20, items 1-3)",
-)
+#: Modules with functions still over their limit: issue 20 is open on them (each is long because
+#: it lays out a whole command's records; splitting them is the next step, behaviour unchanged).
+PENDING_LENGTHS: dict[str, str] = {
+    "tuning": "tune (194 lines) not yet split",
+    "comparison": "compare_samplers (123 lines) not yet split",
+    "inpaint": "inpaint (95) and inpaint_test_images (115) not yet split",
+    "evaluation.evaluate": "Evaluator.measure (102 lines) not yet split",
+    "report": "_tuning_html (92 lines) not yet split",
+}
 
 
 def long_functions(module: str) -> list[str]:

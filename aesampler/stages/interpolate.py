@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..chain import sampling_mode
 from ..components import Components, WorkflowError, run_chain, settings_document
 from ..documents import InterpolationSettings
 from ..interpolate import lerp, slerp
+from ..modes import sampling_mode
 from ..rundir import (
     INTERPOLATION,
     INTERPOLATION_GRID,

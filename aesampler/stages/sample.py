@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from .. import __version__, distributed
+from .. import distributed
 from ..chain import ChainResult, chunk_bounds, default_record, shard_bounds, shard_seed
 from ..components import Components, check_sizes, settings_document, state_digest
 from ..documents import SampleSettings
@@ -43,6 +43,7 @@ from ..rundir import (
 )
 from ..samplers import Sampler
 from ..tuning import resolve_start
+from ..version import __version__
 from .base import Stage, StageContext
 
 if TYPE_CHECKING:
@@ -243,11 +244,7 @@ def _run_shards(
 
 
 def _shard_tensors(result: ChainResult) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for t in result.steps:
-        tensors[f"z/step-{t:03d}"] = result.z[t].float().contiguous()
-        tensors[f"x/step-{t:03d}"] = result.x[t].float().contiguous()
-    return tensors
+    return result.step_tensors()
 
 
 def _write_samples(
