@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .components import fit_sampler, sample_bytes
@@ -84,6 +85,24 @@ def check_size(parts) -> None:
     check_memory(nbytes, f"evaluate.num_chains={chains} with samplers.steps up to {last}")
 
 
+@dataclass
+class _Chains:
+    """One sampler's chains, the step ``sampling.steps: auto`` would take, what was measured."""
+
+    setting: tuple[str, str]
+    result: object
+    sample_stats: dict
+    curve: dict
+    auto: int
+    steps: list[int]
+    measured: dict
+    seconds: float = 0.0
+
+
+#: What a sampler's ``settings.json`` holds of its row.
+_SETTINGS_KEYS = ("label", "sampler", "describes", "setting", "fit_seconds", "fit_stats")
+
+
 def compare_samplers(
     parts,
     run_dir: str | Path,
@@ -96,10 +115,9 @@ def compare_samplers(
 
     Returns what ``samplers/comparison.json`` holds.
     """
-    from .figures import comparison_figure, steps_figure  # matplotlib only when drawing
+    from .figures import comparison_figure  # matplotlib only when drawing
 
-    recipe = parts.recipe
-    cfg, ev = recipe.samplers, recipe.evaluate
+    cfg = parts.recipe.samplers
     run = RunDir(run_dir)
     run.check_replaceable("samplers", [SAMPLERS], overwrite)
     check_size(parts)
@@ -111,102 +129,127 @@ def compare_samplers(
         folder = txn.path(SAMPLERS)
         folder.mkdir()
         for label, spec in zip(names, cfg.compare):
-            log(f"sampler {label}: fitting")
-            fitting: dict = {}
-            sampler = fit_sampler(parts, spec, log, fitting)
-            fit_seconds = fitting["fit_seconds"]
-            fit_stats = dict(sampler.stats)
-            started = time.perf_counter()
-            last = max(cfg.steps)
-            batchnorm, corruption = setting = parts.setting(spec)
-            result, latents = evaluator.run_chains(
-                sampler, range(last + 1), progress=progress, setting=setting
-            )
-            sample_stats = {k: v for k, v in sampler.stats.items() if k not in fit_stats}
-            valid = parts.sampler_context(log, batchnorm).encodings("valid")
-            curve = mmd_curve(latents, valid)
-            auto = first_minimum(curve)
-            measured_steps = sorted({*cfg.steps, auto})
-            measured = evaluator.measure(
-                {t: result.x[t] for t in measured_steps},
-                latents,
-                progress=progress,
-                batchnorm=batchnorm,
-            )
-            chain_seconds = time.perf_counter() - started
-            best = _best_step(measured, PRIMARY)
-            row = {
-                "label": label,
-                "sampler": spec.model_dump(mode="json"),
-                "describes": sampler.describes,
-                "setting": {"batchnorm": batchnorm, "corruption": corruption},
-                "fit_seconds": fit_seconds,
-                "fit_loaded": fitting["loaded"],
-                "fit_stats": fit_stats,
-                "sample_stats": sample_stats,
-                "chain_seconds": chain_seconds,
-                "steps": measured["steps"],
-                "metrics": measured["metrics"],
-                "lower_is_better": measured["lower_is_better"],
-                "diagnostics": measured["diagnostics"],
-                "auto": {
-                    "chosen": auto,
-                    "mmd_learned_valid": {str(t): v for t, v in curve.items()},
-                },
-                "best_step": {PRIMARY: best} if best is not None else {},
-            }
+            row, measured = _compare_one(parts, evaluator, folder, label, spec, progress, log)
             rows.append(row)
-            out = folder / label
-            out.mkdir()
-            save_tensors(result.step_tensors(measured_steps), out / SAMPLES_TENSORS)
-            shown = min(cfg.grid_size, ev.num_chains)
-            steps_figure(
-                {t: result.x[t][:shown] for t in measured_steps}, out / STEPS_FIGURE, label
-            )
-            write_json(
-                out / SETTINGS,
-                {
-                    k: row[k]
-                    for k in (
-                        "label",
-                        "sampler",
-                        "describes",
-                        "setting",
-                        "fit_seconds",
-                        "fit_stats",
-                    )
-                },
-            )
-            log(f"sampler {label}: {_summary(row)}")
-        reference = evaluator.reference_info(measured)
-        comparison = {
-            "format": FORMAT,
-            "settings": {
-                "steps": cfg.steps,
-                "num_chains": ev.num_chains,
-                "bootstrap": ev.bootstrap,
-                "confidence": ev.confidence,
-                "seed": ev.seed,
-                "batchnorm": recipe.sampling.batchnorm,
-                "checkpoint": str(parts.checkpoint),
-                "chain_corruption": (
-                    recipe.chain_corruption.model_dump() if recipe.chain_corruption else None
-                ),
-            },
-            "reference": reference,
-            "feature_extractor": evaluator.extractor_info,
-            "samplers": rows,
-            "components": parts.registry.provenance(
-                [("sampler", spec.name) for spec in cfg.compare]
-                + [("metric", spec.name) for spec in ev.metrics]
-                + [("feature_extractor", ev.feature_extractor.name)]
-            ),
-        }
+        comparison = _comparison(parts, evaluator, rows, measured)
         write_json(folder / COMPARISON, Comparison.build(comparison))
         comparison_figure(comparison, folder / COMPARISON_FIGURE)
         write_recipe(parts.recipe, txn)
     run.record_components(comparison["components"])
     return comparison
+
+
+def _compare_one(
+    parts, evaluator: Evaluator, folder: Path, label: str, spec, progress: bool, log
+) -> tuple[dict, dict]:
+    """Fit one sampler, run and measure its chains, and save them in ``folder/label``.
+    Returns its row of the comparison and what was measured."""
+    log(f"sampler {label}: fitting")
+    fitting: dict = {}
+    sampler = fit_sampler(parts, spec, log, fitting)
+    fit_stats = dict(sampler.stats)
+    started = time.perf_counter()
+    chains = _run_chains(parts, evaluator, sampler, spec, fit_stats, progress, log)
+    chains.seconds = time.perf_counter() - started
+    row = _row(label, spec, sampler, fitting, fit_stats, chains)
+    _save(parts, folder / label, row, chains)
+    log(f"sampler {label}: {_summary(row)}")
+    return row, chains.measured
+
+
+def _run_chains(
+    parts, evaluator: Evaluator, sampler, spec, fit_stats: dict, progress: bool, log
+) -> _Chains:
+    """The sampler's chains to the last step of ``samplers.steps``, the step the auto rule
+    takes, and the ``evaluate`` metrics at those steps."""
+    cfg = parts.recipe.samplers
+    last = max(cfg.steps)
+    batchnorm, _ = setting = parts.setting(spec)
+    result, latents = evaluator.run_chains(
+        sampler, range(last + 1), progress=progress, setting=setting
+    )
+    sample_stats = {k: v for k, v in sampler.stats.items() if k not in fit_stats}
+    valid = parts.sampler_context(log, batchnorm).encodings("valid")
+    curve = mmd_curve(latents, valid)
+    auto = first_minimum(curve)
+    measured_steps = sorted({*cfg.steps, auto})
+    measured = evaluator.measure(
+        {t: result.x[t] for t in measured_steps},
+        latents,
+        progress=progress,
+        batchnorm=batchnorm,
+    )
+    return _Chains(setting, result, sample_stats, curve, auto, measured_steps, measured)
+
+
+def _row(label: str, spec, sampler, fitting: dict, fit_stats: dict, chains: _Chains) -> dict:
+    """One sampler's row of ``comparison.json``."""
+    batchnorm, corruption = chains.setting
+    measured = chains.measured
+    best = _best_step(measured, PRIMARY)
+    return {
+        "label": label,
+        "sampler": spec.model_dump(mode="json"),
+        "describes": sampler.describes,
+        "setting": {"batchnorm": batchnorm, "corruption": corruption},
+        "fit_seconds": fitting["fit_seconds"],
+        "fit_loaded": fitting["loaded"],
+        "fit_stats": fit_stats,
+        "sample_stats": chains.sample_stats,
+        "chain_seconds": chains.seconds,
+        "steps": measured["steps"],
+        "metrics": measured["metrics"],
+        "lower_is_better": measured["lower_is_better"],
+        "diagnostics": measured["diagnostics"],
+        "auto": {
+            "chosen": chains.auto,
+            "mmd_learned_valid": {str(t): v for t, v in chains.curve.items()},
+        },
+        "best_step": {PRIMARY: best} if best is not None else {},
+    }
+
+
+def _save(parts, out: Path, row: dict, chains: _Chains) -> None:
+    """A sampler's folder: its chains at the measured steps, their picture, its settings."""
+    from .figures import steps_figure  # matplotlib only when drawing
+
+    shown = min(parts.recipe.samplers.grid_size, parts.recipe.evaluate.num_chains)
+    out.mkdir()
+    save_tensors(chains.result.step_tensors(chains.steps), out / SAMPLES_TENSORS)
+    steps_figure(
+        {t: chains.result.x[t][:shown] for t in chains.steps}, out / STEPS_FIGURE, row["label"]
+    )
+    write_json(out / SETTINGS, {k: row[k] for k in _SETTINGS_KEYS})
+
+
+def _comparison(parts, evaluator: Evaluator, rows: list[dict], measured: dict | None) -> dict:
+    """What ``comparison.json`` holds: the settings, the reference, every sampler's row."""
+    recipe = parts.recipe
+    cfg, ev = recipe.samplers, recipe.evaluate
+    reference = evaluator.reference_info(measured)
+    return {
+        "format": FORMAT,
+        "settings": {
+            "steps": cfg.steps,
+            "num_chains": ev.num_chains,
+            "bootstrap": ev.bootstrap,
+            "confidence": ev.confidence,
+            "seed": ev.seed,
+            "batchnorm": recipe.sampling.batchnorm,
+            "checkpoint": str(parts.checkpoint),
+            "chain_corruption": (
+                recipe.chain_corruption.model_dump() if recipe.chain_corruption else None
+            ),
+        },
+        "reference": reference,
+        "feature_extractor": evaluator.extractor_info,
+        "samplers": rows,
+        "components": parts.registry.provenance(
+            [("sampler", spec.name) for spec in cfg.compare]
+            + [("metric", spec.name) for spec in ev.metrics]
+            + [("feature_extractor", ev.feature_extractor.name)]
+        ),
+    }
 
 
 def _best_step(measured: dict, key: str) -> int | None:

@@ -210,6 +210,49 @@ def _metrics(parts, specs: list | None = None) -> list:
     ]
 
 
+@dataclass
+class _Fits:
+    """The samplers the search fitted, by setting, and the seconds fitting them took."""
+
+    parts: object
+    log: Callable[[str], None]
+    fitted: dict[str, Sampler] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def sampler_for(self, spec: SamplerSpec) -> Sampler:
+        # The corruption acts after the draws: one fitted sampler serves both corruptions.
+        key = json.dumps(spec.model_dump(mode="json", exclude={"corruption"}), sort_keys=True)
+        if key not in self.fitted:
+            details: dict = {}
+            self.fitted[key] = fit_sampler(self.parts, spec, self.log, details)
+            self.seconds += details["fit_seconds"]
+        return self.fitted[key]
+
+
+@dataclass
+class _Search:
+    """The search on the validation split: the grid, the yardstick, the rounds, their cost."""
+
+    evaluator: object
+    fits: _Fits
+    candidates: list[Candidate]
+    yardstick: dict = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)
+    chain_steps: int = 0
+
+
+@dataclass
+class _Choice:
+    """The configuration chosen and the paper's, each with its step and validation score."""
+
+    chosen: Candidate
+    step: int
+    score: float
+    paper: Candidate
+    paper_step: int
+    paper_score: float
+
+
 def tune(
     parts,
     run_dir: str | Path,
@@ -221,17 +264,55 @@ def tune(
     """Search the grid, choose, measure the choice and the paper's configuration on the test
     split, and write ``tuning/``. Returns what ``tuning/tuning.json`` holds; sets
     ``parts.tuned``."""
-    from .evaluation.evaluate import Evaluator
-    from .figures import steps_figure, tuning_figure
-
     recipe = parts.recipe
-    cfg, ev = recipe.tune, recipe.evaluate
     run = RunDir(run_dir)
     run.check_replaceable("tune", [TUNING], overwrite)
-    last_step = recipe.sampling.most_steps
-    steps = list(range(last_step + 1))
     candidates = grid(recipe)
     started = time.perf_counter()
+    search = _start_search(parts, run, candidates, log)
+    _yardstick(parts, search)
+    alive = _run_rounds(parts, search, log)
+    choice = _choose(alive, log)
+    searched = time.perf_counter() - started
+    tuned = TunedStart(choice.chosen.spec, choice.step, choice.chosen.label)
+    log(
+        f"tune: chose {choice.chosen.label} at step {choice.step} ({SCORE} {choice.score:.4g} "
+        f"on validation; the paper's configuration: {choice.paper_score:.4g} at step "
+        f"{choice.paper_step})"
+    )
+
+    # Only now, with the choice fixed, the test split: chosen and paper's, the evaluate setup.
+    test_started = time.perf_counter()
+    tester, test, pictures = _test(parts, run, search, choice, progress, log)
+    tested = time.perf_counter() - test_started
+    cost = {
+        "search_seconds": searched,
+        "fit_seconds": search.fits.seconds,
+        "test_seconds": tested,
+        "chain_steps": search.chain_steps,
+    }
+    document = _document(parts, search, choice, tuned, tester, test, cost)
+    with run.transaction("tune", with_recipe(run, TUNING)) as txn:
+        _write(txn, document, pictures, choice)
+        write_recipe(recipe, txn)
+    run.record_components(
+        parts.registry.provenance(
+            [("sampler", c.spec.name) for c in search.candidates]
+            + [("metric", name) for name, _ in tester.metrics]
+        )
+    )
+    parts.tuned = tuned
+    return document
+
+
+def _start_search(
+    parts, run: RunDir, candidates: list[Candidate], log: Callable[[str], None]
+) -> _Search:
+    """The grid, announced, and the evaluator that scores it against the validation images."""
+    from .evaluation.evaluate import Evaluator
+
+    cfg = parts.recipe.tune
+    last_step = parts.recipe.sampling.most_steps
     log(
         f"tune: {len(candidates)} configurations × steps 0..{last_step}, scored by {SCORE} "
         f"against {cfg.reference_size} validation images; rounds of {cfg.num_chains} chains"
@@ -244,69 +325,81 @@ def tune(
         reference_size=cfg.reference_size,
         metrics=_metrics(parts),
     )
-    fitted: dict[str, Sampler] = {}
-    fit_seconds = 0.0
+    return _Search(evaluator, _Fits(parts, log), candidates)
 
-    def sampler_for(spec: SamplerSpec) -> Sampler:
-        nonlocal fit_seconds
-        # The corruption acts after the draws: one fitted sampler serves both corruptions.
-        key = json.dumps(spec.model_dump(mode="json", exclude={"corruption"}), sort_keys=True)
-        if key not in fitted:
-            details: dict = {}
-            fitted[key] = fit_sampler(parts, spec, log, details)
-            fit_seconds += details["fit_seconds"]
-        return fitted[key]
 
-    # The yardstick, first: no configuration may be closer to the training images than
-    # validation images encoded and decoded are, in each batch-norm mode searched.
-    yardstick = {}
-    for mode in sorted({c.spec.batchnorm for c in candidates}):
+def _yardstick(parts, search: _Search) -> None:
+    """The yardstick, first: no configuration may be closer to the training images than
+    validation images encoded and decoded are, in each batch-norm mode searched."""
+    evaluator = search.evaluator
+    for mode in sorted({c.spec.batchnorm for c in search.candidates}):
         z = encode_images(
-            parts.model, evaluator.reference, batchnorm=mode, seed=cfg.seed, device=parts.device
+            parts.model,
+            evaluator.reference,
+            batchnorm=mode,
+            seed=parts.recipe.tune.seed,
+            device=parts.device,
         )
         x = parts.chain.run(
             z, steps=0, batchnorm=mode, out_device="cpu", precision=parts.precision.precision
         ).x[0]
         measured = evaluator.measure({0: x}, {}, progress=False, batchnorm=mode, bootstrap=0)
         summary = _summary(measured, len(x), 0)
-        yardstick[mode] = {
+        search.yardstick[mode] = {
             k: summary[k]["0"] for k in (SCORE, "novelty", "copying") if "0" in summary[k]
         }
 
-    chain_steps = 0
-    alive = candidates
-    rounds = []
+
+def _run_rounds(parts, search: _Search, log: Callable[[str], None]) -> list[Candidate]:
+    """Successive halving: every round measures the configurations still in the race and
+    passes the best of them (and the paper's) on. Returns the last round's configurations."""
+    cfg = parts.recipe.tune
+    alive = search.candidates
     for r, chains in enumerate(cfg.num_chains):
         final = r == len(cfg.num_chains) - 1
         seed = cfg.seed + r
         for c in alive:
-            setting = parts.setting(c.spec)
-            result, latents = evaluator.run_chains(
-                sampler_for(c.spec),
-                steps,
-                progress=False,
-                setting=setting,
-                num_chains=chains,
-                seed=seed,
-            )
-            measured = evaluator.measure(
-                {t: result.x[t] for t in steps},
-                {},
-                progress=False,
-                batchnorm=setting[0],
-                bootstrap=0,
-            )
-            floor = yardstick[c.spec.batchnorm].get("novelty")
-            c.rounds.append(_summary(measured, chains, seed, floor))
-            chain_steps += chains * last_step
+            _measure_round(parts, search, c, chains, seed)
             step, score = c.best()
             log(f"tune round {r + 1}: {c.label}: best {SCORE} {score:.4g} at step {step}")
-        rounds.append({"chains": chains, "seed": seed, "configurations": [c.label for c in alive]})
+        search.rounds.append(
+            {"chains": chains, "seed": seed, "configurations": [c.label for c in alive]}
+        )
         if not final:
             ranked = sorted(alive, key=lambda c: c.best()[1])
             kept = ranked[: max(1, math.ceil(cfg.keep * len(alive)))]
             kept += [c for c in alive if c.paper and c not in kept]
             alive = kept
+    return alive
+
+
+def _measure_round(parts, search: _Search, c: Candidate, chains: int, seed: int) -> None:
+    """One round of one configuration: ``chains`` chains from ``seed``, scored at every step."""
+    last_step = parts.recipe.sampling.most_steps
+    steps = list(range(last_step + 1))
+    setting = parts.setting(c.spec)
+    result, _ = search.evaluator.run_chains(
+        search.fits.sampler_for(c.spec),
+        steps,
+        progress=False,
+        setting=setting,
+        num_chains=chains,
+        seed=seed,
+    )
+    measured = search.evaluator.measure(
+        {t: result.x[t] for t in steps},
+        {},
+        progress=False,
+        batchnorm=setting[0],
+        bootstrap=0,
+    )
+    floor = search.yardstick[c.spec.batchnorm].get("novelty")
+    c.rounds.append(_summary(measured, chains, seed, floor))
+    search.chain_steps += chains * last_step
+
+
+def _choose(alive: list[Candidate], log: Callable[[str], None]) -> _Choice:
+    """The unflagged configuration and step of the last round with the lowest score."""
     choice = min(alive, key=lambda c: c.best()[1])
     step, score = choice.best()
     paper = next(c for c in alive if c.paper)
@@ -317,51 +410,73 @@ def tune(
     paper_step, paper_score = paper.best()
     if paper_step < 0:
         paper_step, paper_score = paper.best_flagged_or_not()
-    searched = time.perf_counter() - started
-    tuned = TunedStart(choice.spec, step, choice.label)
-    log(
-        f"tune: chose {choice.label} at step {step} ({SCORE} {score:.4g} on validation; the "
-        f"paper's configuration: {paper_score:.4g} at step {paper_step})"
-    )
+    return _Choice(choice, step, score, paper, paper_step, paper_score)
 
-    # Only now, with the choice fixed, the test split: chosen and paper's, the evaluate setup.
-    test_started = time.perf_counter()
+
+def _test(
+    parts, run: RunDir, search: _Search, choice: _Choice, progress: bool, log
+) -> tuple[object, dict, dict]:
+    """The chosen and the paper's configurations measured on the test split with the evaluate
+    section's chains and metrics: the evaluator, the measures by name, the pictures by name."""
+    from .evaluation.evaluate import Evaluator
+
+    recipe = parts.recipe
+    ev = recipe.evaluate
+    last_step = recipe.sampling.most_steps
+    steps = list(range(last_step + 1))
     tester = Evaluator(parts, run.path, log=log, metrics=_metrics(parts, ev.metrics))
     test = {}
     pictures = {}
-    shown_steps = sorted({0, 1, step, paper_step, last_step} & set(steps))
-    for name, c, at in (("chosen", choice, step), ("paper", paper, paper_step)):
+    shown_steps = sorted({0, 1, choice.step, choice.paper_step, last_step} & set(steps))
+    for name, c, at in (
+        ("chosen", choice.chosen, choice.step),
+        ("paper", choice.paper, choice.paper_step),
+    ):
         setting = parts.setting(c.spec)
         result, latents = tester.run_chains(
-            sampler_for(c.spec), steps, progress=progress, setting=setting
+            search.fits.sampler_for(c.spec), steps, progress=progress, setting=setting
         )
-        chain_steps += ev.num_chains * last_step
+        search.chain_steps += ev.num_chains * last_step
         measured = tester.measure(
             {t: result.x[t] for t in steps}, latents, progress=progress, batchnorm=setting[0]
         )
         test[name] = {"label": c.label, "step": at, **measured}
         shown = min(recipe.samplers.grid_size, ev.num_chains)
         pictures[name] = {t: result.x[t][:shown] for t in shown_steps}
-    chosen_test = test["chosen"]["metrics"].get(SCORE, {}).get(str(step), {}).get("value")
-    paper_test = test["paper"]["metrics"].get(SCORE, {}).get(str(paper_step), {}).get("value")
+    _warn_if_worse(test, choice, log)
+    return tester, test, pictures
+
+
+def _warn_if_worse(test: dict, choice: _Choice, log: Callable[[str], None]) -> None:
+    """Say so when the choice scores worse than the paper's configuration on the test split."""
+    chosen_test = test["chosen"]["metrics"].get(SCORE, {}).get(str(choice.step), {}).get("value")
+    paper_test = (
+        test["paper"]["metrics"].get(SCORE, {}).get(str(choice.paper_step), {}).get("value")
+    )
     if chosen_test is not None and paper_test is not None and chosen_test > paper_test:
         log(
             f"tune: WARNING: on the test split the choice scores {chosen_test:.4g}, worse than "
             f"the paper's configuration ({paper_test:.4g}); the search is at fault"
         )
-    tested = time.perf_counter() - test_started
-    document = {
+
+
+def _document(
+    parts, search: _Search, choice: _Choice, tuned: TunedStart, tester, test: dict, cost: dict
+) -> dict:
+    """What ``tuning/tuning.json`` holds."""
+    cfg, ev = parts.recipe.tune, parts.recipe.evaluate
+    return {
         "format": FORMAT,
         "key": tuning_key(parts),
         "settings": {
             **cfg.model_dump(mode="json"),
-            "max_steps": last_step,
+            "max_steps": parts.recipe.sampling.most_steps,
             "score": SCORE,
             "copying_threshold": COPYING_THRESHOLD,
             "copying_test": _copying_test(parts),
             "checkpoint": str(parts.checkpoint),
         },
-        "feature_extractor": evaluator.extractor_info,
+        "feature_extractor": search.evaluator.extractor_info,
         "candidates": [
             {
                 "label": c.label,
@@ -369,41 +484,36 @@ def tune(
                 "paper": c.paper,
                 "rounds": c.rounds,
             }
-            for c in candidates
+            for c in search.candidates
         ],
-        "rounds": rounds,
-        "yardstick": yardstick,
-        "choice": {**tuned.as_dict(), SCORE: score},
-        "paper": {"label": paper.label, "steps": paper_step, SCORE: paper_score},
+        "rounds": search.rounds,
+        "yardstick": search.yardstick,
+        "choice": {**tuned.as_dict(), SCORE: choice.score},
+        "paper": {
+            "label": choice.paper.label,
+            "steps": choice.paper_step,
+            SCORE: choice.paper_score,
+        },
         "test": {
             "split": ev.reference_split,
             "num_chains": ev.num_chains,
             "reference": tester.reference_info(test["chosen"]),
             **test,
         },
-        "cost": {
-            "search_seconds": searched,
-            "fit_seconds": fit_seconds,
-            "test_seconds": tested,
-            "chain_steps": chain_steps,
-        },
+        "cost": cost,
     }
-    with run.transaction("tune", with_recipe(run, TUNING)) as txn:
-        folder = txn.path(TUNING)
-        folder.mkdir()
-        write_json(folder / TUNING_FILE, document)
-        tuning_figure(document, folder / TUNING_FIGURE)
-        steps_figure(pictures["chosen"], folder / CHOSEN_FIGURE, choice.label)
-        steps_figure(pictures["paper"], folder / PAPER_FIGURE, paper.label)
-        write_recipe(parts.recipe, txn)
-    run.record_components(
-        parts.registry.provenance(
-            [("sampler", c.spec.name) for c in candidates]
-            + [("metric", name) for name, _ in tester.metrics]
-        )
-    )
-    parts.tuned = tuned
-    return document
+
+
+def _write(txn, document: dict, pictures: dict, choice: _Choice) -> None:
+    """``tuning/``'s files, in the transaction: the record and its figures."""
+    from .figures import steps_figure, tuning_figure
+
+    folder = txn.path(TUNING)
+    folder.mkdir()
+    write_json(folder / TUNING_FILE, document)
+    tuning_figure(document, folder / TUNING_FIGURE)
+    steps_figure(pictures["chosen"], folder / CHOSEN_FIGURE, choice.chosen.label)
+    steps_figure(pictures["paper"], folder / PAPER_FIGURE, choice.paper.label)
 
 
 def read_choice(run_dir: str | Path, key: str | None = None) -> TunedStart | None:
