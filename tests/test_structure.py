@@ -273,9 +273,6 @@ LONG_ALLOWED: dict[str, str] = {
 PENDING_LENGTHS: dict[str, str] = {
     "tuning": "tune (194 lines) not yet split",
     "comparison": "compare_samplers (123 lines) not yet split",
-    "inpaint": "inpaint (95) and inpaint_test_images (115) not yet split",
-    "evaluation.evaluate": "Evaluator.measure (102 lines) not yet split",
-    "report": "_tuning_html (92 lines) not yet split",
 }
 
 
