@@ -324,27 +324,15 @@ def inpaint(
         An :class:`InpaintResult`.
     """
     observed = _check_pair(images, observed)
-    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 1:
-        raise ChainInputError(f"chains must be an integer >= 1, got {chains!r}")
-    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-        raise ChainInputError(f"fill must be a finite number, got {fill!r}")
+    _check_inpaint_args(chains, fill)
     device = next((p.device for p in encoder.parameters()), images.device)
     images, observed = images.to(device), observed.to(device)
     truth = images.repeat_interleave(chains, dim=0)  # (N * chains, C, H, W)
     mask = observed.repeat_interleave(chains, dim=0)
     rows = truth.shape[0]
     start = torch.where(observed, images, torch.full_like(images, fill))  # (N, C, H, W)
-    uses_batch_statistics = batchnorm == "batch" and any(
-        isinstance(m, _BatchNorm) for m in [*encoder.modules(), *decoder.modules()]
-    )
-    if uses_batch_statistics and rows < 2:
-        raise ChainInputError(
-            "batchnorm='batch' normalises over the chains, and there is 1 (1 image, 1 chain): "
-            "inpaint at least 2 images or run 2 chains, or use batchnorm='running'"
-        )
-    with sampling_mode([encoder], batchnorm), torch.inference_mode():
-        # The chains' rows, so that batch statistics are those of the chains' own batch.
-        z0 = encoder(start.repeat_interleave(chains, dim=0)).mean  # (N * chains, *latent)
+    _check_batch_statistics(encoder, decoder, batchnorm, rows)
+    z0 = _start_latents(encoder, start, chains, batchnorm)
 
     keep = KeepObserved(decoder, truth, mask)
     chain_corruption = _chain_corruption(corruption, keep, corrupt_observed)
@@ -361,6 +349,51 @@ def inpaint(
         callback=callback,
         precision="fp32",  # exact: the observed pixels stay the image's, bit for bit
     )
+    return _inpaint_result(chain, result, images, observed, start, truth, mask, chains)
+
+
+def _check_inpaint_args(chains: int, fill: float) -> None:
+    """Raise unless ``chains`` is an integer >= 1 and ``fill`` a finite number."""
+    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 1:
+        raise ChainInputError(f"chains must be an integer >= 1, got {chains!r}")
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+        raise ChainInputError(f"fill must be a finite number, got {fill!r}")
+
+
+def _check_batch_statistics(
+    encoder: Encoder, decoder: Decoder, batchnorm: BatchNormMode, rows: int
+) -> None:
+    """Raise if batch normalisation would normalise over a single chain."""
+    uses_batch_statistics = batchnorm == "batch" and any(
+        isinstance(m, _BatchNorm) for m in [*encoder.modules(), *decoder.modules()]
+    )
+    if uses_batch_statistics and rows < 2:
+        raise ChainInputError(
+            "batchnorm='batch' normalises over the chains, and there is 1 (1 image, 1 chain): "
+            "inpaint at least 2 images or run 2 chains, or use batchnorm='running'"
+        )
+
+
+def _start_latents(
+    encoder: Encoder, start: Tensor, chains: int, batchnorm: BatchNormMode
+) -> Tensor:
+    """z_0 of every chain: the posterior mean of Q(z | start), (N * chains, *latent)."""
+    with sampling_mode([encoder], batchnorm), torch.inference_mode():
+        # The chains' rows, so that batch statistics are those of the chains' own batch.
+        return encoder(start.repeat_interleave(chains, dim=0)).mean
+
+
+def _inpaint_result(
+    chain: Chain,
+    result: ChainResult,
+    images: Tensor,
+    observed: Tensor,
+    start: Tensor,
+    truth: Tensor,
+    mask: Tensor,
+    chains: int,
+) -> InpaintResult:
+    """Check that every recorded x_t kept the observed pixels; measure the fills' errors."""
     out = result.x[result.steps[0]].device
     truth, mask = truth.to(out), mask.to(out)
     for t in result.steps:
@@ -416,35 +449,47 @@ def inpaint_test_images(
     ``inpainting.safetensors`` and ``settings.json`` (which holds the measured error by step).
     Like the other commands, the folder is replaced in one transaction.
     """
-    from tqdm import tqdm
-
-    from .components import WorkflowError, settings_document
-    from .documents import InpaintingSettings
-    from .rundir import (
-        INPAINTING,
-        INPAINTING_GRID,
-        INPAINTING_TENSORS,
-        RunDir,
-        save_png,
-        save_settings,
-        save_tensors,
-        with_recipe,
-        write_recipe,
-    )
+    from .rundir import INPAINTING, RunDir, with_recipe, write_recipe
 
     recipe = parts.recipe
-    cfg, sampling = recipe.inpaint, recipe.sampling
+    cfg = recipe.inpaint
     run = RunDir(run_dir)
     run.check_replaceable("inpaint", [INPAINTING], overwrite)
-    test = parts.dataset("test")
-    count = min(cfg.images, len(test))
-    if count < 1:
-        raise WorkflowError("inpainting needs at least 1 test image; the test split has none")
-    picks = torch.linspace(0, len(test) - 1, count).round().long()  # spread over the split
-    images = torch.stack([test[int(i)][0] for i in picks])  # (N, C, H, W)
+    images = _test_images(parts, cfg.images)  # (N, C, H, W)
+    count = len(images)
     observed = recipe_mask(recipe, count, tuple(images.shape[2:]))
     spec = recipe.chain_corruption
     corruption = parts.registry.create("corruption", spec.name, **spec.params) if spec else None
+    with run.transaction("inpaint", with_recipe(run, INPAINTING)) as txn:
+        result = _run_inpaint(parts, images, observed, corruption, progress)
+        folder = txn.path(INPAINTING)
+        folder.mkdir()
+        _save_inpainting(folder, result, count, cfg.chains_per_image)
+        _save_inpainting_settings(parts, folder, result, count)
+        write_recipe(parts.recipe, txn)
+    log(
+        "inpainting: mean squared error of the missing pixels by step: "
+        + ", ".join(f"{t}: {v:.4f}" for t, v in result.mean_error.items())
+        + f" (constant fill {cfg.fill}: {float(result.fill_error.mean()):.4f})"
+    )
+    return result
+
+
+def _test_images(parts: Components, images: int) -> Tensor:
+    """Up to ``images`` test images, spread evenly over the split: (N, C, H, W)."""
+    from .components import WorkflowError
+
+    test = parts.dataset("test")
+    count = min(images, len(test))
+    if count < 1:
+        raise WorkflowError("inpainting needs at least 1 test image; the test split has none")
+    picks = torch.linspace(0, len(test) - 1, count).round().long()  # spread over the split
+    return torch.stack([test[int(i)][0] for i in picks])
+
+
+def _recipe_transition(parts: Components) -> TransitionFactory:
+    """Builds ``sampling.transition`` from the registry, for :func:`inpaint`."""
+    sampling = parts.recipe.sampling
 
     def transition(encoder: Encoder, decoder: Decoder, noise: Corruption | None) -> Transition:
         return parts.registry.create(
@@ -456,62 +501,82 @@ def inpaint_test_images(
             **sampling.transition.params,
         )
 
-    with run.transaction("inpaint", with_recipe(run, INPAINTING)) as txn:
-        with tqdm(total=cfg.steps + 1, desc="inpainting", unit="step", disable=not progress) as bar:
-            result = inpaint(
-                parts.model.encoder,
-                parts.model.decoder,
-                images.to(parts.device),
-                observed,
-                corruption=corruption,
-                transition=transition,
-                corrupt_observed=cfg.corrupt_observed,
-                chains=cfg.chains_per_image,
-                steps=cfg.steps,
-                record=cfg.record,
-                fill=cfg.fill,
-                batchnorm=sampling.batchnorm,
-                seed=cfg.seed,
-                callback=lambda _: bar.update(1),
-            )
-        folder = txn.path(INPAINTING)
-        folder.mkdir()
-        per = cfg.chains_per_image
-        shown = result.start.shape[1:]
-        for t in result.chains.steps:
-            filled = result.chains.x[t].reshape(count, per, *shown)
-            rows = torch.cat([result.images[:, None], result.start[:, None], filled], dim=1)
-            save_png(rows.flatten(0, 1), folder / f"step-{t:03d}.png", nrow=2 + per)
-        first = [result.chains.x[t][::per] for t in result.chains.steps]  # chain 0 of each image
-        overview = torch.stack([result.images, result.start, *first], dim=1)
-        save_png(overview.flatten(0, 1), folder / INPAINTING_GRID, nrow=overview.shape[1])
-        tensors = {
-            "images": result.images.float().contiguous(),
-            "observed": result.observed.contiguous(),
-            "start": result.start.float().contiguous(),
-            "fill_error": result.fill_error.contiguous(),
-        }
-        for t in result.chains.steps:
-            tensors[step_key("x", t)] = result.chains.x[t].float().contiguous()
-            tensors[step_key("z", t)] = result.chains.z[t].float().contiguous()
-            tensors[step_key("error", t)] = result.error[t].contiguous()
-        save_tensors(tensors, folder / INPAINTING_TENSORS)
-        missing = (~result.observed).expand_as(result.images)
-        settings = dict(
-            cfg.model_dump(mode="json"),
+    return transition
+
+
+def _run_inpaint(
+    parts: Components,
+    images: Tensor,
+    observed: Tensor,
+    corruption: Corruption | None,
+    progress: bool,
+) -> InpaintResult:
+    """:func:`inpaint` as the recipe's ``inpaint`` section says, with a progress bar."""
+    from tqdm import tqdm
+
+    cfg, sampling = parts.recipe.inpaint, parts.recipe.sampling
+    with tqdm(total=cfg.steps + 1, desc="inpainting", unit="step", disable=not progress) as bar:
+        return inpaint(
+            parts.model.encoder,
+            parts.model.decoder,
+            images.to(parts.device),
+            observed,
+            corruption=corruption,
+            transition=_recipe_transition(parts),
+            corrupt_observed=cfg.corrupt_observed,
+            chains=cfg.chains_per_image,
+            steps=cfg.steps,
+            record=cfg.record,
+            fill=cfg.fill,
             batchnorm=sampling.batchnorm,
-            images_used=count,
-            steps_recorded=list(result.chains.steps),
-            missing_share=float(missing.double().mean()),
-            masked_mse={str(t): v for t, v in result.mean_error.items()},
-            fill_mse=float(result.fill_error.mean()),
+            seed=cfg.seed,
+            callback=lambda _: bar.update(1),
         )
-        kinds = ["transition", "corruption", "dataset"]
-        save_settings(folder, InpaintingSettings.build(settings_document(parts, settings, kinds)))
-        write_recipe(parts.recipe, txn)
-    log(
-        "inpainting: mean squared error of the missing pixels by step: "
-        + ", ".join(f"{t}: {v:.4f}" for t, v in result.mean_error.items())
-        + f" (constant fill {cfg.fill}: {float(result.fill_error.mean()):.4f})"
+
+
+def _save_inpainting(folder: Path, result: InpaintResult, count: int, per: int) -> None:
+    """The step grids, the overview grid and the tensors of ``inpainting/``."""
+    from .rundir import INPAINTING_GRID, INPAINTING_TENSORS, save_png, save_tensors
+
+    shown = result.start.shape[1:]
+    for t in result.chains.steps:
+        filled = result.chains.x[t].reshape(count, per, *shown)
+        rows = torch.cat([result.images[:, None], result.start[:, None], filled], dim=1)
+        save_png(rows.flatten(0, 1), folder / f"step-{t:03d}.png", nrow=2 + per)
+    first = [result.chains.x[t][::per] for t in result.chains.steps]  # chain 0 of each image
+    overview = torch.stack([result.images, result.start, *first], dim=1)
+    save_png(overview.flatten(0, 1), folder / INPAINTING_GRID, nrow=overview.shape[1])
+    tensors = {
+        "images": result.images.float().contiguous(),
+        "observed": result.observed.contiguous(),
+        "start": result.start.float().contiguous(),
+        "fill_error": result.fill_error.contiguous(),
+    }
+    for t in result.chains.steps:
+        tensors[step_key("x", t)] = result.chains.x[t].float().contiguous()
+        tensors[step_key("z", t)] = result.chains.z[t].float().contiguous()
+        tensors[step_key("error", t)] = result.error[t].contiguous()
+    save_tensors(tensors, folder / INPAINTING_TENSORS)
+
+
+def _save_inpainting_settings(
+    parts: Components, folder: Path, result: InpaintResult, count: int
+) -> None:
+    """``inpainting/settings.json``: the ``inpaint`` section and the measured errors."""
+    from .components import settings_document
+    from .documents import InpaintingSettings
+    from .rundir import save_settings
+
+    cfg, sampling = parts.recipe.inpaint, parts.recipe.sampling
+    missing = (~result.observed).expand_as(result.images)
+    settings = dict(
+        cfg.model_dump(mode="json"),
+        batchnorm=sampling.batchnorm,
+        images_used=count,
+        steps_recorded=list(result.chains.steps),
+        missing_share=float(missing.double().mean()),
+        masked_mse={str(t): v for t, v in result.mean_error.items()},
+        fill_mse=float(result.fill_error.mean()),
     )
-    return result
+    kinds = ["transition", "corruption", "dataset"]
+    save_settings(folder, InpaintingSettings.build(settings_document(parts, settings, kinds)))

@@ -348,6 +348,8 @@ def _cell(cell: dict | None) -> str:
 
 
 def _tuning_html(document: dict) -> str:
+    # Every key read in the same order as before the split, so a malformed search fails on the
+    # same key (ReportError names it).
     settings, choice, paper, test = (
         document["settings"],
         document["choice"],
@@ -360,11 +362,34 @@ def _tuning_html(document: dict) -> str:
     threshold = settings["copying_threshold"]
     cost = document["cost"]
     parts = ["<h2>How this model samples best (sampling.start: auto)</h2>"]
+    parts.append(_tuning_summary(document, settings, choice, cost, rounds, steps))
+    # The chosen configuration beside the paper's, on the test split.
+    parts.append(_tuning_test_table(test))
+    figures = [
+        _figure(f"{TUNING}/{CHOSEN_FIGURE}", f"chosen: {choice['label']} (test chains)"),
+        _figure(f"{TUNING}/{PAPER_FIGURE}", f"the paper's: {paper['label']} (test chains)"),
+    ]
+    parts.append(f'<div class="grids">{"".join(figures)}</div>')
+    # The grid's last round, on the validation split.
+    parts.append(_tuning_last_round(document, choice, rounds, steps, score, threshold))
     parts.append(
+        _figure(
+            f"{TUNING}/{TUNING_FIGURE}",
+            "The last round: each configuration's validation score against the chain step.",
+        )
+    )
+    return "".join(parts)
+
+
+def _tuning_summary(
+    document: dict, settings: dict, choice: dict, cost: dict, rounds: list, steps: list[int]
+) -> str:
+    """The search in one paragraph: its grid, its rounds, the choice and what it cost."""
+    return (
         "<p>"
         + html.escape(
             f"{len(document['candidates'])} configurations (start sampler × batch-norm mode × "
-            f"chain corruption) × steps 0–{steps[-1]}, scored by {score} to "
+            f"chain corruption) × steps 0–{steps[-1]}, scored by {settings['score']} to "
             f"{settings['reference_size']} validation images; successive halving over "
             f"{len(rounds)} rounds of {', '.join(str(r['chains']) for r in rounds)} chains. "
             f"Chosen: {choice['label']} at step {choice['steps']}. The test split was read only "
@@ -379,7 +404,10 @@ def _tuning_html(document: dict) -> str:
         )
         + "</p>"
     )
-    # The chosen configuration beside the paper's, on the test split.
+
+
+def _tuning_test_table(test: dict) -> str:
+    """The chosen configuration's and the paper's metrics on the test split."""
     keys = [k for k in test["chosen"]["metrics"] if k in test["paper"]["metrics"]]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["on the test split", "step", *keys])
     body = ""
@@ -391,13 +419,13 @@ def _tuning_html(document: dict) -> str:
             f"<tr><th>{title}<br><small>{html.escape(entry['label'])}</small></th>"
             f"<td>{entry['step']}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
         )
-    parts.append(f"<table><tr>{head}</tr>{body}</table>")
-    figures = [
-        _figure(f"{TUNING}/{CHOSEN_FIGURE}", f"chosen: {choice['label']} (test chains)"),
-        _figure(f"{TUNING}/{PAPER_FIGURE}", f"the paper's: {paper['label']} (test chains)"),
-    ]
-    parts.append(f'<div class="grids">{"".join(figures)}</div>')
-    # The grid's last round, on the validation split.
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _tuning_last_round(
+    document: dict, choice: dict, rounds: list, steps: list[int], score: str, threshold: float
+) -> str:
+    """The finalists' validation scores by step, best first, with the yardstick."""
     yard = document["yardstick"]
     head = "".join(
         f"<th>{html.escape(h)}</th>"
@@ -418,7 +446,7 @@ def _tuning_html(document: dict) -> str:
         cells.append("–" if novelty is None else f"{novelty:.4g}")
         label = html.escape(c["label"] + (" (paper)" if c["paper"] else ""))
         body += f"<tr><th>{label}</th>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>"
-    parts.append(
+    return (
         f"<p>{html.escape(score)} to validation images in the last round "
         f"({rounds[-1]['chains']} chains each); ★ chosen, ⚑ flagged as copying (C_T &lt; "
         f"{threshold:g}, or novelty below the yardstick's) and never chosen. The yardstick, "
@@ -432,13 +460,6 @@ def _tuning_html(document: dict) -> str:
         )
         + f".</p><table><tr>{head}</tr>{body}</table>"
     )
-    parts.append(
-        _figure(
-            f"{TUNING}/{TUNING_FIGURE}",
-            "The last round: each configuration's validation score against the chain step.",
-        )
-    )
-    return "".join(parts)
 
 
 COMPARE_FILES = ("compare.md", "compare.png")

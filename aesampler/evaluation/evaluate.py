@@ -167,6 +167,111 @@ def _rows(x: Tensor) -> np.ndarray:
     return x.double().numpy().reshape(len(x), -1)
 
 
+def _check_measured(
+    samples: Mapping[int, Tensor],
+    steps: list[int],
+    reference: Tensor,
+    metrics: list[tuple[str, Metric]],
+    *,
+    train: Tensor | None,
+    latents: Mapping[int, Tensor] | None,
+    reference_latents: Tensor | None,
+    labels: Mapping[str, str],
+) -> None:
+    """Raise if a metric lacks rows or a sample or latent is NaN or infinite."""
+    check_sample_sizes(
+        metrics,
+        {t: len(samples[t]) for t in steps},
+        {
+            "reference": len(reference),
+            "reference_z": None if reference_latents is None else len(reference_latents),
+            "train_images": None if train is None else len(train),
+        },
+        labels,
+    )
+    for t in steps:
+        check_finite(samples[t], labels["samples"].format(step=t))
+    for t, v in (latents or {}).items():
+        check_finite(v, labels["latents"].format(step=t))
+
+
+def _evaluation_data(
+    samples: Mapping[int, Tensor],
+    steps: list[int],
+    reference: Tensor,
+    metrics: list[tuple[str, Metric]],
+    extractor: FeatureExtractor,
+    *,
+    train: Tensor | None,
+    latents: Mapping[int, Tensor] | None,
+    reference_latents: Tensor | None,
+    prior_latents: Tensor | None,
+    bootstrap: int,
+    confidence: float,
+    seed: int,
+) -> EvaluationData:
+    """What the metrics read; the samples' and training images' features only when asked for."""
+    features: dict[int, np.ndarray] = {}
+    featured = uses_features(metrics)
+
+    def features_at(step: int) -> np.ndarray:
+        if not featured:
+            raise AesamplerError(
+                "features were read, but every metric of this evaluation is latent-space, so no "
+                "feature extractor was prepared; declare the metric space = 'image'"
+            )
+        if step not in features:  # once per step, shared by every image metric
+            features[step] = extractor(samples[step]).double().numpy()
+        return features[step]
+
+    train_rows: list[np.ndarray] = []
+
+    def train_features() -> np.ndarray:
+        if not train_rows:  # once, for every metric and step that reads them
+            train_rows.append(extractor(train).double().numpy())
+        return train_rows[0]
+
+    return EvaluationData(
+        z={t: _rows(v) for t, v in latents.items()} if latents is not None else {},
+        images={t: samples[t].flatten(1).double().numpy() for t in steps},
+        features=features_at,
+        reference_z=None if reference_latents is None else _rows(reference_latents),
+        prior_z=None if prior_latents is None else _rows(prior_latents),
+        reference_features=(
+            extractor(reference).double().numpy() if featured else np.empty((len(reference), 0))
+        ),
+        train_images=None if train is None else train.flatten(1).double().numpy(),
+        resamples=bootstrap,
+        confidence=confidence,
+        seed=seed,
+        train_features=train_features if train is not None and featured else None,
+    )
+
+
+def _compute_metrics(
+    metrics: list[tuple[str, Metric]], data: EvaluationData, steps: list[int], progress: bool
+) -> tuple[dict[str, dict[str, dict]], dict[str, bool | None]]:
+    """Each metric's estimates by key and step, and whether each key is lower-is-better."""
+    values: dict[str, dict[str, dict]] = {}
+    direction: dict[str, bool | None] = {}
+    for _, metric in tqdm(metrics, desc="metrics", disable=not progress):
+        for step in steps:
+            for key, estimate in metric.compute(data, step).items():
+                values.setdefault(key, {})[str(step)] = estimate.as_dict()
+                direction[key] = metric.lower_is_better
+    return values, direction
+
+
+def _prior_draws(
+    latents: Mapping[int, Tensor], reference_latents: Tensor | None, seed: int
+) -> Tensor:
+    """N(0, I) draws seeded with ``seed + 1``, as many as the reference latents (else samples)."""
+    like = reference_latents if reference_latents is not None else next(iter(latents.values()))
+    return torch.randn(
+        len(like), *like.shape[1:], generator=torch.Generator().manual_seed(seed + 1)
+    )
+
+
 def measure(
     samples: Mapping[int, Tensor],
     reference: Tensor,
@@ -192,68 +297,33 @@ def measure(
     Returns the report's "steps", "metrics", "lower_is_better", "diagnostics" and "reference".
     """
     steps = sorted(samples)
-    check_sample_sizes(
+    _check_measured(
+        samples,
+        steps,
+        reference,
         metrics,
-        {t: len(samples[t]) for t in steps},
-        {
-            "reference": len(reference),
-            "reference_z": None if reference_latents is None else len(reference_latents),
-            "train_images": None if train is None else len(train),
-        },
-        labels,
+        train=train,
+        latents=latents,
+        reference_latents=reference_latents,
+        labels=labels,
     )
-    for t in steps:
-        check_finite(samples[t], labels["samples"].format(step=t))
-    for t, v in (latents or {}).items():
-        check_finite(v, labels["latents"].format(step=t))
     if latents is not None and prior_latents is None:
-        like = reference_latents if reference_latents is not None else next(iter(latents.values()))
-        prior_latents = torch.randn(
-            len(like), *like.shape[1:], generator=torch.Generator().manual_seed(seed + 1)
-        )
-
-    features: dict[int, np.ndarray] = {}
-    featured = uses_features(metrics)
-
-    def features_at(step: int) -> np.ndarray:
-        if not featured:
-            raise AesamplerError(
-                "features were read, but every metric of this evaluation is latent-space, so no "
-                "feature extractor was prepared; declare the metric space = 'image'"
-            )
-        if step not in features:  # once per step, shared by every image metric
-            features[step] = extractor(samples[step]).double().numpy()
-        return features[step]
-
-    train_rows: list[np.ndarray] = []
-
-    def train_features() -> np.ndarray:
-        if not train_rows:  # once, for every metric and step that reads them
-            train_rows.append(extractor(train).double().numpy())
-        return train_rows[0]
-
-    data = EvaluationData(
-        z={t: _rows(v) for t, v in latents.items()} if latents is not None else {},
-        images={t: samples[t].flatten(1).double().numpy() for t in steps},
-        features=features_at,
-        reference_z=None if reference_latents is None else _rows(reference_latents),
-        prior_z=None if prior_latents is None else _rows(prior_latents),
-        reference_features=(
-            extractor(reference).double().numpy() if featured else np.empty((len(reference), 0))
-        ),
-        train_images=None if train is None else train.flatten(1).double().numpy(),
-        resamples=bootstrap,
+        prior_latents = _prior_draws(latents, reference_latents, seed)
+    data = _evaluation_data(
+        samples,
+        steps,
+        reference,
+        metrics,
+        extractor,
+        train=train,
+        latents=latents,
+        reference_latents=reference_latents,
+        prior_latents=prior_latents,
+        bootstrap=bootstrap,
         confidence=confidence,
         seed=seed,
-        train_features=train_features if train is not None and featured else None,
     )
-    values: dict[str, dict[str, dict]] = {}
-    direction: dict[str, bool | None] = {}
-    for _, metric in tqdm(metrics, desc="metrics", disable=not progress):
-        for step in steps:
-            for key, estimate in metric.compute(data, step).items():
-                values.setdefault(key, {})[str(step)] = estimate.as_dict()
-                direction[key] = metric.lower_is_better
+    values, direction = _compute_metrics(metrics, data, steps, progress)
     novelty = None
     if data.train_images is not None:
         baseline = nearest_rms_distance(_rows(reference), data.train_images, data.cache)
