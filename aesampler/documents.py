@@ -226,6 +226,74 @@ class Comparison(Document):
     samplers: list[ComparedSampler] = _field("a list of objects", min_length=1)
 
 
+# --- tuning/tuning.json --------------------------------------------------------------------------
+
+
+class TuningSettings(Document):
+    score: str = _field("the name of a metric")
+    max_steps: Count
+    reference_size: Count
+    copying_threshold: Number
+    copying_test: bool = _field("true or false", default=None)
+
+
+class TuningRound(Document):
+    chains: Count
+
+
+class TuningCandidate(Document):
+    """One configuration of the grid; its ``rounds`` hold the scores by step (keyed by the
+    score's name, so not declared here)."""
+
+    label: str = _field("text")
+    start: dict = _field("an object")
+    paper: bool = _field("true or false")
+    rounds: list[dict] = _field("a list of objects")
+
+
+class TuningChoice(Document):
+    label: str = _field("text")
+    start: dict = _field("an object")
+    steps: Count
+
+
+class TuningPaper(Document):
+    label: str = _field("text")
+    steps: Count
+
+
+class TuningTestEntry(Document):
+    label: str = _field("text")
+    step: Count
+    metrics: dict[str, dict[str, Interval]] = Metrics.model_fields["metrics"]
+
+
+class TuningTest(Document):
+    chosen: TuningTestEntry = _field("an object")
+    paper: TuningTestEntry = _field("an object")
+
+
+class TuningCost(Document):
+    search_seconds: Number
+    fit_seconds: Number
+    test_seconds: Number
+
+
+class Tuning(Document):
+    """``tuning/tuning.json`` (written by ``aesampler tune`` and ``sampling.start: auto``)."""
+
+    format: str = _field("text")
+    key: str = _field("text")
+    settings: TuningSettings = _field("an object")
+    candidates: list[TuningCandidate] = _field("a list of objects", min_length=1)
+    rounds: list[TuningRound] = _field("a list of objects", min_length=1)
+    yardstick: dict = _field("an object")
+    choice: TuningChoice = _field("an object")
+    paper: TuningPaper = _field("an object")
+    test: TuningTest = _field("an object")
+    cost: TuningCost = _field("an object")
+
+
 # --- checking -----------------------------------------------------------------------------------
 
 

@@ -332,7 +332,13 @@ def _comparison_section(run_dir: Path) -> str:
 def _tuning_section(run_dir: Path) -> str:
     path = run_dir / TUNING / TUNING_FILE
     document = _read_json(path, "the search behind sampling.start: auto")
-    try:
+    problem = documents.problem(documents.Tuning, document)
+    if problem:
+        raise ReportError(
+            f"{quoted(path)} is not a search aesampler tune wrote: {problem}; re-create it with "
+            "aesampler tune --overwrite"
+        )
+    try:  # what the model leaves open (the scores by step, the yardstick) is read with care
         return _tuning_html(document)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise ReportError(

@@ -53,6 +53,7 @@ from pathlib import Path
 from . import distributed
 from .comparison import COPYING, entry_name, labels
 from .components import TunedStart, TuningError, fit_sampler
+from .documents import Tuning
 from .errors import quoted
 from .evaluation.copying import COPYING_THRESHOLD
 from .recipe.schema import ComponentSpec, SamplerSpec
@@ -510,7 +511,7 @@ def _write(txn, document: dict, pictures: dict, choice: _Choice) -> None:
 
     folder = txn.path(TUNING)
     folder.mkdir()
-    write_json(folder / TUNING_FILE, document)
+    write_json(folder / TUNING_FILE, Tuning.build(document))
     tuning_figure(document, folder / TUNING_FIGURE)
     steps_figure(pictures["chosen"], folder / CHOSEN_FIGURE, choice.chosen.label)
     steps_figure(pictures["paper"], folder / PAPER_FIGURE, choice.paper.label)

@@ -306,3 +306,30 @@ def test_flagged_steps_are_never_best():
     c.rounds.append({"frechet": {"0": 5.0, "1": 3.0}, "copying_flag": {"0": True, "1": True}})
     assert c.best() == (-1, float("inf"))
     assert c.best_flagged_or_not() == (1, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: d["settings"].pop("score"), "'settings.score' is missing"),
+        (lambda d: d["cost"].update(search_seconds="x"), "'cost.search_seconds' is not a number"),
+        (lambda d: d.update(candidates=[]), "'candidates' is not a list of objects"),
+        (lambda d: d["choice"].update(steps=-1), "'choice.steps' is not a whole number from 0"),
+    ],
+)
+def test_the_report_refuses_a_damaged_search_naming_the_key(tuned, tmp_path, damage, message):
+    """tuning.json is checked by the same pydantic model its writer built it with."""
+    from aesampler.report import ReportError, write_report
+
+    _, run, _ = tuned
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    path = copy / "tuning" / "tuning.json"
+    document = json.loads(path.read_text())
+    damage(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(ReportError) as caught:
+        write_report(copy)
+    assert str(caught.value).startswith(f"{str(path)!r} is not a search aesampler tune wrote: ")
+    assert message in str(caught.value)
+    assert str(caught.value).endswith("re-create it with aesampler tune --overwrite")
