@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import check_int
 from ..errors import AesamplerError, named
 from .metrics import EvaluationData, Metric
 from .stats import Estimate
@@ -138,9 +139,7 @@ def _rows(value, argument: str) -> np.ndarray:
 
 
 def _positive_int(value, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise AesamplerError(f"{argument} must be a positive integer, got {value!r}")
-    return int(value)
+    return int(check_int(argument, value, error=AesamplerError, types=(int, np.integer)))
 
 
 def check_inputs(
@@ -309,12 +308,8 @@ class DataCopying(Metric):
     requires = ("train_images",)
 
     def __init__(self, cells: int | None = None, min_per_cell: int = MIN_PER_CELL):
-        if cells is not None and (
-            isinstance(cells, bool) or not isinstance(cells, int) or cells < 1
-        ):
-            raise ValueError(f"cells must be a positive integer, got {cells!r}")
-        if isinstance(min_per_cell, bool) or not isinstance(min_per_cell, int) or min_per_cell < 1:
-            raise ValueError(f"min_per_cell must be a positive integer, got {min_per_cell!r}")
+        check_int("cells", cells, allow_none=True)
+        check_int("min_per_cell", min_per_cell)
         self.cells, self.min_per_cell = cells, min_per_cell
         self.min_samples = max(min_per_cell, HELD_OUT_PER_CELL)
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..checks import check_int
 from ..data import ImageDataset
 from ..errors import AesamplerError, alternatives, named, quoted
 from ..rundir import atomic_write_bytes
@@ -69,8 +70,7 @@ class PixelFeatures(FeatureExtractor):
     name = "pixels"
 
     def __init__(self, size: int = 16):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
+        check_int("size", size)
         self.size = size
 
     def features(self, x: Tensor) -> Tensor:
@@ -111,8 +111,7 @@ class ClassifierFeatures(FeatureExtractor):
     name = "classifier"
 
     def __init__(self, epochs: int = 5, seed: int = 0):
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        check_int("epochs", epochs)
         self.epochs, self.seed = epochs, seed
         self.net: _SmallCNN | None = None
 
