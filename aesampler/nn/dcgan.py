@@ -17,6 +17,8 @@ import math
 
 from torch import Tensor, nn
 
+from ..checks import check_int
+
 
 def _num_halvings(image_size: int) -> int:
     if (
@@ -31,8 +33,7 @@ def _num_halvings(image_size: int) -> int:
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
 
 
 class DCGANEncoder(nn.Module):
