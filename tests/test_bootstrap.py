@@ -86,6 +86,22 @@ def scale(x, y) -> float:
     return float(x.var(axis=0).sum() + y.var(axis=0).sum() + gap @ gap) or 1.0
 
 
+def frechet_metric(fake: np.ndarray, real: np.ndarray, *, resamples: int, seed: int) -> Estimate:
+    """The registered Fréchet metric's Estimate at step 0 for sample and reference features."""
+    data = EvaluationData(
+        z={},
+        images={0: fake},
+        features=lambda step: fake,
+        reference_z=None,
+        prior_z=None,
+        reference_features=real,
+        train_images=None,
+        resamples=resamples,
+        seed=seed,
+    )
+    return load_registry().create("metric", "frechet").compute(data, 0)["frechet"]
+
+
 def test_resample_indices_are_scipys_draws_and_the_intervals_are_scipys():
     x, y = RNG.normal(size=70), RNG.normal(1.0, 2.0, size=50)
 
@@ -166,18 +182,7 @@ def test_the_frechet_metric_keeps_its_value_and_intervals(dim):
     """The metric's numbers before and after #10, on the same resample indices."""
     fake = RNG.normal(size=(40, dim)) + 0.3
     real = RNG.normal(size=(50, dim)) * 1.5
-    data = EvaluationData(
-        z={},
-        images={0: fake},
-        features=lambda step: fake,
-        reference_z=None,
-        prior_z=None,
-        reference_features=real,
-        train_images=None,
-        resamples=80,
-        seed=5,
-    )
-    got = load_registry().create("metric", "frechet").compute(data, 0)["frechet"]
+    got = frechet_metric(fake, real, resamples=80, seed=5)
 
     def distance(i, j):
         return frechet_distance(*gaussian_stats(fake[i]), *gaussian_stats(real[j]))
@@ -241,18 +246,7 @@ def _frechet_of_two_draws(rows: int, dim: int, seed: int):
     """Two samples of one Gaussian and the Fréchet metric's Estimate for them."""
     rng = np.random.default_rng(seed)
     fake, real = rng.normal(size=(rows, dim)), rng.normal(size=(rows, dim))
-    data = EvaluationData(
-        z={},
-        images={0: fake},
-        features=lambda step: fake,
-        reference_z=None,
-        prior_z=None,
-        reference_features=real,
-        train_images=None,
-        resamples=200,
-        seed=0,
-    )
-    return fake, real, load_registry().create("metric", "frechet").compute(data, 0)["frechet"]
+    return fake, real, frechet_metric(fake, real, resamples=200, seed=0)
 
 
 def test_the_frechet_distance_of_one_gaussian_lies_inside_its_interval():
